@@ -1,0 +1,69 @@
+"""The plots that go next to a version's metrics: confusion matrix, error gallery, curves."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def confusion_matrix_png(confusion: Sequence[Sequence[int]], title: str) -> bytes:
+    cm = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    off_diagonal = cm - np.diag(np.diag(cm))
+    # Colour the errors, not the diagonal: on MNIST the diagonal would wash everything out.
+    im = ax.imshow(off_diagonal, cmap="Reds")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="tab:blue" if i == j else "black")  # fmt: skip
+    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax, label="errors")
+    return _png(fig)
+
+
+def misclassified_png(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
+                      confidences: np.ndarray, title: str, limit: int = 100) -> bytes:  # fmt: skip
+    """A gallery of misclassified digits, each titled 'true→predicted (confidence)'."""
+    wrong = np.flatnonzero(labels != preds)[:limit]
+    cols = 10
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.25 + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong, strict=False):
+        ax.imshow(images[i], cmap="gray_r")
+        ax.set_title(f"{labels[i]}→{preds[i]} ({confidences[i]:.2f})", fontsize=7)
+    fig.suptitle(f"{title}: {int((labels != preds).sum())} errors (true→predicted)", fontsize=9)
+    return _png(fig)
+
+
+def curves_png(history: Sequence[Mapping[str, float]], title: str) -> bytes:
+    """Loss and accuracy per epoch, training and validation."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train")
+    ax_acc.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return _png(fig)
