@@ -41,9 +41,15 @@ from digitserve.reports import confusion_matrix_png, curves_png, misclassified_p
 # Recipes that reach the targets within the CPU budgets (see README -> Results).
 RECIPES: dict[str, dict[str, Any]] = {
     "cnn": {"epochs": 12, "lr": 3e-3, "weight_decay": 5e-2, "batch_size": 128, "label_smoothing": 0.05},
-    "vit": {"epochs": 30, "lr": 2e-3, "weight_decay": 5e-2, "batch_size": 128, "label_smoothing": 0.05,
-            "model": {"embed_dim": 64, "depth": 6, "num_heads": 4, "mlp_ratio": 3.0}},
-}  # fmt: skip
+    "vit": {
+        "epochs": 30,
+        "lr": 2e-3,
+        "weight_decay": 5e-2,
+        "batch_size": 128,
+        "label_smoothing": 0.05,
+        "model": {"embed_dim": 64, "depth": 6, "num_heads": 4, "mlp_ratio": 3.0},
+    },
+}
 GOLDEN_COUNT = 8  # test digits whose logits are recorded so a server can check a loaded model
 
 
@@ -79,8 +85,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--limit-test", type=int, help="evaluate on the first N test images")
     args = p.parse_args(argv)
     recipe = dict(RECIPES[args.arch])
-    cfg = TrainConfig(arch=args.arch, name=args.name, seed=args.seed, registry=args.registry,
-                      smoke=args.smoke, **recipe)  # fmt: skip
+    cfg = TrainConfig(
+        arch=args.arch, name=args.name, seed=args.seed, registry=args.registry, smoke=args.smoke, **recipe
+    )
     for key in ("epochs", "batch_size", "lr", "limit_train", "limit_test"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
@@ -122,8 +129,12 @@ def setup_distributed() -> tuple[int, int]:
 
 
 def hardware() -> dict[str, Any]:
-    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -131,16 +142,24 @@ def hardware() -> dict[str, Any]:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
 
 
-def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-              scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig, device: torch.device,
-              desc: str, show: bool) -> tuple[float, float]:  # fmt: skip
+def run_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: TrainConfig,
+    device: torch.device,
+    desc: str,
+    show: bool,
+) -> tuple[float, float]:
     """One pass over the training data; returns (mean loss, accuracy) on this process's share."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
@@ -161,8 +180,9 @@ def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optim
 @torch.inference_mode()
 def validate(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[float, float]:
     model.eval()
-    logits = torch.cat([model(to_model_input(images[i : i + 1000]).to(device)).cpu()
-                        for i in range(0, len(images), 1000)])  # fmt: skip
+    logits = torch.cat(
+        [model(to_model_input(images[i : i + 1000]).to(device)).cpu() for i in range(0, len(images), 1000)]
+    )
     y = torch.from_numpy(labels)
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
@@ -171,8 +191,12 @@ def golden_outputs(model: nn.Module, images: np.ndarray) -> dict[str, Any]:
     """A few fixed test digits and the logits this model gives them, for load-time checks."""
     digits = np.ascontiguousarray(images[:GOLDEN_COUNT])
     logits = predict_logits(model, digits)
-    return {"images_uint8_b64": base64.b64encode(digits.tobytes()).decode(), "shape": list(digits.shape),
-            "logits": [[round(float(v), 6) for v in row] for row in logits], "atol": 1e-3}  # fmt: skip
+    return {
+        "images_uint8_b64": base64.b64encode(digits.tobytes()).decode(),
+        "shape": list(digits.shape),
+        "logits": [[round(float(v), 6) for v in row] for row in logits],
+        "atol": 1e-3,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     is_main = rank == 0
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
-        else torch.device("cpu")  # fmt: skip
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    )
     registry = ModelRegistry.open(cfg.registry)
 
     # --- data: the validation split is carved from the 60k training set; the test set is used once
@@ -193,19 +218,29 @@ def main(argv: list[str] | None = None) -> int:
     dataset = AugmentedDigits(train.images[train_idx], train.labels[train_idx], augment=True)
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size // world, shuffle=sampler is None,
-                        sampler=sampler, drop_last=True, generator=generator)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size // world,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        generator=generator,
+    )
 
     # --- model and optimiser: AdamW with a one-cycle schedule
     model = create_model(cfg.arch, **cfg.model).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     wrapped: nn.Module = DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
-                                                    steps_per_epoch=max(len(loader), 1), pct_start=0.2)  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=max(len(loader), 1), pct_start=0.2
+    )
     if is_main:
-        print(f"{cfg.arch}: {n_params:,} parameters, {len(dataset)} train / {len(val_idx)} val images, "
-              f"{cfg.epochs} epochs, world size {world}, {torch.get_num_threads()} threads", flush=True)  # fmt: skip
+        print(
+            f"{cfg.arch}: {n_params:,} parameters, {len(dataset)} train / {len(val_idx)} val images, "
+            f"{cfg.epochs} epochs, world size {world}, {torch.get_num_threads()} threads",
+            flush=True,
+        )
 
     # --- training loop
     history: list[dict[str, float]] = []
@@ -213,13 +248,21 @@ def main(argv: list[str] | None = None) -> int:
     for epoch in range(1, cfg.epochs + 1):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        train_loss, train_acc = run_epoch(wrapped, loader, optimizer, scheduler, cfg, device,
-                                          f"epoch {epoch}/{cfg.epochs}", is_main)  # fmt: skip
+        train_loss, train_acc = run_epoch(
+            wrapped, loader, optimizer, scheduler, cfg, device, f"epoch {epoch}/{cfg.epochs}", is_main
+        )
         if is_main:
             val_loss, val_acc = validate(model, train.images[val_idx], train.labels[val_idx], device)
-            history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-                            "val_loss": val_loss, "val_accuracy": val_acc,
-                            "elapsed_s": round(time.perf_counter() - start, 1)})  # fmt: skip
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "train_accuracy": train_acc,
+                    "val_loss": val_loss,
+                    "val_accuracy": val_acc,
+                    "elapsed_s": round(time.perf_counter() - start, 1),
+                }
+            )
             print(json.dumps(history[-1]), flush=True)
     train_seconds = time.perf_counter() - start
     if world > 1:
@@ -233,8 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     test_images, test_labels = test.images[: cfg.limit_test], test.labels[: cfg.limit_test]
     metrics, preds = evaluate_model(model, test_images, test_labels)
     confidences = torch.softmax(predict_logits(model, test_images), 1).max(1).values.numpy()
-    metrics.update(params=n_params, train_seconds=round(train_seconds, 1), hardware=hardware(),
-                   smoke=cfg.smoke, split="test" if cfg.limit_test is None else f"test[:{cfg.limit_test}]")
+    metrics.update(
+        params=n_params,
+        train_seconds=round(train_seconds, 1),
+        hardware=hardware(),
+        smoke=cfg.smoke,
+        split="test" if cfg.limit_test is None else f"test[:{cfg.limit_test}]",
+    )
     name = cfg.name or cfg.arch
     title = f"{name} ({cfg.arch}) test accuracy {metrics['accuracy']:.4f}"
     report = {
@@ -247,16 +295,30 @@ def main(argv: list[str] | None = None) -> int:
     # --- publish an immutable version
     summary = {k: metrics[k] for k in ("accuracy", "errors", "num_examples", "split", "params")}
     version = registry.publish(
-        name, cfg.arch, config_dict(model), model.state_dict(),
-        metadata={"preprocessing": PREPROCESSING, "training": {**asdict(cfg), "world_size": world,
-                  "train_seconds": round(train_seconds, 1), "hardware": hardware()},
-                  "data": {"train_sha256": train.checksum, "test_sha256": test.checksum},
-                  "git_commit": git_commit(), "metrics": summary,
-                  "golden": golden_outputs(model, test.images)},
+        name,
+        cfg.arch,
+        config_dict(model),
+        model.state_dict(),
+        metadata={
+            "preprocessing": PREPROCESSING,
+            "training": {
+                **asdict(cfg),
+                "world_size": world,
+                "train_seconds": round(train_seconds, 1),
+                "hardware": hardware(),
+            },
+            "data": {"train_sha256": train.checksum, "test_sha256": test.checksum},
+            "git_commit": git_commit(),
+            "metrics": summary,
+            "golden": golden_outputs(model, test.images),
+        },
         report=report,
-    )  # fmt: skip
-    print(f"published {name} v{version} to {registry.uri}: test accuracy {metrics['accuracy']:.4f} "
-          f"in {train_seconds:.0f}s of training", flush=True)  # fmt: skip
+    )
+    print(
+        f"published {name} v{version} to {registry.uri}: test accuracy {metrics['accuracy']:.4f} "
+        f"in {train_seconds:.0f}s of training",
+        flush=True,
+    )
     print(json.dumps({"model": name, "version": version, "accuracy": metrics["accuracy"]}))
     if world > 1:
         dist.destroy_process_group()

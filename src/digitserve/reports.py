@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def _png(fig: Figure) -> bytes:
@@ -29,15 +29,17 @@ def confusion_matrix_png(confusion: Sequence[Sequence[int]], title: str) -> byte
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="tab:blue" if i == j else "black")  # fmt: skip
+                ax.text(
+                    j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="tab:blue" if i == j else "black"
+                )
     ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(im, ax=ax, label="errors")
     return _png(fig)
 
 
-def misclassified_png(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
-                      confidences: np.ndarray, title: str, limit: int = 100) -> bytes:  # fmt: skip
+def misclassified_png(
+    images: np.ndarray, labels: np.ndarray, preds: np.ndarray, confidences: np.ndarray, title: str, limit: int = 100
+) -> bytes:
     """A gallery of misclassified digits, each titled 'true→predicted (confidence)'."""
     wrong = np.flatnonzero(labels != preds)[:limit]
     cols = 10

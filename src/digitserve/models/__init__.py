@@ -47,4 +47,10 @@ def config_dict(model: nn.Module) -> dict[str, Any]:
     return dataclasses.asdict(model.config)  # type: ignore[call-overload]
 
 
-__all__ = ["ARCHITECTURES", "UnknownArchitectureError", "config_dict", "create_model", "make_config"]
+__all__ = [
+    "ARCHITECTURES",
+    "UnknownArchitectureError",
+    "config_dict",
+    "create_model",
+    "make_config",
+]

@@ -58,8 +58,7 @@ class AliasState:
     @classmethod
     def parse(cls, data: bytes, etag: str) -> AliasState:
         doc = json.loads(data)
-        return cls(int(doc["version"]), doc.get("previous"), doc.get("updated_at", ""),
-                   doc.get("reason", ""), etag)  # fmt: skip
+        return cls(int(doc["version"]), doc.get("previous"), doc.get("updated_at", ""), doc.get("reason", ""), etag)
 
 
 def now_iso() -> str:
@@ -118,9 +117,15 @@ class ModelRegistry:
             raise NotFoundError(f"model {model!r} has no version {version} in {self.uri}") from None
         return json.loads(data)
 
-    def publish(self, model: str, arch: str, config: Mapping[str, Any],
-                state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any],
-                report: Mapping[str, bytes] | None = None) -> int:  # fmt: skip
+    def publish(
+        self,
+        model: str,
+        arch: str,
+        config: Mapping[str, Any],
+        state_dict: Mapping[str, torch.Tensor],
+        metadata: Mapping[str, Any],
+        report: Mapping[str, bytes] | None = None,
+    ) -> int:
         """Store the weights and create the next version's manifest; returns its number.
 
         Two publishers racing for the same number: the create-only write lets exactly one
@@ -194,9 +199,17 @@ class ModelRegistry:
         names = [k.rsplit("/", 1)[1].removesuffix(".json") for k in keys if k.endswith(".json")]
         return {n: s.version for n in names if (s := self.get_alias(model, n)) is not None}
 
-    def move_alias(self, model: str, alias: str, version: int, *, reason: str = "",
-                   expected: AliasState | None = None, gate: Mapping[str, Any] | None = None,
-                   action: str = "promote") -> AliasState:  # fmt: skip
+    def move_alias(
+        self,
+        model: str,
+        alias: str,
+        version: int,
+        *,
+        reason: str = "",
+        expected: AliasState | None = None,
+        gate: Mapping[str, Any] | None = None,
+        action: str = "promote",
+    ) -> AliasState:
         """Point `alias` at `version` by compare-and-swap, and log the move as an event.
 
         `expected` is the alias as the caller last read it: if someone moved it since, this
@@ -204,8 +217,13 @@ class ModelRegistry:
         """
         self.manifest(model, version)  # the version must exist
         current = expected if expected is not None else self.get_alias(model, alias)
-        doc = {"version": int(version), "previous": current.version if current else None,
-               "updated_at": now_iso(), "reason": reason}  # fmt: skip
+        at = now_iso()
+        doc = {
+            "version": int(version),
+            "previous": current.version if current else None,
+            "updated_at": at,
+            "reason": reason,
+        }
         key = f"{model}/aliases/{check_model_name(alias)}.json"
         try:
             etag = self.store.replace(key, _dumps(doc), current.etag if current else None)
@@ -213,10 +231,18 @@ class ModelRegistry:
             raise AliasConflictError(
                 f"alias {model}/{alias} was moved by someone else since it was read; nothing changed"
             ) from None
-        event = {"action": action, "model": model, "alias": alias, "from": doc["previous"],
-                 "to": int(version), "actor": current_actor(), "at": doc["updated_at"],
-                 "reason": reason, "gate": dict(gate) if gate else None}  # fmt: skip
-        stamp = doc["updated_at"].replace(":", "").replace("-", "")
+        event = {
+            "action": action,
+            "model": model,
+            "alias": alias,
+            "from": doc["previous"],
+            "to": int(version),
+            "actor": current_actor(),
+            "at": at,
+            "reason": reason,
+            "gate": dict(gate) if gate else None,
+        }
+        stamp = at.replace(":", "").replace("-", "")
         self.store.create(f"{model}/events/{stamp}-{uuid.uuid4().hex[:8]}.json", _dumps(event))
         return AliasState.parse(_dumps(doc), etag)
 
@@ -225,8 +251,7 @@ class ModelRegistry:
         current = self.get_alias(model, alias)
         if current is None or current.previous is None:
             raise RegistryError(f"alias {model}/{alias} has no previous version to roll back to")
-        return self.move_alias(model, alias, current.previous, reason=reason, expected=current,
-                               action="rollback")  # fmt: skip
+        return self.move_alias(model, alias, current.previous, reason=reason, expected=current, action="rollback")
 
     def events(self, model: str, alias: str | None = None) -> list[dict[str, Any]]:
         """The alias-move log, oldest first."""

@@ -8,6 +8,7 @@ with hard links and a file lock; S3 with `If-None-Match: *` and `If-Match: <etag
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import hashlib
 import os
@@ -65,7 +66,7 @@ class Store(ABC):
         """All keys under `prefix` (a folder path ending in '/'), sorted."""
 
     @abstractmethod
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:
         """Names of the immediate sub-folders of `prefix`."""
 
     def exists(self, key: str) -> bool:
@@ -153,7 +154,7 @@ class LocalStore(Store):
         keys = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
         return sorted(k for k in keys if not Path(k).name.startswith("."))
 
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:
         base = self._path(prefix)
         if not base.is_dir():
             return []

@@ -1,0 +1,50 @@
+"""What the registry holds for a model (versions, aliases, metrics), cached between reads.
+
+Manifests are immutable, so each is read once. If the registry cannot be reached, the last
+listing is shown with the error, so `GET /v1/models` keeps answering.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from digitserve.registry import ModelRegistry, RegistryError
+
+
+class Catalog:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._manifests: dict[tuple[str, int], dict[str, Any]] = {}
+        self._last: dict[str, dict[str, Any]] = {}
+
+    def _version_entry(self, model: str, version: int) -> dict[str, Any]:
+        key = (model, version)
+        if key not in self._manifests:
+            self._manifests[key] = self.registry.manifest(model, version)
+        m = self._manifests[key]
+        return {
+            "version": version,
+            "architecture": m.get("architecture"),
+            "metrics": m.get("metrics"),
+            "created_at": m.get("created_at"),
+            "weights_sha256": m["weights"]["sha256"],
+        }
+
+    def describe(self, model: str) -> dict[str, Any]:
+        """{"versions": [...], "aliases": {...}, "registry_error": str | None, "listed_at": ...}.
+
+        Blocking (registry I/O): call it from a thread.
+        """
+        try:
+            listing = {
+                "versions": [self._version_entry(model, v) for v in self.registry.list_versions(model)],
+                "aliases": self.registry.list_aliases(model),
+                "registry_error": None,
+                "listed_at": time.time(),
+            }
+        except RegistryError as exc:
+            stale = self._last.get(model, {"versions": [], "aliases": {}, "listed_at": None})
+            return {**stale, "registry_error": str(exc)}
+        self._last[model] = listing
+        return listing

@@ -1,0 +1,78 @@
+"""FastAPI dependencies shared by the routers."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, Request
+
+from digitserve.config import Settings
+from digitserve.serving.errors import (
+    DeadlineExceededError,
+    ShuttingDownError,
+    UnauthorizedError,
+)
+from digitserve.serving.loading import LoadedVersion
+from digitserve.serving.manager import ModelManager
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_manager(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def accepting(request: Request) -> None:
+    """Refuse new work once SIGTERM has been received."""
+    if request.app.state.draining:
+        raise ShuttingDownError("the server is shutting down; retry on another replica")
+
+
+def require_admin(request: Request) -> None:
+    token = get_settings(request).admin_token
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    # compare_digest takes the same time wherever the strings differ
+    if (
+        token is None
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
+    ):
+        raise UnauthorizedError("admin routes need 'Authorization: Bearer <DIGITSERVE_ADMIN_TOKEN>'")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+
+
+async def predict(
+    manager: ModelManager,
+    settings: Settings,
+    model: str,
+    images: np.ndarray,
+    version: int | None = None,
+    alias: str | None = None,
+) -> tuple[LoadedVersion, np.ndarray]:
+    """Run (n, 28, 28) images through the batcher of the chosen version: (version, probs (n, 10))."""
+    for attempt in range(2):
+        loaded = await manager.get(model, version, alias)
+        assert loaded.batcher is not None
+        try:
+            future = loaded.batcher.submit(images, settings.request_timeout_s)
+            break
+        except ShuttingDownError:
+            if attempt:  # the version was retired between lookup and submit twice: give up
+                raise
+    try:
+        probs = await asyncio.wait_for(future, settings.request_timeout_s)
+    except TimeoutError:
+        raise DeadlineExceededError(
+            f"no answer within {settings.request_timeout_s:g}s; the server is overloaded, retry later"
+        ) from None
+    manager.metrics.images.labels(model, str(loaded.version)).inc(len(images))
+    return loaded, probs

@@ -1,0 +1,218 @@
+"""Which version answers for each model, and moving that safely (hot-swap).
+
+The served version of a model is one reference, replaced in a single assignment on the event
+loop once the new version is loaded, verified, warmed up and golden-checked. Requests pick the
+reference and queue on its batcher without an await in between, so every request is answered
+by exactly the version it picked; the old batcher then drains and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from digitserve.config import Settings
+from digitserve.registry import ModelRegistry, NotFoundError, RegistryError
+from digitserve.serving.batching import BatchStats, DynamicBatcher
+from digitserve.serving.errors import ModelNotReadyError, UnknownModelError, UnknownVersionError
+from digitserve.serving.loading import LoadedVersion, LoadError, load_version
+from digitserve.serving.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelState:
+    name: str
+    served: LoadedVersion | None = None
+    last_error: dict[str, Any] | None = None
+    failed: dict[int, str] = field(default_factory=dict)  # version -> why; not retried by polling
+    last_poll_at: float | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ModelManager:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        metrics: ServiceMetrics,
+        inference: Executor,
+        loader: Executor,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.inference = inference
+        self.loader = loader
+        self.states = {name: ModelState(name) for name in settings.models}
+        self.pinned: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
+        self._pending: dict[tuple[str, int], asyncio.Future[LoadedVersion]] = {}
+        self.registry_error: str | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # --- lookups on the request path ----------------------------------------------------------
+
+    def state(self, model: str) -> ModelState:
+        if model not in self.states:
+            known = ", ".join(self.states) or "none"
+            raise UnknownModelError(f"unknown model {model!r}; served models: {known}")
+        return self.states[model]
+
+    def current(self, model: str) -> LoadedVersion:
+        served = self.state(model).served
+        if served is None:
+            raise ModelNotReadyError(f"model {model!r} has no verified version loaded yet; retry shortly")
+        return served
+
+    async def get(self, model: str, version: int | None = None, alias: str | None = None) -> LoadedVersion:
+        """The version to answer with: the alias's served one, or a pinned version/alias."""
+        state = self.state(model)
+        if alias is not None and alias != self.settings.alias:
+            version = await self._resolve(model, alias)
+        if version is None or (state.served is not None and state.served.version == version):
+            return self.current(model)
+        return await self._pinned(model, version)
+
+    async def _resolve(self, model: str, alias: str) -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.loader, self.registry.resolve_alias, model, alias)
+        except NotFoundError:
+            raise UnknownVersionError(f"model {model!r} has no alias {alias!r}") from None
+        except RegistryError as exc:
+            raise ModelNotReadyError(f"cannot resolve alias {alias!r} now: {exc}") from None
+
+    async def _pinned(self, model: str, version: int) -> LoadedVersion:
+        key = (model, version)
+        if key in self.pinned:
+            self.pinned.move_to_end(key)
+            return self.pinned[key]
+        if key not in self._pending:
+            self._pending[key] = asyncio.ensure_future(self._load_pinned(model, version))
+        return await asyncio.shield(self._pending[key])
+
+    async def _load_pinned(self, model: str, version: int) -> LoadedVersion:
+        try:
+            loaded = await self._load(model, version)
+        except LoadError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                raise UnknownVersionError(f"model {model!r} has no version {version}") from None
+            raise ModelNotReadyError(f"{model} v{version} cannot be served: {exc}") from None
+        finally:
+            self._pending.pop((model, version), None)
+        self.pinned[(model, version)] = loaded
+        keep = max(self.settings.resident_versions - 1, 1)
+        while sum(1 for m, _ in self.pinned if m == model) > keep:
+            evict = next(k for k in self.pinned if k[0] == model)
+            self._retire(self.pinned.pop(evict))
+        return loaded
+
+    # --- loading, swapping, retiring ----------------------------------------------------------
+
+    async def _load(self, model: str, version: int) -> LoadedVersion:
+        loop = asyncio.get_running_loop()
+        loaded = await loop.run_in_executor(
+            self.loader, load_version, self.registry, model, version, self.settings.max_batch_size
+        )
+        labels = (model, str(version))
+        loaded.batcher = DynamicBatcher(
+            loaded.forward,
+            self.inference,
+            max_batch_size=self.settings.max_batch_size,
+            max_delay_ms=self.settings.max_batch_delay_ms,
+            max_queue=self.settings.max_queue,
+            stats=BatchStats(
+                on_batch=self.metrics.batch_size.labels(model).observe,
+                on_queue_depth=self.metrics.queue_depth.labels(*labels).set,
+            ),
+        )
+        loaded.batcher.start()
+        return loaded
+
+    def _retire(self, loaded: LoadedVersion) -> None:
+        """Let the old version answer what it has queued, then drop it."""
+        if loaded.batcher is None:
+            return
+        task = asyncio.get_running_loop().create_task(loaded.batcher.close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def refresh(self, model: str, force: bool = False) -> dict[str, Any]:
+        """Re-read the alias; load, verify and swap to its version if it moved."""
+        state = self.state(model)
+        async with state.lock:
+            state.last_poll_at = time.time()
+            try:
+                target = await self._resolve(model, self.settings.alias)
+            except (UnknownVersionError, ModelNotReadyError) as exc:
+                self._record_failure(state, None, "resolve", exc.message)
+                return {"model": model, "changed": False, "error": exc.message}
+            if state.served is not None and state.served.version == target:
+                return {"model": model, "version": target, "changed": False}
+            if target in state.failed and not force:
+                return {
+                    "model": model,
+                    "version": target,
+                    "changed": False,
+                    "error": state.failed[target],
+                }
+            try:
+                loaded = await self._load(model, target)
+            except LoadError as exc:
+                self._record_failure(state, target, exc.step, str(exc))
+                return {"model": model, "version": target, "changed": False, "error": str(exc)}
+            self._swap(state, loaded)
+            return {"model": model, "version": target, "changed": True}
+
+    def _swap(self, state: ModelState, loaded: LoadedVersion) -> None:
+        old, state.served = state.served, loaded  # the atomic switch
+        state.last_error = None
+        state.failed.pop(loaded.version, None)
+        self.metrics.set_served(state.name, self.settings.alias, loaded.version)
+        self.metrics.reload_error.labels(state.name).set(0)
+        if old is not None:
+            self.metrics.swaps.labels(state.name).inc()
+            self._retire(old)
+        log.info(
+            "%s: now serving v%d (was %s)",
+            state.name,
+            loaded.version,
+            old.version if old else "none",
+        )
+
+    def _record_failure(self, state: ModelState, version: int | None, step: str, message: str) -> None:
+        if version is not None:
+            state.failed[version] = message
+        state.last_error = {"version": version, "step": step, "message": message, "at": time.time()}
+        self.metrics.reload_failures.labels(state.name, step).inc()
+        self.metrics.reload_error.labels(state.name).set(1)
+        log.warning("%s: version %s refused at %s: %s", state.name, version, step, message)
+
+    async def refresh_all(self, force: bool = False) -> list[dict[str, Any]]:
+        results = [await self.refresh(m, force) for m in self.states]
+        ok = not any(r.get("error") and "cannot resolve" in r["error"] for r in results)
+        self.metrics.registry_up.set(1 if ok else 0)
+        return results
+
+    async def poll_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh_all()
+            except Exception:  # polling must survive anything the registry throws at it
+                log.exception("alias poll failed")
+            await asyncio.sleep(self.settings.poll_seconds)
+
+    def ready(self) -> bool:
+        return all(s.served is not None for s in self.states.values())
+
+    async def close(self) -> None:
+        for loaded in [s.served for s in self.states.values() if s.served] + list(self.pinned.values()):
+            self._retire(loaded)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -1,0 +1,105 @@
+"""Prometheus metrics, and a pure-ASGI middleware that counts requests and their latency.
+
+Each app owns its own CollectorRegistry, so several apps (tests) never share counters.
+Routes are labelled by their template (`/v1/models/{model}/predict`), never by raw path.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._served: dict[tuple[str, str], int] = {}
+        r = self.registry
+        self.requests = Counter(
+            "digitserve_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "digitserve_request_latency_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.images = Counter("digitserve_images", "images predicted", ["model", "version"], registry=r)
+        self.queue_depth = Gauge(
+            "digitserve_queue_depth", "images waiting for a forward pass", ["model", "version"], registry=r
+        )
+        self.batch_size = Histogram(
+            "digitserve_batch_size", "images per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.model_version = Gauge(
+            "digitserve_model_version_info",
+            "1 for the version an alias serves",
+            ["model", "version", "alias"],
+            registry=r,
+        )
+        self.reload_failures = Counter(
+            "digitserve_model_reload_failures", "versions refused on load", ["model", "step"], registry=r
+        )
+        self.reload_error = Gauge(
+            "digitserve_model_reload_error", "1 while the last reload attempt failed", ["model"], registry=r
+        )
+        self.swaps = Counter("digitserve_model_swaps", "hot-swaps to a new version", ["model"], registry=r)
+        self.registry_up = Gauge("digitserve_registry_reachable", "1 if the last registry poll worked", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def set_served(self, model: str, alias: str, version: int) -> None:
+        """Exactly one version-info series per (model, alias): the one serving now."""
+        previous = self._served.get((model, alias))
+        if previous is not None and previous != version:
+            self.model_version.remove(model, str(previous), alias)
+        self._served[(model, alias)] = version
+        self.model_version.labels(model, str(version), alias).set(1)
+
+
+def _route_template(app: Any, scope: Scope) -> str:
+    route = scope.get("route")  # set by the router once it matched
+    if route is not None and hasattr(route, "path"):
+        return str(route.path)
+    for route in getattr(app, "routes", ()):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", scope["path"]))
+    return "unmatched"
+
+
+class MetricsMiddleware:
+    """Counts every HTTP answer by route template and status, and observes its latency."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, router_app: Any) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.router_app = router_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = _route_template(self.router_app, scope)
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)

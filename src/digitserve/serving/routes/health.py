@@ -1,0 +1,30 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from digitserve.serving.deps import ManagerDep
+from digitserve.serving.responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: every model has a verified version loaded")
+async def readyz(request: Request, manager: ManagerDep) -> JSONResponse:
+    served = {name: s.served.version if s.served else None for name, s in manager.states.items()}
+    if request.app.state.draining:
+        return JSONResponse({"ready": False, "reason": "shutting down", "models": served}, status_code=503)
+    ready = manager.ready()
+    return JSONResponse({"ready": ready, "models": served}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

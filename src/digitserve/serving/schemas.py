@@ -1,0 +1,82 @@
+"""Request and response bodies of the /v1 API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A real 28x28 MNIST "7" (test image 0) as a PNG, so "Try it out" in /docs works as-is.
+EXAMPLE_PNG_B64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAwUlEQVR42mNgGDaAEUKFpD77sfTFHeyS9xQYGBg+X4UK"
+    "Puk6w8DAwMDAAuGm6l/TMnSweCzLwPDntSTDozPIOhkYGBgYBA3PmDIw/Lh1XShnGi5nBP+9KIRLTuzl/2AokwlDMlv0"
+    "/U1cGq1//rPD6fHWf7tZcclxnv1hhVNj3b9tOOW8f3+wxCUnfPffMlxyzKf/3VbGJan2758vLjn5B/+KGXF78Z8JLjnb"
+    "T+iSSGFrw8Nw9wuKJAsy56LzO+ITGABpETyQcCy90wAAAABJRU5ErkJggg=="
+)
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"images": [EXAMPLE_PNG_B64], "top_k": 3}]},
+    )
+
+    images: list[str] = Field(
+        min_length=1,
+        description="base64-encoded PNG, JPEG, WebP, BMP or GIF images; a `data:image/...;base64,` prefix is accepted",
+    )
+    top_k: int = Field(3, ge=1, le=10, description="how many of the most likely classes to return")
+    return_input: bool = Field(False, description="also return the 28x28 image the model saw (PNG, base64)")
+
+
+class ClassScore(BaseModel):
+    label: int
+    probability: float
+
+
+class Prediction(BaseModel):
+    label: int = Field(description="the predicted digit")
+    confidence: float = Field(description="its probability")
+    top_k: list[ClassScore]
+    probabilities: list[float] = Field(description="probability of each digit 0-9")
+    model_input: str | None = Field(None, description="the 28x28 input as a base64 PNG (return_input)")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int = Field(description="the registry version that computed these predictions")
+    alias: str | None = Field(description="the alias that selected the version, if any")
+    predictions: list[Prediction]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what is wrong, and what to change")
+    code: str
+
+
+class ModelSummary(BaseModel):
+    """What the server knows of one model: aliases, versions, the one serving, its health."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    alias: str
+    serving: dict[str, Any] | None
+    ready: bool
+    last_reload_error: dict[str, Any] | None
+    aliases: dict[str, int]
+    versions: list[dict[str, Any]]
+    resident_versions: list[int]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": desc}
+    for code, desc in [
+        (404, "unknown model or version"),
+        (413, "request or image too large"),
+        (415, "unsupported image format"),
+        (422, "invalid input (bad base64, not an image, no digit found, ...)"),
+        (503, "overloaded, shutting down, or the model is not loaded yet (see Retry-After)"),
+        (504, "the prediction did not finish before its deadline"),
+    ]
+}
