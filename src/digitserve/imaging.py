@@ -1,0 +1,151 @@
+"""Decoding uploaded image bytes safely: format allow-list, pixel limit before decoding, one frame.
+
+Every refusal is an `ImageError` whose message says what is wrong and what to send instead.
+The HTTP layer maps them (suggested): `UnsupportedFormatError` -> 415, `InvalidImageError`,
+`ImageTooLargeError` and `NoDigitError` -> 422. A body that is too many *bytes* is the
+server's own limit (413), checked before any of this runs.
+
+Pillow's own decompression-bomb guard (`Image.MAX_IMAGE_PIXELS`, a process-wide setting) is
+left at its default as a second line of defence; the per-call `max_pixels` limit here is
+checked from the header, before any pixel is decoded, and is what callers should tune.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Collection
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 16_000_000
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+# JPEGs are decoded at a reduced scale (DCT scaling, nearly free) when both sides exceed this:
+# a digit needs a few hundred pixels, not a 12-megapixel photo.
+JPEG_DRAFT_SIDE = 1024
+_FORMAT_NAMES = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "GIF": "GIF"}
+
+
+class ImageError(ValueError):
+    """An image that cannot become model input. `code` names the problem for API errors."""
+
+    code = "invalid_image"
+
+
+class InvalidImageError(ImageError):
+    """The bytes are not a readable image (not an image at all, truncated or corrupt)."""
+
+    code = "invalid_image"
+
+
+class UnsupportedFormatError(ImageError):
+    """A real image, but in a format the service does not accept (TIFF, PSD, ICO, ...)."""
+
+    code = "unsupported_format"
+
+
+class ImageTooLargeError(ImageError):
+    """More pixels than the limit, refused from the header before anything is decoded."""
+
+    code = "image_too_large"
+
+
+class NoDigitError(ImageError):
+    """The image decodes but holds no ink: blank, uniform, or only noise."""
+
+    code = "no_digit"
+
+
+def _format_list(formats: Collection[str]) -> str:
+    names = [_FORMAT_NAMES.get(f, f) for f in formats]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _open(data: bytes, allowed: Collection[str]) -> Image.Image:
+    """Parse the header only; name the format in the error when it is a real but refused one."""
+    if not data:
+        raise InvalidImageError("the image is empty (0 bytes); send a PNG, JPEG, WebP, BMP or GIF file")
+    try:
+        return Image.open(io.BytesIO(data), formats=list(allowed))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"the image has too many pixels ({exc}); send a smaller image") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        refused = _identify_any(data)
+        if refused is not None:
+            raise UnsupportedFormatError(f"{refused} is not accepted; send {_format_list(allowed)}") from None
+        raise InvalidImageError(
+            f"the bytes are not a {_format_list(allowed)} image ({type(exc).__name__}); "
+            "send the image file itself, not a path, URL or text"
+        ) from None
+
+
+def _identify_any(data: bytes) -> str | None:
+    """The format Pillow recognises with every plugin, for the error message only."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.format
+    except Exception:  # anything unreadable is simply "not an image"
+        return None
+
+
+def _check_size(im: Image.Image, max_pixels: int) -> None:
+    width, height = im.size
+    if width < 1 or height < 1:
+        raise InvalidImageError(f"the image is {width}x{height} pixels: it has no pixels to read")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,}; scale it down (a digit needs a few hundred pixels a side)"
+        )
+
+
+def _load_first_frame(im: Image.Image) -> Image.Image:
+    try:
+        im.seek(0)  # GIF / animated WebP: the first frame only
+        if im.format in ("JPEG", "MPO") and min(im.size) > 2 * JPEG_DRAFT_SIDE:
+            im.draft(im.mode, (JPEG_DRAFT_SIDE, JPEG_DRAFT_SIDE))
+        im.load()
+        return ImageOps.exif_transpose(im) or im
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"the image has too many pixels ({exc}); send a smaller image") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # hostile bytes can fail inside any plugin: all mean "corrupt"
+        raise InvalidImageError(
+            f"the {im.format} image is truncated or corrupt ({type(exc).__name__}: {exc}); send the complete file"
+        ) from None
+
+
+def _to_gray(im: Image.Image) -> Image.Image:
+    """Grayscale 'L'; transparency is composited on white, or on black for light-on-clear ink."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit PNG: scale, do not clip
+        return Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+    if not has_alpha:
+        return im.convert("L")
+    rgba = im.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64)
+    gray = rgba.convert("L")
+    if alpha.min() == 255:
+        return gray
+    visible = np.asarray(gray, dtype=np.float64)
+    light_ink = (visible * alpha).sum() / max(alpha.sum(), 1.0) > 127.5
+    background = Image.new("L", im.size, 0 if light_ink else 255)
+    background.paste(gray, mask=rgba.getchannel("A"))
+    return background
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, allowed_formats: Collection[str] = ALLOWED_FORMATS
+) -> Image.Image:
+    """Bytes -> a grayscale ('L') PIL image, upright per EXIF, transparency flattened.
+
+    The format comes from the header (never the file name) and must be in `allowed_formats`;
+    the size comes from the header too and must be at most `max_pixels`, so a decompression
+    bomb is refused before its pixels are allocated. GIFs give their first frame. JPEGs more
+    than 2048 px on both sides come back reduced 2-8x by DCT scaling (at least 1024 px a side).
+    """
+    im = _open(data, allowed_formats)
+    with im:
+        _check_size(im, max_pixels)
+        return _to_gray(_load_first_frame(im))
