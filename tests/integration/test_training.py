@@ -1,0 +1,138 @@
+"""Training, evaluation and comparison scripts, run as a user would run them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from digitserve.registry import ModelRegistry
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TARGETS = {"cnn": 0.996, "vit": 0.993}
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with a smoke-trained cnn (v1, v2) and vit (v1)."""
+    root = tmp_path_factory.mktemp("registry")
+    for arch, seed in (("cnn", "0"), ("cnn", "1"), ("vit", "0")):
+        proc = run("training/train.py", "--arch", arch, "--smoke", "--seed", seed, "--registry", str(root))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["model"] == arch
+    return root
+
+
+def test_smoke_training_publishes_a_complete_version(smoke_registry: Path) -> None:
+    registry = ModelRegistry.open(str(smoke_registry))
+    assert registry.list_versions("cnn") == [1, 2]
+    manifest = registry.manifest("cnn", 1)
+    assert manifest["architecture"] == "cnn" and manifest["config"]["channels"] == [32, 64, 128]
+    assert manifest["training"]["smoke"] is True and manifest["training"]["hardware"]["cpu_count"] >= 1
+    assert len(manifest["data"]["train_sha256"]) == 64 and len(manifest["golden"]["logits"]) == 8
+    assert manifest["preprocessing"]["mean"] == pytest.approx(0.1307)
+    metrics = json.loads(registry.read_report("cnn", 1, "metrics.json"))
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["num_examples"] == 1000
+    assert set(metrics["per_class"]) == {str(d) for d in range(10)}
+    assert sum(map(sum, metrics["confusion_matrix"])) == 1000
+    assert metrics["params"] > 0 and metrics["train_seconds"] > 0 and "hardware" in metrics
+    assert len(metrics["history"]) == 1 and {"train_loss", "val_accuracy"} <= set(metrics["history"][0])
+    for name in ("confusion_matrix.png", "misclassified.png", "curves.png"):
+        assert registry.read_report("cnn", 1, name).startswith(PNG_MAGIC)
+
+
+def test_runs_with_the_same_seed_give_the_same_weights(smoke_registry: Path, tmp_path: Path) -> None:
+    proc = run("training/train.py", "--arch", "cnn", "--smoke", "--seed", "0", "--registry", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = ModelRegistry.open(str(tmp_path)).manifest("cnn", 1)["weights"]["sha256"]
+    assert again == ModelRegistry.open(str(smoke_registry)).manifest("cnn", 1)["weights"]["sha256"]
+
+
+def test_data_parallel_training_under_torchrun(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "--master_port=0",
+            "training/train.py",
+            "--arch",
+            "cnn",
+            "--smoke",
+            "--limit-train",
+            "256",
+            "--limit-test",
+            "200",
+            "--registry",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    registry = ModelRegistry.open(str(tmp_path))
+    assert registry.list_versions("cnn") == [1]  # only rank 0 publishes
+    assert registry.manifest("cnn", 1)["training"]["world_size"] == 2
+
+
+def test_evaluate_prints_json_metrics_last(smoke_registry: Path) -> None:
+    ModelRegistry.open(str(smoke_registry)).move_alias("cnn", "production", 2, reason="test")
+    proc = run(
+        "training/evaluate.py",
+        "--model",
+        "cnn",
+        "--alias",
+        "production",
+        "--registry",
+        str(smoke_registry),
+        "--limit",
+        "500",
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["version"] == 2 and result["num_examples"] == 500 and 0 <= result["accuracy"] <= 1
+
+
+def test_evaluate_refuses_a_tampered_version(smoke_registry: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "reg"
+    shutil.copytree(smoke_registry, copy)
+    blob = next((copy / "vit" / "blobs").iterdir())
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
+    proc = run("training/evaluate.py", "--model", "vit", "--version", "1", "--registry", str(copy))
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip().startswith("error: vit v1: weights sha256") and len(proc.stderr.strip().splitlines()) == 1
+    )
+
+
+def test_compare_writes_a_report(smoke_registry: Path, tmp_path: Path) -> None:
+    out = tmp_path / "compare.md"
+    proc = run(
+        "training/compare.py", "--a", "cnn:1", "--b", "vit:1", "--registry", str(smoke_registry), "--out", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "| accuracy |" in text and "images/s, batch 256" in text and "Right only by cnn v1" in text
+    assert (tmp_path / "compare_disagreements.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["cnn", "vit"])
+def test_shipped_production_versions_reach_their_targets(model: str) -> None:
+    """The baselines in registry/ re-measured on the full official test set."""
+    proc = run("training/evaluate.py", "--model", model, "--alias", "production", "--registry", str(ROOT / "registry"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["num_examples"] == 10000
+    assert result["accuracy"] >= TARGETS[model], result

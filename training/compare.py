@@ -1,0 +1,143 @@
+"""CNN vs ViT on the MNIST test set: accuracy, per-class differences, disagreements, speed.
+
+    python training/compare.py                       # production versions of cnn and vit
+    python training/compare.py --a cnn:3 --b vit:2   # explicit versions
+
+Writes `training/reports/compare.md` and `training/reports/compare_disagreements.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from digitserve.data import DataError, load_mnist
+from digitserve.evaluation import classification_metrics, predict_logits
+from digitserve.registry import ModelRegistry, RegistryError
+
+REPORTS = Path(__file__).parent / "reports"
+
+
+def resolve(registry: ModelRegistry, spec: str) -> tuple[str, int]:
+    """'cnn' (its production alias) or 'cnn:3' (version 3)."""
+    name, _, version = spec.partition(":")
+    return name, int(version) if version else registry.resolve_alias(name, "production")
+
+
+def images_per_second(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> float:
+    batch = images[:batch_size]
+    predict_logits(model, batch, batch_size)  # warm up
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 2.0:
+        predict_logits(model, batch, batch_size)
+        runs += 1
+    return runs * len(batch) / (time.perf_counter() - start)
+
+
+def gallery(
+    images: np.ndarray, labels: np.ndarray, pa: np.ndarray, pb: np.ndarray, idx: np.ndarray, title: str, path: Path
+) -> None:
+    cols = 10
+    rows = max(1, int(np.ceil(len(idx) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35 + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, idx, strict=False):
+        ax.imshow(images[i], cmap="gray_r")
+        ax.set_title(f"{labels[i]}: {pa[i]} / {pb[i]}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def compare(registry: ModelRegistry, a: tuple[str, int], b: tuple[str, int]) -> dict[str, Any]:
+    test = load_mnist("test")
+    out: dict[str, Any] = {}
+    for key, (name, version) in (("a", a), ("b", b)):
+        manifest, model = registry.load_model(name, version)
+        preds = predict_logits(model, test.images).argmax(1).numpy()
+        out[key] = {
+            "name": f"{name} v{version}",
+            "arch": manifest["architecture"],
+            "preds": preds,
+            "metrics": classification_metrics(test.labels, preds),
+            "params": sum(p.numel() for p in model.parameters()),
+            "ips_1": images_per_second(model, test.images, 1),
+            "ips_256": images_per_second(model, test.images, 256),
+        }
+    out["labels"], out["images"] = test.labels, test.images
+    return out
+
+
+def write_report(result: dict[str, Any], path: Path) -> str:
+    a, b, labels = result["a"], result["b"], result["labels"]
+    ok_a, ok_b = a["preds"] == labels, b["preds"] == labels
+    only_a, only_b = np.flatnonzero(ok_a & ~ok_b), np.flatnonzero(ok_b & ~ok_a)
+    both_wrong = np.flatnonzero(~ok_a & ~ok_b)
+    lines = [
+        f"# {a['name']} vs {b['name']} on the MNIST test set (10,000 images)",
+        "",
+        f"| | {a['name']} | {b['name']} |",
+        "|---|---|---|",
+        f"| accuracy | {a['metrics']['accuracy']:.4f} | {b['metrics']['accuracy']:.4f} |",
+        f"| errors | {a['metrics']['errors']} | {b['metrics']['errors']} |",
+        f"| parameters | {a['params']:,} | {b['params']:,} |",
+        f"| images/s, batch 1 | {a['ips_1']:.0f} | {b['ips_1']:.0f} |",
+        f"| images/s, batch 256 | {a['ips_256']:.0f} | {b['ips_256']:.0f} |",
+        "",
+        f"Right only by {a['name']}: {len(only_a)}; right only by {b['name']}: {len(only_b)}; "
+        f"wrong by both: {len(both_wrong)}.",
+        "",
+        "| digit | recall A | recall B | B − A |",
+        "|---|---|---|---|",
+    ]
+    for c in range(10):
+        ra, rb = a["metrics"]["per_class"][str(c)]["recall"], b["metrics"]["per_class"][str(c)]["recall"]
+        lines.append(f"| {c} | {ra:.4f} | {rb:.4f} | {rb - ra:+.4f} |")
+    picture = path.with_name("compare_disagreements.png")
+    idx = np.concatenate([only_a, only_b])[:60]
+    gallery(
+        result["images"],
+        labels,
+        a["preds"],
+        b["preds"],
+        idx,
+        f"true: {a['name']} / {b['name']} (first {len(only_a)} right only by A, then right only by B)",
+        picture,
+    )
+    lines += ["", f"![disagreements]({picture.name})", ""]
+    text = "\n".join(lines)
+    path.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--a", default="cnn", help="model[:version] (default: cnn production)")
+    p.add_argument("--b", default="vit", help="model[:version] (default: vit production)")
+    p.add_argument("--registry")
+    p.add_argument("--out", type=Path, default=REPORTS / "compare.md")
+    args = p.parse_args(argv)
+    registry = ModelRegistry.open(args.registry)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = compare(registry, resolve(registry, args.a), resolve(registry, args.b))
+    print(write_report(result, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (DataError, RegistryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
