@@ -1,0 +1,239 @@
+"""The promotion gate: a version takes an alias only if it measures up on the MNIST test set.
+
+The gate trusts no recorded number. It loads the candidate through the registry (weights
+sha256-verified), re-evaluates it on the full official test set, and refuses it when its
+accuracy is below the model's threshold, or more than `MAX_REGRESSION` below the version the
+alias holds now, re-measured the same way. `--force --reason` bypasses it, and the event log
+says so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from digitserve.evaluation import evaluate_on_test_set
+from digitserve.registry import AliasState, ModelRegistry, RegistryError
+
+DEFAULT_THRESHOLDS = {"cnn": 0.996, "vit": 0.993}  # by architecture
+MAX_REGRESSION = 0.001  # 0.1 point of accuracy: 10 of the 10,000 test images
+THRESHOLD_ENV_PREFIX = "DIGITSERVE_GATE_THRESHOLD_"
+
+
+class GateRefusedError(RegistryError):
+    """The gate measured the candidate and refused it; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    version: int
+    accuracy: float
+    errors: int
+    num_examples: int
+    data_sha256: str
+
+
+@dataclass(frozen=True)
+class GateResult:
+    model: str
+    alias: str
+    candidate: Measurement
+    current: Measurement | None
+    threshold: float
+    threshold_source: str
+    refusals: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.refusals
+
+    def summary(self) -> str:
+        head = f"{self.model} v{self.candidate.version}: accuracy {self.candidate.accuracy:.4f}"
+        if not self.passed:
+            return f"{head} refused: {'; '.join(self.refusals)}"
+        parts = [f"{head} >= threshold {self.threshold:.4f} ({self.threshold_source})"]
+        if self.current is not None:
+            parts.append(f"{self.alias} v{self.current.version} measures {self.current.accuracy:.4f}")
+        return ", ".join(parts)
+
+    def as_event(self) -> dict[str, Any]:
+        """What the event log records about the gate: enough to audit the decision later."""
+
+        def measured(m: Measurement | None) -> dict[str, Any] | None:
+            if m is None:
+                return None
+            return {"version": m.version, "accuracy": m.accuracy, "errors": m.errors}
+
+        return {
+            "forced": False,
+            "passed": self.passed,
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "max_regression": MAX_REGRESSION,
+            "candidate": measured(self.candidate),
+            "current": measured(self.current),
+            "num_examples": self.candidate.num_examples,
+            "data_sha256": self.candidate.data_sha256,
+            "refusals": list(self.refusals),
+        }
+
+
+def threshold_env_var(model: str) -> str:
+    return THRESHOLD_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", model.upper())
+
+
+def _checked_threshold(value: float, source: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise RegistryError(f"gate threshold from {source} must be an accuracy in [0, 1], got {value}")
+    return value
+
+
+def resolve_threshold(model: str, architecture: str, override: float | None) -> tuple[float, str]:
+    """The accuracy a version must reach, and where that number came from."""
+    if override is not None:
+        return _checked_threshold(override, "--threshold"), "--threshold"
+    var = threshold_env_var(model)
+    if os.environ.get(var):
+        try:
+            value = float(os.environ[var])
+        except ValueError:
+            raise RegistryError(f"{var}={os.environ[var]!r} is not a number") from None
+        return _checked_threshold(value, var), var
+    if architecture in DEFAULT_THRESHOLDS:
+        return DEFAULT_THRESHOLDS[architecture], f"default for {architecture}"
+    raise RegistryError(f"no default gate threshold for architecture {architecture!r}: pass --threshold or set {var}")
+
+
+def measure(registry: ModelRegistry, model: str, version: int) -> Measurement:
+    """Load the version (sha256-verified) and evaluate it on the full MNIST test set."""
+    _, network = registry.load_model(model, version)
+    metrics = evaluate_on_test_set(network)
+    return Measurement(version, metrics["accuracy"], metrics["errors"], metrics["num_examples"], metrics["data_sha256"])
+
+
+class PromotionGate:
+    """Judges candidates for one alias against the version it held when the gate was opened."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        model: str,
+        alias: str,
+        current: AliasState | None,
+        threshold: float | None = None,
+    ) -> None:
+        self.registry = registry
+        self.model = model
+        self.alias = alias
+        self.current_state = current
+        self.threshold_override = threshold
+        self._current: Measurement | None = None
+
+    def current_measurement(self) -> Measurement | None:
+        """The alias's present version, measured once however many candidates are judged."""
+        if self.current_state is None:
+            return None
+        if self._current is None:
+            self._current = measure(self.registry, self.model, self.current_state.version)
+        return self._current
+
+    def check(self, version: int) -> GateResult:
+        manifest = self.registry.manifest(self.model, version)
+        threshold, source = resolve_threshold(self.model, manifest["architecture"], self.threshold_override)
+        candidate = measure(self.registry, self.model, version)
+        refusals = []
+        # Accuracies are multiples of 1/10000: round before comparing so float noise cannot
+        # turn an exact tie into a refusal.
+        if round(candidate.accuracy, 6) < round(threshold, 6):
+            refusals.append(f"below the threshold {threshold:.4f} ({source})")
+        current = self.current_measurement() if self.current_state else None
+        if current is not None and current.version != version:
+            drop = round(current.accuracy - candidate.accuracy, 6)
+            if drop > MAX_REGRESSION:
+                refusals.append(
+                    f"{drop:.4f} below {self.alias} v{current.version} ({current.accuracy:.4f}); "
+                    f"at most {MAX_REGRESSION:.4f} is allowed"
+                )
+        return GateResult(self.model, self.alias, candidate, current, threshold, source, tuple(refusals))
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What a promote did: `changed` is False when the alias already held the version."""
+
+    model: str
+    alias: str
+    version: int
+    previous: int | None
+    changed: bool
+    forced: bool = False
+    gate: GateResult | None = None
+
+
+def promote(
+    registry: ModelRegistry,
+    model: str,
+    version: int,
+    *,
+    alias: str = "production",
+    threshold: float | None = None,
+    force: bool = False,
+    reason: str = "",
+) -> Promotion:
+    """Move `alias` to `version` if the gate passes it (or, with `force`, for a stated reason).
+
+    The alias is read once, before the gate runs, and moved by compare-and-swap against that
+    read: if someone moves it while the candidate is being measured, nothing is overwritten.
+    """
+    if force and not reason.strip():
+        raise RegistryError("--force bypasses the gate and needs --reason TEXT saying why")
+    registry.manifest(model, version)  # NotFoundError before any measuring
+    state = registry.get_alias(model, alias)
+    if state is not None and state.version == version:
+        return Promotion(model, alias, version, state.previous, changed=False, forced=force)
+    if force:
+        registry.move_alias(
+            model,
+            alias,
+            version,
+            reason=reason,
+            expected=state,
+            gate={"forced": True, "passed": None, "reason": reason},
+        )
+        return Promotion(model, alias, version, state.version if state else None, True, forced=True)
+    result = PromotionGate(registry, model, alias, state, threshold).check(version)
+    if not result.passed:
+        raise GateRefusedError(f"gate refused {result.summary()}")
+    return _move_after_gate(registry, result, state, reason)
+
+
+def promote_newest_passing(
+    registry: ModelRegistry, model: str, *, alias: str = "production", threshold: float | None = None, reason: str = ""
+) -> Promotion:
+    """Promote the newest version, newer than the alias's, that the gate passes (for CI)."""
+    versions = registry.list_versions(model)
+    if not versions:
+        raise RegistryError(f"model {model!r} has no versions in {registry.uri}")
+    state = registry.get_alias(model, alias)
+    candidates = [v for v in reversed(versions) if state is None or v > state.version]
+    if state is not None and not candidates:
+        return Promotion(model, alias, state.version, state.previous, changed=False)
+    gate = PromotionGate(registry, model, alias, state, threshold)
+    refused = []
+    for version in candidates:
+        result = gate.check(version)
+        if result.passed:
+            return _move_after_gate(registry, result, state, reason)
+        refused.append(f"v{version} {result.candidate.accuracy:.4f} ({'; '.join(result.refusals)})")
+    newer = f" newer than {alias} v{state.version}" if state else ""
+    raise GateRefusedError(f"no version of {model}{newer} passes the gate: {', '.join(refused)}")
+
+
+def _move_after_gate(registry: ModelRegistry, result: GateResult, state: AliasState | None, reason: str) -> Promotion:
+    version = result.candidate.version
+    reason = reason or f"gate passed: accuracy {result.candidate.accuracy:.4f}"
+    registry.move_alias(result.model, result.alias, version, reason=reason, expected=state, gate=result.as_event())
+    previous = state.version if state else None
+    return Promotion(result.model, result.alias, version, previous, changed=True, gate=result)

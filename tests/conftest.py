@@ -1,0 +1,134 @@
+"""Fixtures shared by the test suite. Each block provides one thing; add yours as a new block.
+
+S3 (`moto_endpoint`, `moto_s3_env`, `s3_bucket`, `registry_uri`): a real moto standalone
+server in a subprocess, spoken to over HTTP by boto3 exactly as production S3 would be.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# --- S3 through a real moto server ---------------------------------------------------------
+
+MOTO_START_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_until_answers(proc: subprocess.Popen[bytes], endpoint: str, log: Path) -> None:
+    deadline = time.monotonic() + MOTO_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(endpoint, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # an HTTP error is an answer
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto server at {endpoint} did not answer in {MOTO_START_TIMEOUT_S}s")
+
+
+@contextmanager
+def run_moto_server(log: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start `python -m moto.server` on a free loopback port; yields its endpoint URL."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(extra_env or {})})
+    try:
+        _wait_until_answers(proc, endpoint, log)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One moto S3 server for the whole session (tests isolate themselves by bucket)."""
+    with run_moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        yield endpoint
+
+
+def set_fake_aws_env(monkeypatch: pytest.MonkeyPatch, endpoint: str, tmp_path: Path) -> None:
+    """Point boto3 (here and in subprocesses) at `endpoint` with fake credentials only."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # Never read a developer's real AWS profile or config.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def moto_s3_env(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, tmp_path: Path) -> str:
+    """AWS_* variables set for the moto server; returns its endpoint."""
+    set_fake_aws_env(monkeypatch, moto_endpoint, tmp_path)
+    return moto_endpoint
+
+
+@pytest.fixture
+def s3_client(moto_s3_env: str) -> Any:
+    import boto3
+
+    return boto3.session.Session().client("s3")
+
+
+@pytest.fixture
+def s3_bucket(s3_client: Any) -> str:
+    """A fresh, empty bucket on the moto server for this test."""
+    name = f"digitserve-test-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3"])
+def registry_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh empty registry: a folder in tmp_path, then an s3:// bucket on moto."""
+    if request.param == "local":
+        return str(tmp_path / "registry")
+    bucket = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/registry"
+
+
+@pytest.fixture
+def unreachable_s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """AWS_ENDPOINT_URL pointing at a closed loopback port; returns that endpoint."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    set_fake_aws_env(monkeypatch, endpoint, tmp_path)
+    return endpoint
+
+
+@pytest.fixture
+def moto_auth_s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """A separate moto server that checks credentials, so the fake keys are refused (403)."""
+    with run_moto_server(tmp_path / "moto-auth.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
+        set_fake_aws_env(monkeypatch, endpoint, tmp_path)
+        yield endpoint

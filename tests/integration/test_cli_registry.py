@@ -1,0 +1,225 @@
+"""`digitserve registry ...` run as the real console script, on a local folder and on S3 (moto).
+
+The gate tests use tiny CNNs whose head always answers one digit: their accuracy on the MNIST
+test set is exactly that digit's share of it (e.g. always "1": 1135/10000), so the gate's
+re-measurement can be checked to the last image without any training.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from digitserve.data import TEST_LABEL_COUNTS
+from digitserve.models import config_dict, create_model
+from digitserve.registry import ModelRegistry
+
+MODEL = "digits"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def accuracy_of(label: int) -> float:
+    return TEST_LABEL_COUNTS[label] / 10000
+
+
+def constant_model(label: int, seed: int = 0) -> nn.Module:
+    """A tiny CNN that predicts `label` for every image."""
+    torch.manual_seed(seed)
+    net = create_model("cnn", channels=[4, 8, 8], depths=[1, 1, 1]).eval()
+    head = net.head[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(10 * torch.nn.functional.one_hot(torch.tensor(label), 10).float())
+    return net
+
+
+def publish_constant(registry: ModelRegistry, label: int, seed: int = 0, claimed: float | None = None) -> int:
+    """Publish `constant_model(label)`; `claimed` is the accuracy its manifest records."""
+    net = constant_model(label, seed)
+    golden = {"images_uint8_b64": base64.b64encode(bytes(8 * 28 * 28)).decode(), "shape": [8, 28, 28]}
+    metrics = {"accuracy": accuracy_of(label) if claimed is None else claimed, "split": "test"}
+    metadata = {"metrics": metrics, "golden": golden}
+    report = {"metrics.json": json.dumps(metrics).encode()}
+    return registry.publish(MODEL, "cnn", config_dict(net), net.state_dict(), metadata, report)
+
+
+def digitserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("digitserve")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "digitserve.cli"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The failure's stderr, which must be exactly one line starting with 'error: '."""
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def registry(registry_uri: str, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
+    """An empty registry (local, then S3) and an environment the CLI subprocesses inherit."""
+    monkeypatch.setenv("DIGITSERVE_ACTOR", "tester")
+    monkeypatch.delenv("DIGITSERVE_GATE_THRESHOLD_DIGITS", raising=False)
+    monkeypatch.delenv("DIGITSERVE_REGISTRY", raising=False)
+    return ModelRegistry.open(registry_uri)
+
+
+def test_gate_refuses_below_threshold_and_passes_a_permissive_one(registry: ModelRegistry) -> None:
+    publish_constant(registry, 1, claimed=0.999)  # the manifest lies; the gate re-measures
+    uri = registry.uri
+    line = error_line(digitserve("registry", "promote", MODEL, "1", "--registry", uri))
+    assert "accuracy 0.1135 refused: below the threshold 0.9960 (default for cnn)" in line
+    line = error_line(digitserve("registry", "promote", MODEL, "1", "--threshold", "0.5", "--registry", uri))
+    assert "below the threshold 0.5000 (--threshold)" in line
+    assert registry.get_alias(MODEL, "production") is None
+    assert registry.events(MODEL) == []
+
+    out = succeeded(
+        digitserve(
+            "registry", "promote", MODEL, "1", "--registry", uri, env={"DIGITSERVE_GATE_THRESHOLD_DIGITS": "0.11"}
+        )
+    )
+    assert out.startswith("digits/production -> v1 (was unset): digits v1: accuracy 0.1135 >= threshold 0.1100")
+    assert registry.resolve_alias(MODEL, "production") == 1
+    [event] = registry.events(MODEL, "production")
+    gate = event["gate"]
+    assert (gate["passed"], gate["forced"], gate["threshold"]) == (True, False, 0.11)
+    assert gate["threshold_source"] == "DIGITSERVE_GATE_THRESHOLD_DIGITS"
+    assert gate["candidate"] == {"version": 1, "accuracy": 0.1135, "errors": 8865}
+    assert gate["num_examples"] == 10000 and gate["current"] is None
+
+
+def test_gate_refuses_a_regression_then_rollback_and_history(registry: ModelRegistry) -> None:
+    uri = registry.uri
+    publish_constant(registry, 1)  # v1: 0.1135
+    publish_constant(registry, 7)  # v2: 0.1028, more than 0.001 below v1
+    publish_constant(registry, 1, seed=5)  # v3: other weights, same 0.1135
+    gate = ("--threshold", "0.1", "--registry", uri)
+    succeeded(digitserve("registry", "promote", MODEL, "1", *gate))
+    line = error_line(digitserve("registry", "promote", MODEL, "2", *gate))
+    assert "accuracy 0.1028 refused: 0.0107 below production v1 (0.1135)" in line
+    out = succeeded(digitserve("registry", "promote", MODEL, "3", *gate, "--reason", "retrained"))
+    assert out.startswith("digits/production -> v3 (was v1)")
+    assert registry.events(MODEL)[-1]["gate"]["current"] == {"version": 1, "accuracy": 0.1135, "errors": 8865}
+
+    out = succeeded(digitserve("registry", "rollback", MODEL, "--registry", uri))
+    assert out.strip() == "digits/production -> v1 (rolled back from v3)"
+    assert registry.resolve_alias(MODEL, "production") == 1
+
+    rows = [
+        line.split() for line in succeeded(digitserve("registry", "history", MODEL, "--registry", uri)).splitlines()
+    ]
+    assert rows[0][:5] == ["at", "action", "from", "to", "actor"]
+    assert [row[1:5] for row in rows[1:]] == [
+        ["promote", "-", "v1", "tester"],
+        ["promote", "v1", "v3", "tester"],
+        ["rollback", "v3", "v1", "tester"],
+    ]
+    assert rows[2][-1] == "retrained"
+
+
+def test_force_needs_a_reason_and_is_logged(registry: ModelRegistry) -> None:
+    publish_constant(registry, 0)
+    line = error_line(digitserve("registry", "promote", MODEL, "1", "--force", "--registry", registry.uri))
+    assert line == "error: --force bypasses the gate and needs --reason TEXT saying why"
+    assert registry.get_alias(MODEL, "production") is None
+
+    out = succeeded(
+        digitserve("registry", "promote", MODEL, "1", "--force", "--reason", "incident 42", "--registry", registry.uri)
+    )
+    assert out.strip() == "digits/production -> v1 (was unset): gate bypassed with --force"
+    [event] = registry.events(MODEL, "production")
+    assert event["gate"] == {"forced": True, "passed": None, "reason": "incident 42"}
+    assert (event["reason"], event["actor"], event["to"]) == ("incident 42", "tester", 1)
+    history = succeeded(digitserve("registry", "history", MODEL, "--registry", registry.uri))
+    assert "forced" in history and "incident 42" in history
+
+
+def test_promote_best_takes_the_newest_passing_version(registry: ModelRegistry) -> None:
+    publish_constant(registry, 0)  # v1: 0.0980, production
+    publish_constant(registry, 1)  # v2: 0.1135, passes
+    publish_constant(registry, 5)  # v3: 0.0892, below the threshold
+    registry.move_alias(MODEL, "production", 1)
+    best = ("registry", "promote", MODEL, "--best", "--threshold", "0.1", "--registry", registry.uri)
+    assert succeeded(digitserve(*best)).startswith("digits/production -> v2 (was v1)")
+    assert registry.resolve_alias(MODEL, "production") == 2
+    line = error_line(digitserve(*best))  # only v3 is newer, and it fails
+    assert line.startswith("error: no version of digits newer than production v2 passes the gate: v3 0.0892")
+
+
+def test_list_and_show(registry: ModelRegistry) -> None:
+    publish_constant(registry, 1)
+    publish_constant(registry, 0)
+    registry.move_alias(MODEL, "production", 1)
+    registry.move_alias(MODEL, "staging", 2)
+    rows = [r.split() for r in succeeded(digitserve("registry", "list", "--registry", registry.uri)).splitlines()]
+    assert rows[1][:3] == [MODEL, "2", "v2"] and "production" in rows[1] and "staging" in rows[1]
+
+    rows = [
+        r.split() for r in succeeded(digitserve("registry", "list", MODEL, "--registry", registry.uri)).splitlines()
+    ]
+    assert [r[:4] for r in rows[1:]] == [["v1", "0.1135", "test", "cnn"], ["v2", "0.0980", "test", "cnn"]]
+    assert rows[1][-1] == "production" and rows[2][-1] == "staging"
+
+    shown = json.loads(succeeded(digitserve("registry", "show", MODEL, "1", "--registry", registry.uri)))
+    assert (shown["version"], shown["architecture"], shown["aliases"]) == (1, "cnn", ["production"])
+    assert shown["report"] == ["metrics.json"]
+    assert shown["golden"]["images_uint8_b64"].endswith("base64 characters omitted>")
+    assert len(shown["weights"]["sha256"]) == 64
+
+
+def test_failures_are_one_line(registry: ModelRegistry) -> None:
+    publish_constant(registry, 1)
+    line = error_line(digitserve("registry", "show", MODEL, "9", "--registry", registry.uri))
+    assert line.startswith("error: model 'digits' has no version 9")
+    line = error_line(digitserve("registry", "promote", MODEL, "--registry", registry.uri))
+    assert line == "error: promote needs either a VERSION or --best"
+    line = error_line(digitserve("registry", "rollback", MODEL, "--registry", registry.uri))
+    assert line == "error: alias digits/production has no previous version to roll back to"
+
+
+def test_missing_bucket_is_one_line(moto_s3_env: str) -> None:
+    line = error_line(digitserve("registry", "list", "--registry", "s3://digitserve-no-such-bucket/reg"))
+    assert (
+        line == "error: bucket 'digitserve-no-such-bucket' does not exist (registry s3://digitserve-no-such-bucket/reg)"
+    )
+
+
+def test_unreachable_endpoint_is_one_line(unreachable_s3_env: str) -> None:
+    line = error_line(digitserve("registry", "list", MODEL, "--registry", "s3://bucket/reg"))
+    assert line.startswith(f"error: cannot reach S3 endpoint {unreachable_s3_env} for s3://bucket/reg")
+
+
+@pytest.mark.slow
+def test_smoke_trained_model_goes_through_the_gate_on_s3(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real pipeline: train.py --smoke publishes to S3, the gate re-measures and promotes it."""
+    uri = f"s3://{s3_bucket}/registry"
+    trained = subprocess.run(
+        [sys.executable, str(REPO / "training" / "train.py"), "--arch", "cnn", "--smoke", "--registry", uri],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    recorded = ModelRegistry.open(uri).manifest("cnn", 1)["metrics"]["accuracy"]
+    line = error_line(digitserve("registry", "promote", "cnn", "1", "--registry", uri))  # 0.996 is far off
+    assert "refused: below the threshold 0.9960 (default for cnn)" in line
+    out = succeeded(digitserve("registry", "promote", "cnn", "1", "--threshold", "0.3", "--registry", uri))
+    measured = ModelRegistry.open(uri).events("cnn")[0]["gate"]["candidate"]["accuracy"]
+    assert out.startswith("cnn/production -> v1 (was unset)")
+    assert measured > 0.3 and recorded > 0.3  # smoke accuracy is on test[:1000], the gate's on all 10k
