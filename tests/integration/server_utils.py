@@ -1,0 +1,105 @@
+"""A real `digitserve serve` process for integration tests.
+
+`start_server(env)` runs the console script on a free loopback port and returns once /readyz
+answers 200; `stop_server` sends SIGTERM (the production stop signal) and waits for the exit.
+`running_server(env)` wraps both for a `with` block or a fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+READY_TIMEOUT_S = 180.0  # loading and golden-checking both models on a busy 2-core machine
+STOP_TIMEOUT_S = 40.0  # the server's drain grace plus uvicorn's graceful shutdown
+DIGITSERVE = Path(sys.executable).with_name("digitserve")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_tail(log_path: Path, chars: int = 3000) -> str:
+    try:
+        return log_path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+def wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log_path: Path, timeout_s: float) -> None:
+    """Poll /readyz until it answers 200; raise with the server's log if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"digitserve exited with {process.returncode} before ready:\n{_log_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass  # not listening yet, or 503 while the models load
+        time.sleep(0.2)
+    raise RuntimeError(f"digitserve at {base_url} was not ready within {timeout_s:.0f}s:\n{_log_tail(log_path)}")
+
+
+def start_server(
+    env: Mapping[str, str] | None = None,
+    *,
+    log_path: Path | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    extra_args: Sequence[str] = (),
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `digitserve serve` on 127.0.0.1 and a free port; `env` adds to this process's environment.
+
+    Returns the process and its base URL once /readyz is 200. The server's output goes to
+    `log_path` (a temporary file by default) and is quoted in the error if it never gets ready.
+    """
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    if log_path is None:
+        log_path = Path(tempfile.mkstemp(prefix="digitserve-", suffix=".log")[1])
+    cmd = [str(DIGITSERVE), "serve", "--host", "127.0.0.1", "--port", str(port), *extra_args]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        wait_until_ready(process, base_url, log_path, ready_timeout_s)
+    except BaseException:
+        stop_server(process)
+        raise
+    return process, base_url
+
+
+def stop_server(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM, wait for a clean exit (killed past `timeout_s`); returns the exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@contextmanager
+def running_server(
+    env: Mapping[str, str] | None = None, *, log_path: Path | None = None, ready_timeout_s: float = READY_TIMEOUT_S
+) -> Iterator[str]:
+    """`with running_server({...}) as base_url:` — a started server, stopped on the way out."""
+    process, base_url = start_server(env, log_path=log_path, ready_timeout_s=ready_timeout_s)
+    try:
+        yield base_url
+    finally:
+        stop_server(process)
