@@ -27,7 +27,7 @@ from digitserve.serving.limits import BodySizeLimitMiddleware
 from digitserve.serving.manager import ModelManager
 from digitserve.serving.metrics import MetricsMiddleware, ServiceMetrics
 from digitserve.serving.responses import JSONResponse
-from digitserve.serving.routes import admin, health, models, predict
+from digitserve.serving.routes import admin, health, models, predict, v2
 
 log = logging.getLogger(__name__)
 STATIC = files("digitserve") / "static"
@@ -95,12 +95,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     app.state.draining = False
     install_error_handlers(app)
-    for router in (predict.router, models.router, health.router):
+    for router in (predict.router, models.router, health.router, v2.router):
         app.include_router(router)
     if settings.admin_token is not None:
         app.include_router(admin.router)
     _mount_page(app)
-    _install_v2(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app.router)
     return app
@@ -115,15 +114,6 @@ def _mount_page(app: FastAPI) -> None:
         return HTMLResponse(STATIC.joinpath("index.html").read_text(encoding="utf-8"))
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-
-
-def _install_v2(app: FastAPI) -> None:
-    """The Open Inference Protocol routes, when that module is present."""
-    try:
-        from digitserve.serving.routes import v2
-    except ImportError:
-        return
-    app.include_router(v2.router)
 
 
 def app_from_env() -> Any:
