@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.limit_train:
         train_idx = train_idx[: cfg.limit_train]
     dataset = AugmentedDigits(train.images[train_idx], train.labels[train_idx], augment=True)
-    sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    sampler: DistributedSampler | None = (
+        DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(
         dataset,

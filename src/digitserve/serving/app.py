@@ -59,7 +59,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     loader = ThreadPoolExecutor(2, thread_name_prefix="registry")
     manager = ModelManager(settings, registry, app.state.metrics, inference, loader)
     app.state.manager = manager
-    app.state.catalog = Catalog(registry)
+    listings = ThreadPoolExecutor(2, thread_name_prefix="catalog")
+    app.state.catalog = Catalog(registry, listings)
     await manager.refresh_all()  # first load; a registry outage leaves the server up but not ready
     poller = asyncio.create_task(_poll_after(manager, settings.poll_seconds), name="alias-poller")
     if settings.shutdown_grace_s > 0:
@@ -73,6 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.close()  # answers everything still queued
         inference.shutdown(wait=True)
         loader.shutdown(wait=False, cancel_futures=True)
+        listings.shutdown(wait=False, cancel_futures=True)
 
 
 async def _poll_after(manager: ModelManager, delay: float) -> None:

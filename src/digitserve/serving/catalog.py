@@ -6,15 +6,18 @@ listing is shown with the error, so `GET /v1/models` keeps answering.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import Executor
 from typing import Any
 
 from digitserve.registry import ModelRegistry, RegistryError
 
 
 class Catalog:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, executor: Executor) -> None:
         self.registry = registry
+        self.executor = executor  # its own threads: a slow listing never delays a model load
         self._manifests: dict[tuple[str, int], dict[str, Any]] = {}
         self._last: dict[str, dict[str, Any]] = {}
 
@@ -31,11 +34,11 @@ class Catalog:
             "weights_sha256": m["weights"]["sha256"],
         }
 
-    def describe(self, model: str) -> dict[str, Any]:
-        """{"versions": [...], "aliases": {...}, "registry_error": str | None, "listed_at": ...}.
+    async def describe(self, model: str) -> dict[str, Any]:
+        """{"versions": [...], "aliases": {...}, "registry_error": str | None, "listed_at": ...}."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._describe, model)
 
-        Blocking (registry I/O): call it from a thread.
-        """
+    def _describe(self, model: str) -> dict[str, Any]:
         try:
             listing = {
                 "versions": [self._version_entry(model, v) for v in self.registry.list_versions(model)],

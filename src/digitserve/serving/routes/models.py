@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,7 +15,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 async def describe_model(manager: ModelManager, catalog: Any, model: str) -> dict[str, Any]:
     state = manager.state(model)
-    listing = await asyncio.get_running_loop().run_in_executor(manager.loader, catalog.describe, model)
+    listing = await catalog.describe(model)
     return {
         "name": model,
         "alias": manager.settings.alias,

@@ -8,7 +8,6 @@ through the same batcher, limits and version selection as /v1. Health answers 20
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Annotated, Any
 
@@ -70,8 +69,7 @@ def not_ready(reason: str) -> JSONResponse:
 async def registry_versions(request: Request, manager: ModelManager, model: str) -> list[int]:
     """The model's versions in the registry (404 for an unknown model)."""
     manager.state(model)
-    loop = asyncio.get_running_loop()
-    listing = await loop.run_in_executor(manager.loader, request.app.state.catalog.describe, model)
+    listing = await request.app.state.catalog.describe(model)
     if listing["registry_error"] and not listing["versions"]:
         raise ModelNotReadyError(f"cannot list the versions of {model!r} now: {listing['registry_error']}")
     return [int(v["version"]) for v in listing["versions"]]
