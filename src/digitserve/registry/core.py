@@ -163,8 +163,8 @@ class ModelRegistry:
     def read_report(self, model: str, version: int, name: str) -> bytes:
         return self.store.read(f"{model}/versions/{int(version)}/report/{name}")[0]
 
-    def load_weights(self, model: str, version: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """The manifest and its weights, after checking the blob's size and sha256."""
+    def read_verified_blob(self, model: str, version: int) -> tuple[dict[str, Any], bytes]:
+        """The manifest and the raw safetensors bytes, after checking their size and sha256."""
         manifest = self.manifest(model, version)
         expected = manifest["weights"]
         try:
@@ -172,6 +172,11 @@ class ModelRegistry:
         except NotFoundError:
             raise IntegrityError(f"{model} v{version}: weights blob {expected['sha256'][:12]}... is missing") from None
         verify_blob(data, expected, f"{model} v{version}")
+        return manifest, data
+
+    def load_weights(self, model: str, version: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The manifest and its weights; only verified bytes are ever deserialised."""
+        manifest, data = self.read_verified_blob(model, version)
         return manifest, load_safetensors(data)
 
     def load_model(self, model: str, version: int) -> tuple[dict[str, Any], torch.nn.Module]:

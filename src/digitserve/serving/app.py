@@ -20,7 +20,8 @@ from fastapi.staticfiles import StaticFiles
 
 from digitserve import __version__
 from digitserve.config import Settings
-from digitserve.registry import ModelRegistry
+from digitserve.registry import LocalStore, ModelRegistry, open_store
+from digitserve.registry.cache import CachedRegistry
 from digitserve.serving.catalog import Catalog
 from digitserve.serving.errors import install_error_handlers
 from digitserve.serving.limits import BodySizeLimitMiddleware
@@ -50,11 +51,20 @@ def _install_sigterm_drain(app: FastAPI, loop: asyncio.AbstractEventLoop, grace_
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def open_serving_registry(settings: Settings) -> ModelRegistry:
+    """A remote registry gets a disk cache of verified blobs, so the server can start and keep
+    serving while the registry is unreachable; a local folder needs none."""
+    store = open_store(settings.registry)
+    if isinstance(store, LocalStore):
+        return ModelRegistry(store)
+    return CachedRegistry(store, settings.cache_dir)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
-    registry = ModelRegistry.open(settings.registry)
+    registry = open_serving_registry(settings)
     inference = ThreadPoolExecutor(1, thread_name_prefix="forward")  # one forward pass at a time
     loader = ThreadPoolExecutor(2, thread_name_prefix="registry")
     manager = ModelManager(settings, registry, app.state.metrics, inference, loader)

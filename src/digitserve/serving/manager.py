@@ -152,7 +152,8 @@ class ModelManager:
                 target = await self._resolve(model, self.settings.alias)
             except (UnknownVersionError, ModelNotReadyError) as exc:
                 self._record_failure(state, None, "resolve", exc.message)
-                return {"model": model, "changed": False, "error": exc.message}
+                unreachable = isinstance(exc, ModelNotReadyError)
+                return {"model": model, "changed": False, "error": exc.message, "registry_unreachable": unreachable}
             if state.served is not None and state.served.version == target:
                 return {"model": model, "version": target, "changed": False}
             if target in state.failed and not force:
@@ -196,8 +197,8 @@ class ModelManager:
 
     async def refresh_all(self, force: bool = False) -> list[dict[str, Any]]:
         results = [await self.refresh(m, force) for m in self.states]
-        ok = not any(r.get("error") and "cannot resolve" in r["error"] for r in results)
-        self.metrics.registry_up.set(1 if ok else 0)
+        down = any(r.get("registry_unreachable") for r in results) or getattr(self.registry, "unavailable", None)
+        self.metrics.registry_up.set(0 if down else 1)
         return results
 
     async def poll_forever(self) -> None:

@@ -25,6 +25,7 @@ async def describe_model(manager: ModelManager, catalog: Any, model: str) -> dic
         "last_poll_at": state.last_poll_at,
         "registry": manager.registry.uri,
         "registry_error": listing["registry_error"],
+        "serving_from_cache": getattr(manager.registry, "unavailable", None) is not None,
         "aliases": listing["aliases"],
         "versions": listing["versions"],
         "resident_versions": sorted(

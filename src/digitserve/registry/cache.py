@@ -1,0 +1,84 @@
+"""A local disk cache in front of a remote registry, so a server survives the registry going away.
+
+Manifests and blobs are immutable, so once read (and, for blobs, sha256-verified) they are
+kept on disk and never fetched again. Aliases are not immutable: they are always read from the
+registry, and the last answer is kept only as a fallback for when the registry is unreachable
+(a server can then start, or keep polling, from what it last knew, and says so).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from digitserve.registry.core import AliasState, IntegrityError, ModelRegistry, verify_blob
+from digitserve.registry.store import Store, StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class CachedRegistry(ModelRegistry):
+    """A ModelRegistry that keeps verified blobs, manifests and last-seen aliases on disk."""
+
+    def __init__(self, store: Store, cache_dir: Path) -> None:
+        super().__init__(store)
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.unavailable: str | None = None  # the last "registry unreachable" error, while it lasts
+
+    def _cached(self, *parts: str) -> Path:
+        return self.cache_dir.joinpath(*parts)
+
+    def manifest(self, model: str, version: int) -> dict[str, Any]:
+        path = self._cached(model, "versions", str(int(version)), "manifest.json")
+        if path.is_file():
+            return json.loads(path.read_bytes())
+        doc = super().manifest(model, version)
+        _write_atomic(path, json.dumps(doc).encode())
+        return doc
+
+    def read_verified_blob(self, model: str, version: int) -> tuple[dict[str, Any], bytes]:
+        manifest = self.manifest(model, version)
+        expected = manifest["weights"]
+        path = self._cached(model, "blobs", f"{expected['sha256']}.safetensors")
+        if path.is_file():
+            data = path.read_bytes()
+            try:
+                verify_blob(data, expected, f"cached {model} v{version}")
+                return manifest, data
+            except IntegrityError:
+                log.warning("cached blob of %s v%d is damaged; fetching it again", model, version)
+                path.unlink(missing_ok=True)
+        manifest, data = super().read_verified_blob(model, version)
+        _write_atomic(path, data)
+        return manifest, data
+
+    def get_alias(self, model: str, alias: str) -> AliasState | None:
+        path = self._cached(model, "aliases", f"{alias}.json")
+        try:
+            state = super().get_alias(model, alias)
+        except StoreUnavailableError as exc:
+            self.unavailable = str(exc)
+            if not path.is_file():
+                raise
+            log.warning("registry unreachable (%s); using the cached alias %s/%s", exc, model, alias)
+            return AliasState.parse(path.read_bytes(), etag="cached")
+        self.unavailable = None
+        if state is None:
+            path.unlink(missing_ok=True)
+            return None
+        doc = {"version": state.version, "previous": state.previous, "updated_at": state.updated_at,
+               "reason": state.reason}  # fmt: skip
+        _write_atomic(path, json.dumps(doc).encode())
+        return state
