@@ -50,6 +50,10 @@ def test_concurrent_conditional_write_is_a_conflict(stubbed: tuple[S3Store, Stub
     stub.add_client_error("put_object", "ConditionalRequestConflict", http_status_code=409)
     with pytest.raises(ConflictError, match="being written by someone else"):
         store.replace("m/aliases/production.json", b"{}", '"abc"')
+    # On a create (a new version's manifest) the key is being taken: publish moves on to n+1.
+    stub.add_client_error("put_object", "ConditionalRequestConflict", http_status_code=409)
+    with pytest.raises(AlreadyExistsError, match="being created by someone else"):
+        store.create("m/versions/3/manifest.json", b"{}")
 
 
 def test_alias_deleted_since_read_is_a_conflict(stubbed: tuple[S3Store, Stubber]) -> None:

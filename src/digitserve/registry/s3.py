@@ -131,6 +131,8 @@ class S3Store(Store):
                 return AlreadyExistsError(f"{key} already exists in {self.uri}")
             return precondition(f"{key} was changed by someone else since it was read; re-read and retry")
         if code == "ConditionalRequestConflict" or status == 409:
+            if precondition is AlreadyExistsError:  # a concurrent create of the same key: it is taken
+                return AlreadyExistsError(f"{key} is being created by someone else; use another key")
             return ConflictError(f"{key} is being written by someone else at the same time; re-read and retry")
         message = error.get("Message", "")
         return StoreUnavailableError(f"S3 refused the request for {where}: {code or status} {message}".strip())
