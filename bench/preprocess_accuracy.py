@@ -45,10 +45,13 @@ def photo_results(model: Any, n: int, seed: int) -> dict[str, Any]:
     prepared, refused = prepare_samples(samples)
     per_image_ms = (time.perf_counter() - start) / len(samples) * 1000
     raw = np.stack([naive(data) for data, _ in samples])
+    canvas = np.array([data.startswith(b"\x89PNG") for data, _ in samples])  # photos are JPEGs
     return {
         "n": len(samples),
         "seed": seed,
         "prepare": accuracy(model, prepared, labels, refused),
+        "prepare_photos_only": accuracy(model, prepared[~canvas], labels[~canvas], refused[~canvas]),
+        "prepare_canvas_only": accuracy(model, prepared[canvas], labels[canvas], refused[canvas]),
         "prepare_refused_no_digit": int(refused.sum()),
         "prepare_ms_per_image": round(per_image_ms, 2),
         "naive_resize": accuracy(model, raw, labels),

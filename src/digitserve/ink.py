@@ -60,33 +60,45 @@ def dilate(image: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def fit_background(image: np.ndarray, iterations: int = 4) -> tuple[np.ndarray, float]:
-    """Robust quadratic surface through the paper (lighting gradients), and the noise sigma.
+def noise_sigma(image: np.ndarray, lag: int) -> float:
+    """Robust noise level from differences of pixels `lag` apart: lighting gradients and the
+    (few) ink edges barely move the median, unlike the spread of the picture itself."""
+    diffs = [np.abs(np.diff(image[:, ::lag], axis=1)).ravel(), np.abs(np.diff(image[::lag], axis=0)).ravel()]
+    pooled = np.concatenate(diffs)
+    return 1.4826 * float(np.median(pooled)) / np.sqrt(2) if pooled.size else 0.0
 
-    Starts from the border's median, then refits on the pixels within 3 sigma of the
-    surface, so ink of either polarity (the minority) does not pull the surface.
+
+def _quadratic(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    y, x = ys / shape[0] - 0.5, xs / shape[1] - 0.5
+    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1)
+
+
+def fit_background(image: np.ndarray, noise: float, iterations: int = 4) -> tuple[np.ndarray, float]:
+    """Robust quadratic surface through the paper (lighting gradients), and the residual sigma.
+
+    The first fit uses the picture's rim, where the paper is; later fits use every pixel
+    within 3 sigma of the surface, so ink of either polarity does not pull the surface.
     """
     h, w = image.shape
     step = max(1, int(np.sqrt(h * w / 2048)))
-    ys, xs = np.mgrid[0:h:step, 0:w:step]
-    y, x = ys.ravel() / h - 0.5, xs.ravel() / w - 0.5
-    design = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+    ys, xs = (g.ravel() for g in np.mgrid[0:h:step, 0:w:step])
+    design = _quadratic(ys, xs, image.shape)
     values = image[::step, ::step].ravel().astype(np.float64)
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float64)
-    coef = np.array([np.median(border), 0, 0, 0, 0, 0], dtype=np.float64)
-    sigma = max(1.4826 * float(np.median(np.abs(border - coef[0]))), 1.0)
+    rim = (np.minimum(ys, h - 1 - ys) < 0.08 * h) | (np.minimum(xs, w - 1 - xs) < 0.08 * w)
+    rim_level = float(np.median(values[rim]))
+    rim_spread = max(1.4826 * float(np.median(np.abs(values[rim] - rim_level))), noise, 1.0)
+    inliers = rim & (np.abs(values - rim_level) <= 3 * rim_spread)
+    coef, spread = np.array([rim_level, 0, 0, 0, 0, 0]), rim_spread
     for _ in range(iterations):
-        residual = values - design @ coef
-        inliers = np.abs(residual) <= 3 * sigma
         if inliers.sum() >= 12:  # normal equations: a 6x6 solve, far cheaper than lstsq here
             a = design[inliers]
             coef = np.linalg.solve(a.T @ a + 1e-9 * np.eye(6), a.T @ values[inliers])
         residual = values - design @ coef
-        sigma = max(1.4826 * float(np.median(np.abs(residual))), 1.0)
-    yy, xx = np.mgrid[0:h, 0:w]
-    yn, xn = yy / h - 0.5, xx / w - 0.5
-    surface = coef[0] + coef[1] * xn + coef[2] * yn + coef[3] * xn * xn + coef[4] * xn * yn + coef[5] * yn * yn
-    return surface.astype(np.float32), sigma
+        spread = max(1.4826 * float(np.median(np.abs(residual[inliers]))) if inliers.any() else 0, noise, 1.0)
+        inliers = np.abs(residual) <= 3 * spread
+    rows, cols = np.mgrid[0:h, 0:w]
+    surface = _quadratic(rows, cols, image.shape) @ coef
+    return surface.astype(np.float32), spread
 
 
 def label_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -139,8 +151,9 @@ def keep_main_blobs(mask: np.ndarray) -> np.ndarray:
 
 def find_ink(gray: np.ndarray) -> Ink:
     """Ink strength of a grayscale picture (any polarity); NoDigitError when there is none."""
-    blurred = gaussian_blur(gray.astype(np.float32), sigma=max(gray.shape) / 300)
-    surface, sigma = fit_background(blurred)
+    blur = max(gray.shape) / 300
+    blurred = gaussian_blur(gray.astype(np.float32), sigma=blur)
+    surface, sigma = fit_background(blurred, noise_sigma(blurred, lag=1 + int(np.ceil(2 * blur))))
     residual = blurred - surface
     floor = NOISE_FLOOR_SIGMAS * sigma
     light_ink = residual[residual > floor].sum() >= -residual[residual < -floor].sum()

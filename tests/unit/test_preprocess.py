@@ -9,7 +9,10 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image, ImageFilter
 
 from digitserve.data import load_mnist
 from digitserve.preprocess import (
@@ -221,6 +224,16 @@ def test_noisy_photo_with_gradient_and_specks(mnist_test: tuple[np.ndarray, np.n
     assert similarity(styled, mnist_test[0][4]) > 0.85
 
 
+def test_bold_digit_under_strong_uneven_light(mnist_test: tuple[np.ndarray, np.ndarray]) -> None:
+    eight = int(np.nonzero(mnist_test[1] == 8)[0][0])
+    big = Image.fromarray(mnist_test[0][eight]).resize((220, 220), Image.Resampling.BICUBIC)
+    ink = np.asarray(big.filter(ImageFilter.MaxFilter(9)), dtype=np.float64) / 255  # a felt-tip pen
+    ys, xs = np.mgrid[0:220, 0:220] / 220 - 0.5
+    paper = 190 - 60 * (xs + ys) - 80 * (xs**2 + ys**2)  # light falling from 212 to 91 levels
+    styled = mnist_style(np.clip(paper * (1 - 0.5 * ink), 0, 255).astype(np.uint8))
+    assert similarity(styled, mnist_test[0][eight]) > 0.85
+
+
 def test_hairline_strokes_are_thickened(mnist_test: tuple[np.ndarray, np.ndarray]) -> None:
     big = Image.fromarray(mnist_test[0][1]).resize((560, 560), Image.Resampling.BICUBIC)
     hairline = (np.asarray(big) > 250).astype(np.uint8) * 255  # strokes a few pixels wide at 560px
@@ -255,3 +268,32 @@ def test_prepare_reads_a_canvas_png(mnist_test: tuple[np.ndarray, np.ndarray]) -
     styled = prepare(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
     assert styled.shape == (28, 28) and styled.dtype == np.uint8
     assert similarity(styled, mnist_test[0][2]) > 0.85
+
+
+# --- anything a client sends ends in a result or an ImageError, never another exception -------
+
+
+@settings(max_examples=150, deadline=None)
+@given(picture=arrays(np.uint8, st.tuples(st.integers(1, 64), st.integers(1, 64)), elements=st.integers(0, 255)))
+def test_any_picture_gives_a_digit_or_no_digit(picture: np.ndarray) -> None:
+    try:
+        styled = mnist_style(picture)
+    except NoDigitError:
+        return
+    assert styled.shape == (28, 28) and styled.dtype == np.uint8
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_damaged_files_raise_image_errors_only(data: st.DataObject) -> None:
+    fmt = data.draw(st.sampled_from(["PNG", "JPEG", "WEBP", "BMP", "GIF"]))
+    noise = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    damaged = bytearray(encode(Image.fromarray(noise), fmt))
+    for _ in range(data.draw(st.integers(1, 4))):
+        damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(damaged)))
+    try:
+        styled = prepare(bytes(damaged[:cut]))
+    except ImageError:
+        return
+    assert styled.shape == (28, 28) and styled.dtype == np.uint8
