@@ -11,13 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from digitserve.config import Settings
-from digitserve.preprocess import (
-    ImageError,
-    ImageTooLargeError,
-    NoDigitError,
-    UnsupportedFormatError,
-    prepare,
-)
+from digitserve.preprocess import ImageError, UnsupportedFormatError, prepare
 from digitserve.serving.errors import (
     InvalidInputError,
     PayloadTooLargeError,
@@ -53,10 +47,11 @@ def _prepare_all(blobs: Sequence[bytes], settings: Settings, names: Sequence[str
     for i, data in enumerate(blobs):
         try:
             out[i] = prepare(data, max_pixels=settings.max_image_pixels)
-        except UnsupportedFormatError as exc:
-            raise UnsupportedMediaTypeError(f"{names[i]}: {exc}") from None
-        except (ImageTooLargeError, NoDigitError, ImageError) as exc:
-            raise InvalidInputError(f"{names[i]}: {exc}") from None
+        except ImageError as exc:
+            error_cls = UnsupportedMediaTypeError if isinstance(exc, UnsupportedFormatError) else InvalidInputError
+            error = error_cls(f"{names[i]}: {exc}")
+            error.code = exc.code  # e.g. no_digit, image_too_large: specific enough for a client to act on
+            raise error from None
     return out
 
 
