@@ -1,0 +1,288 @@
+"""Pieces of the load benchmark: payloads, a private registry, server processes, and wrk.
+
+Everything runs on loopback: each server is a real process on a free port, stopped with
+SIGTERM; wrk (one thread, so it takes as little as possible of the cores the server needs)
+drives it with `lua/post.lua`, which prints the run's figures as one JSON line.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PYTHON = sys.executable
+POST_LUA = BENCH / "lua" / "post.lua"
+sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the test suite's registry helpers
+
+from registry_utils import SHIPPED, copy_shipped, publish_variant  # noqa: E402
+
+from digitserve.data import load_mnist  # noqa: E402
+from digitserve.registry import ModelRegistry  # noqa: E402
+
+ADMIN_TOKEN = "bench-admin-token"
+JSON = "application/json"
+BOUNDARY = "digitservebenchboundary"
+# The shape of the shipped ViT (training/train.py RECIPES["vit"]), for an untrained stand-in.
+VIT_SHAPE = {"embed_dim": 64, "depth": 6, "num_heads": 4, "mlp_ratio": 3.0, "drop_rate": 0.0, "drop_path_rate": 0.05}
+
+
+# --- payloads --------------------------------------------------------------------------------
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_payloads(folder: Path, batch: int = 64) -> dict[str, Path]:
+    """Request bodies made of real MNIST test digits, encoded as a client would send them."""
+    digits = load_mnist("test").images[:batch]
+    pngs = [png_bytes(d) for d in digits]
+    b64 = [base64.b64encode(p).decode() for p in pngs]
+    form = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="digit.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + pngs[0]
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    bodies = {
+        "one": json.dumps({"images": b64[:1]}).encode(),
+        "batch": json.dumps({"images": b64}).encode(),
+        "upload": form,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, body in bodies.items():
+        paths[name] = folder / f"{name}.body"
+        paths[name].write_bytes(body)
+    return paths
+
+
+# --- a private registry ----------------------------------------------------------------------
+
+
+def make_registry(folder: Path) -> tuple[ModelRegistry, dict[str, str]]:
+    """A copy of the shipped cnn (v1 production) plus v2, a slightly different version to move
+    the alias to; and the shipped vit, or an untrained one of the same shape if none is shipped.
+    Returns the registry and a note on where each model came from."""
+    shipped_vit = (SHIPPED / "vit" / "aliases" / "production.json").is_file()
+    registry = copy_shipped(folder, ("cnn", "vit") if shipped_vit else ("cnn",))
+    publish_variant(registry, "cnn", registry.resolve_alias("cnn", "production"))
+    notes = {"cnn": f"shipped cnn v{registry.resolve_alias('cnn', 'production')} (+ a variant to move the alias to)"}
+    if shipped_vit:
+        notes["vit"] = f"shipped vit v{registry.resolve_alias('vit', 'production')}"
+    else:
+        publish_untrained_vit(registry)
+        notes["vit"] = "untrained vit of the shipped shape (none shipped yet; same compute)"
+    return registry, notes
+
+
+def publish_untrained_vit(registry: ModelRegistry) -> None:
+    import torch
+
+    from digitserve.models import config_dict, create_model
+    from digitserve.preprocess import PREPROCESSING, to_model_input
+
+    torch.manual_seed(0)
+    model = create_model("vit", **VIT_SHAPE).eval()
+    digits = load_mnist("test").images[:8]
+    with torch.inference_mode():
+        logits = model(to_model_input(digits))
+    golden = {
+        "images_uint8_b64": base64.b64encode(digits.tobytes()).decode(),
+        "shape": list(digits.shape),
+        "logits": logits.tolist(),
+        "atol": 1e-3,
+    }
+    meta = {"preprocessing": PREPROCESSING, "golden": golden, "metrics": {"note": "untrained, benchmark only"}}
+    version = registry.publish("vit", "vit", config_dict(model), model.state_dict(), meta)
+    registry.move_alias("vit", "production", version, reason="benchmark stand-in")
+
+
+# --- server processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A server process on loopback; `ready_s` is the time from spawn to /readyz 200."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+    ready_s: float = 0.0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self, timeout_s: float = 40.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start(
+    name: str, cmd: Sequence[str], env: Mapping[str, str], logs: Path, timeout_s: float = 120.0, poll_s: float = 0.02
+) -> Server:
+    """Spawn `cmd` (it gets `--port`), then poll /readyz every `poll_s` until 200."""
+    port = free_port()
+    log = logs / f"{name}.log"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [*cmd, "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+    server = Server(name, process, f"http://127.0.0.1:{port}", log)
+    started = time.perf_counter()
+    deadline = started + timeout_s
+    while time.perf_counter() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}: {log.read_text()[-2000:]}")
+        if http_status(f"{server.url}/readyz") == 200:
+            server.ready_s = time.perf_counter() - started
+            return server
+        time.sleep(poll_s)
+    server.stop()
+    raise RuntimeError(f"{name} was not ready within {timeout_s:.0f}s: {log.read_text()[-2000:]}")
+
+
+def http_status(url: str, data: bytes | None = None, headers: Mapping[str, str] | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data, dict(headers or {})), timeout=30) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def http_text(url: str, data: bytes | None = None, headers: Mapping[str, str] | None = None) -> str:
+    with urllib.request.urlopen(urllib.request.Request(url, data, dict(headers or {})), timeout=30) as r:
+        return str(r.read().decode())
+
+
+def digitserve_cmd(src: Path | None = None, workers: int = 1) -> list[str]:
+    """`digitserve serve`, from this checkout or from another tree's `src` (an older commit)."""
+    if src is None:
+        return [str(Path(PYTHON).with_name("digitserve")), "serve", "--workers", str(workers)]
+    return [PYTHON, "-m", "digitserve.cli", "serve", "--workers", str(workers)]
+
+
+def server_env(
+    registry: ModelRegistry, models: str = "cnn", src: Path | None = None, **settings: Any
+) -> dict[str, str]:
+    """The server's environment: `settings` become DIGITSERVE_* variables (torch_threads=1, ...)."""
+    env = {
+        "DIGITSERVE_REGISTRY": registry.uri,
+        "DIGITSERVE_MODELS": models,
+        "DIGITSERVE_POLL_SECONDS": "3600",  # aliases move only when the benchmark says so
+        "DIGITSERVE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "DIGITSERVE_LOG_LEVEL": "warning",
+    }
+    env.update({f"DIGITSERVE_{k.upper()}": str(v) for k, v in settings.items()})
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    return env
+
+
+def bare_cmd(workers: int = 1) -> list[str]:
+    return [PYTHON, str(BENCH / "bare_app.py"), "--workers", str(workers)]
+
+
+# --- load ------------------------------------------------------------------------------------
+
+
+def wrk(
+    url: str, body: Path, connections: int, seconds: float, content_type: str = JSON, images: int = 1
+) -> dict[str, Any]:
+    """One wrk run; returns its figures (latencies in ms) with requests/s and images/s."""
+    proc = wrk_start(url, body, connections, seconds, content_type)
+    return wrk_result(proc, images)
+
+
+def wrk_start(url: str, body: Path, connections: int, seconds: float, content_type: str) -> subprocess.Popen[str]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(seconds, 1):.0f}s", "--timeout", "15s", "-s", str(POST_LUA)]
+    return subprocess.Popen([*cmd, url, "--", str(body), content_type], stdout=subprocess.PIPE, text=True)
+
+
+def wrk_result(proc: subprocess.Popen[str], images: int = 1) -> dict[str, Any]:
+    out, _ = proc.communicate()
+    line = next((ln for ln in out.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {out[-2000:]}")
+    raw = json.loads(line.removeprefix("WRK_JSON "))
+    seconds = raw["duration_us"] / 1e6
+    errors = sum(raw[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    return {
+        "requests": raw["requests"],
+        "rps": raw["requests"] / seconds,
+        "images_s": raw["requests"] * images / seconds,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "errors": errors,
+        "statuses": raw["statuses"],
+    }
+
+
+def settle(url: str, timeout_s: float = 120.0) -> None:
+    """Wait until the server has worked off what the last run left queued (its clients are gone,
+    but the server still computes their answers), so one run's backlog never slows the next."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if sum(metric_sum(url, "digitserve_queue_depth").values()) == 0:
+                break
+        except OSError:  # the bare app has no /metrics and no queue
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+
+
+def metric_sum(url: str, name: str) -> dict[str, float]:
+    """Prometheus samples of `name` from /metrics, by their label string."""
+    out: dict[str, float] = {}
+    for line in http_text(f"{url}/metrics").splitlines():
+        if line.startswith(name):
+            labels, _, value = line.rpartition(" ")
+            out[labels.removeprefix(name)] = float(value)
+    return out

@@ -1,0 +1,217 @@
+"""The load benchmark: digitserve against its limits, in one run, written to bench/results.md.
+
+    make bench                                   # = .venv/bin/python bench/run.py
+    .venv/bin/python bench/run.py --smoke --out /tmp/r.md   # seconds per scenario: checks it runs
+
+Limits measured in the same run: the HTTP limit (bench/bare_app.py, a FastAPI endpoint that only
+base64-decodes), the compute limit (bench/compute.py, the forward pass in-process) and the
+server with batching off (DIGITSERVE_MAX_BATCH_SIZE=1). Servers are real processes on loopback;
+wrk drives them (bench/lua/post.lua). Older commits named in HISTORY (or --ref) run the same
+headline scenarios from a `git archive` of their src/, so each change is measured before/after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import harness as h
+import report
+
+# Commits the headline scenarios are re-run at, oldest first: (label, git ref).
+HISTORY: list[tuple[str, str]] = []
+MAX_START_LOAD = 0.5  # 1-minute load average above which a full run waits (other work on the box)
+
+
+@dataclass(frozen=True)
+class Plan:
+    seconds: float  # one wrk run
+    warmup: float  # a wrk run before each server's first measurement (not recorded)
+    startup_runs: int
+    compute_seconds: float
+    extras: bool  # --workers 2, torch thread counts, history
+
+
+FULL = Plan(seconds=10, warmup=3, startup_runs=5, compute_seconds=3, extras=True)
+SMOKE = Plan(seconds=1, warmup=0, startup_runs=1, compute_seconds=0.2, extras=False)
+
+
+class Bench:
+    """Runs scenarios and keeps every figure in `self.results` for the report."""
+
+    def __init__(self, plan: Plan, work: Path) -> None:
+        self.plan = plan
+        self.work = work
+        self.logs = work / "logs"
+        self.logs.mkdir(parents=True)
+        self.bodies = h.write_payloads(work / "bodies")
+        self.registry, notes = h.make_registry(work / "registry")
+        self.results: dict[str, Any] = {"models": notes, "runs": [], "compute": {}, "startup": []}
+
+    # --- building blocks ---------------------------------------------------------------------
+
+    def serve(self, name: str, cmd: list[str], env: dict[str, str], model: str = "cnn") -> h.Server:
+        server = h.start(name, cmd, env, self.logs)
+        if self.plan.warmup:
+            h.wrk(self.predict_url(server, model), self.bodies["one"], 16, self.plan.warmup)
+            h.settle(server.url)
+        return server
+
+    def server(self, name: str, models: str = "cnn", workers: int = 1, src: Path | None = None, **kw: Any) -> h.Server:
+        env = h.server_env(self.registry, models, src, **kw)
+        return self.serve(name, h.digitserve_cmd(src, workers), env, model=models.split(",")[0])
+
+    @staticmethod
+    def predict_url(server: h.Server, model: str, upload: bool = False) -> str:
+        return f"{server.url}/v1/models/{model}/predict" + ("/upload" if upload else "")
+
+    def load(self, server: h.Server, body: str, connections: int, model: str = "cnn", **extra: Any) -> dict[str, Any]:
+        """One recorded wrk run of `body` ("one", "batch" or "upload") against `server`."""
+        images = 64 if body == "batch" else 1
+        content_type = f"multipart/form-data; boundary={h.BOUNDARY}" if body == "upload" else h.JSON
+        url = self.predict_url(server, model, upload=body == "upload")
+        figures = h.wrk(url, self.bodies[body], connections, self.plan.seconds, content_type, images)
+        h.settle(server.url)
+        row = {"server": server.name, "model": model, "body": body, "images": images, "connections": connections}
+        row.update(extra, **figures)
+        self.results["runs"].append(row)
+        print(report.run_line(row), flush=True)
+        return row
+
+    # --- scenarios ---------------------------------------------------------------------------
+
+    def compute_limits(self) -> None:
+        for model in ("cnn", "vit"):
+            cmd = [h.PYTHON, str(h.BENCH / "compute.py"), "--registry", self.registry.uri, "--model", model]
+            out = subprocess.run(
+                [*cmd, "--seconds", str(self.plan.compute_seconds)], check=True, capture_output=True, text=True
+            )
+            self.results["compute"][model] = json.loads(out.stdout.splitlines()[-1])
+            print(f"compute {model}: {self.results['compute'][model]}", flush=True)
+
+    def startup(self) -> None:
+        """Spawn `digitserve serve` and time it to /readyz 200, a few times."""
+        for models in ("cnn", "cnn,vit") if self.plan.extras else ("cnn",):
+            runs = self.plan.startup_runs if models == "cnn" else max(1, self.plan.startup_runs // 2)
+            for _ in range(runs):
+                with h.start(
+                    f"startup-{models}", h.digitserve_cmd(), h.server_env(self.registry, models), self.logs
+                ) as s:
+                    self.results["startup"].append({"models": models, "seconds": s.ready_s})
+                print(f"startup {models}: {s.ready_s:.2f}s", flush=True)
+
+    def bare(self, workers: int = 1) -> None:
+        name = "bare" if workers == 1 else f"bare --workers {workers}"
+        with self.serve(name, h.bare_cmd(workers), {}) as s:
+            for c in (1, 16, 64) if workers == 1 else (64,):
+                self.load(s, "one", c)
+            if workers == 1:
+                self.load(s, "batch", 64)
+
+    def digitserve(self) -> None:
+        """The server as shipped (both models loaded), then the alias move on the same server."""
+        with self.server("digitserve", models="cnn,vit") as s:
+            for c in (1, 16, 64):
+                self.load(s, "one", c)
+            self.load(s, "batch", 16)
+            self.load(s, "batch", 64)
+            self.load(s, "upload", 64)
+            self.load(s, "one", 64, model="vit")
+            self.load(s, "batch", 16, model="vit")
+            self.alias_move(s)
+
+    def no_batching(self) -> None:
+        with self.server("digitserve, batching off", max_batch_size=1) as s:
+            self.load(s, "one", 16)
+            self.load(s, "one", 64)
+
+    def alias_move(self, s: h.Server) -> None:
+        """Single-image load at 64 connections; a third of the way in the alias moves to v2, at
+        two thirds back to v1, each followed by an admin reload. Every error counts."""
+        before = h.metric_sum(s.url, "digitserve_images_total")
+        proc = h.wrk_start(self.predict_url(s, "cnn"), self.bodies["one"], 64, self.plan.seconds * 2, h.JSON)
+        moves = [self.move_and_reload(s, version, self.plan.seconds * 2 / 3) for version in (2, 1)]
+        figures = h.wrk_result(proc)
+        after = h.metric_sum(s.url, "digitserve_images_total")
+        served = {k: v - before.get(k, 0) for k, v in after.items() if 'model="cnn"' in k}
+        row = {"server": "digitserve, alias moving", "model": "cnn", "body": "one", "images": 1, "connections": 64}
+        row.update(figures, moves=moves, served_by_version=served)
+        self.results["runs"].append(row)
+        print(report.run_line(row), moves, served, flush=True)
+
+    def move_and_reload(self, server: h.Server, version: int, after_s: float) -> dict[str, Any]:
+        time.sleep(after_s)
+        self.registry.move_alias("cnn", "production", version, reason="benchmark: alias move under load")
+        started = time.perf_counter()
+        answer = h.http_text(f"{server.url}/v1/admin/reload", b"", {"Authorization": f"Bearer {h.ADMIN_TOKEN}"})
+        return {"to": version, "reload_s": round(time.perf_counter() - started, 3), "answer": json.loads(answer)}
+
+    def two_workers(self) -> None:
+        with self.server("digitserve --workers 2", workers=2, torch_threads=1) as s:
+            self.load(s, "one", 64)
+            self.load(s, "batch", 64)
+        self.bare(workers=2)
+
+    def torch_threads(self) -> None:
+        with self.server("digitserve, 1 torch thread", torch_threads=1) as s:
+            self.load(s, "one", 64)
+            self.load(s, "batch", 64)
+
+    def history(self, refs: list[tuple[str, str]]) -> None:
+        for label, ref in refs:
+            src = report.checkout_src(ref, self.work / f"src-{len(self.results['runs'])}")
+            if src is None:
+                self.results.setdefault("skipped", []).append(f"{label} ({ref}): not in this clone")
+                continue
+            with self.server(f"@{ref[:10]} {label}", src=src) as s:
+                self.load(s, "one", 64, ref=ref, label=label)
+                self.load(s, "batch", 64, ref=ref, label=label)
+
+
+def wait_for_quiet(max_load: float, patience_s: float) -> float:
+    """The 1-minute load average, after waiting up to `patience_s` for it to fall below `max_load`."""
+    deadline = time.monotonic() + patience_s
+    while (load := report.loadavg()) > max_load and time.monotonic() < deadline:
+        print(f"load average {load:.2f} > {max_load}: waiting for other work to finish", flush=True)
+        time.sleep(30)
+    return load
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a second per scenario; checks the harness, not speed")
+    parser.add_argument("--out", type=Path, default=h.BENCH / "results.md")
+    parser.add_argument("--ref", action="append", default=[], metavar="LABEL=REF", help="also run a commit")
+    parser.add_argument("--wait-for-quiet", type=float, default=900, metavar="S", help="wait for load < 0.5")
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    refs = HISTORY + [tuple(r.split("=", 1)) if "=" in r else (r, r) for r in args.ref]  # type: ignore[misc]
+    load_before = report.loadavg() if args.smoke else wait_for_quiet(MAX_START_LOAD, args.wait_for_quiet)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="digitserve-bench-") as tmp:
+        bench = Bench(plan, Path(tmp))
+        steps = [bench.compute_limits, bench.startup, bench.bare, bench.digitserve, bench.no_batching]
+        if plan.extras:
+            steps += [bench.two_workers, bench.torch_threads, lambda: bench.history(refs)]
+        for step in steps:
+            step()
+    bench.results.update(
+        machine=report.machine(load_before), started=started, seconds=time.time() - started, smoke=args.smoke
+    )
+    bench.results["command"] = " ".join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report.markdown(bench.results))
+    args.out.with_suffix(".json").write_text(json.dumps(bench.results, indent=1, default=str))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The load benchmark runs end to end: `bench/run.py --smoke` (a second per scenario) writes its report.
+
+This checks the harness (servers start, wrk drives them, the alias moves, the report is
+written), not how fast anything is: the machine may be busy with other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make system-deps installs it)"),
+]
+
+
+def test_smoke_run_writes_its_report(tmp_path: Path) -> None:
+    out = tmp_path / "results.md"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    report = out.read_text()
+    assert "Smoke run" in report
+    for section in ("## Targets", "## Every run", "## Compute limit", "## Process start to ready", "## Alias move"):
+        assert section in report
+    results = json.loads(out.with_suffix(".json").read_text())
+    scenarios = {(r["server"], r["model"], r["body"]) for r in results["runs"]}
+    assert {
+        ("bare", "cnn", "one"),
+        ("digitserve", "cnn", "one"),
+        ("digitserve", "cnn", "batch"),
+        ("digitserve", "cnn", "upload"),
+        ("digitserve", "vit", "one"),
+        ("digitserve, batching off", "cnn", "one"),
+        ("digitserve, alias moving", "cnn", "one"),
+    } <= scenarios
+    assert set(results["compute"]) == {"cnn", "vit"}
+    assert results["startup"] and all(s["seconds"] > 0 for s in results["startup"])
+    moving = next(r for r in results["runs"] if r["server"] == "digitserve, alias moving")
+    assert [m["answer"]["results"][0]["version"] for m in moving["moves"]] == [2, 1]
+    assert all(m["answer"]["results"][0]["changed"] for m in moving["moves"])
