@@ -1,4 +1,8 @@
-"""FastAPI dependencies shared by the routers."""
+"""FastAPI dependencies shared by the routers.
+
+All of them are `async def`: FastAPI runs a plain `def` dependency in its thread pool, and
+three thread hops per prediction cost more than the prediction (bench/README.md).
+"""
 
 from __future__ import annotations
 
@@ -19,22 +23,22 @@ from digitserve.serving.loading import LoadedVersion
 from digitserve.serving.manager import ModelManager
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_manager(request: Request) -> ModelManager:
+async def get_manager(request: Request) -> ModelManager:
     return request.app.state.manager
 
 
-def accepting(request: Request) -> None:
+async def accepting(request: Request) -> None:
     """Refuse new work once SIGTERM has been received."""
     if request.app.state.draining:
         raise ShuttingDownError("the server is shutting down; retry on another replica")
 
 
-def require_admin(request: Request) -> None:
-    token = get_settings(request).admin_token
+async def require_admin(request: Request) -> None:
+    token = request.app.state.settings.admin_token
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     # compare_digest takes the same time wherever the strings differ
