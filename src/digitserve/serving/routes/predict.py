@@ -40,16 +40,17 @@ def _png_b64(image: np.ndarray) -> str:
 def render_predictions(
     loaded: LoadedVersion, alias: str | None, probs: np.ndarray, top_k: int, inputs: np.ndarray | None = None
 ) -> dict[str, Any]:
-    order = np.argsort(-probs, axis=1)[:, :top_k]
+    order = np.argsort(-probs, axis=1)[:, :top_k].tolist()
     predictions = []
-    for i, row in enumerate(probs):
-        top = [{"label": int(c), "probability": round(float(row[c]), 6)} for c in order[i]]
+    for i, row in enumerate(probs.tolist()):  # plain floats: indexing numpy scalars is slow
+        rounded = [round(p, 6) for p in row]
+        top = [{"label": c, "probability": rounded[c]} for c in order[i]]
         predictions.append(
             {
                 "label": top[0]["label"],
                 "confidence": top[0]["probability"],
                 "top_k": top,
-                "probabilities": [round(float(p), 6) for p in row],
+                "probabilities": rounded,
                 "model_input": _png_b64(inputs[i]) if inputs is not None else None,
             }
         )
