@@ -84,6 +84,8 @@ def test_full_queue_is_refused_with_queue_full(executor: ThreadPoolExecutor) -> 
         queued = [batcher.submit(images(4), timeout_s=5) for _ in range(2)]
         with pytest.raises(QueueFullError):
             batcher.submit(images(1), timeout_s=5)
+        with pytest.raises(QueueFullError):  # what a route asks before it decodes a request's images
+            batcher.check_room(1)
         forward.gate.set()
         await asyncio.gather(first, *queued)
         await batcher.close()

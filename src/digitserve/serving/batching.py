@@ -80,14 +80,18 @@ class DynamicBatcher:
         """
         if self._closing:
             raise ShuttingDownError("this model version is being retired; retry")
-        if self._queued_images + len(images) > self.max_queue and self._queue:
-            raise QueueFullError(f"queue full ({self._queued_images} images waiting); retry shortly")
+        self.check_room(len(images))
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(images, future, time.perf_counter() + timeout_s))
         self._queued_images += len(images)
         self.stats.on_queue_depth(self._queued_images)
         self._wakeup.set()
         return future
+
+    def check_room(self, n: int) -> None:
+        """QueueFullError unless `n` more images fit (a lone request always fits)."""
+        if self._queued_images + n > self.max_queue and self._queue:
+            raise QueueFullError(f"queue full ({self._queued_images} images waiting); retry shortly")
 
     async def close(self) -> None:
         """Stop taking requests, answer everything already queued, then stop."""

@@ -54,6 +54,14 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[ModelManager, Depends(get_manager)]
 
 
+def refuse_if_full(manager: ModelManager, model: str, n: int) -> None:
+    """Before decoding: 503 now if the served version's queue has no room for `n` more images,
+    so an overloaded server does not spend its CPU decoding requests it will refuse."""
+    served = manager.state(model).served
+    if served is not None and served.batcher is not None:
+        served.batcher.check_room(n)
+
+
 async def predict(
     manager: ModelManager,
     settings: Settings,
