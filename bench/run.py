@@ -26,7 +26,13 @@ import harness as h
 import report
 
 # Commits the headline scenarios are re-run at, oldest first: (label, git ref).
-HISTORY: list[tuple[str, str]] = []
+HISTORY: list[tuple[str, str]] = [
+    ("before issue 6", "ea7b2c8"),
+    ("+ async dependencies", "faa8bd0"),
+    ("+ cheaper framing check and rendering", "f277623"),
+    ("+ timm imported only for a ViT", "9aa3350"),
+    ("+ queue checked before decoding", "72f75db"),
+]
 MAX_START_LOAD = 0.5  # 1-minute load average above which a full run waits (other work on the box)
 
 
@@ -154,23 +160,41 @@ class Bench:
         return {"to": version, "reload_s": round(time.perf_counter() - started, 3), "answer": json.loads(answer)}
 
     def two_workers(self) -> None:
-        with self.server("digitserve --workers 2", workers=2, torch_threads=1) as s:
+        """Two processes (each 1 torch thread: `serve` divides the cores among its workers)."""
+        with self.server("digitserve --workers 2", workers=2) as s:
+            self.load(s, "one", 64)
+            self.load(s, "batch", 64)
+        with self.server("digitserve --workers 2, 2 torch threads each", workers=2, torch_threads=2) as s:
             self.load(s, "one", 64)
             self.load(s, "batch", 64)
         self.bare(workers=2)
 
-    def torch_threads(self) -> None:
-        with self.server("digitserve, 1 torch thread", torch_threads=1) as s:
+    def settings_sweep(self) -> None:
+        """The knobs that trade the two cores between the event loop and the forward pass."""
+        for name, settings in [
+            ("digitserve, 1 torch thread", {"torch_threads": 1}),
+            ("digitserve, 2 torch threads", {"torch_threads": 2}),
+        ]:
+            with self.server(name, **settings) as s:
+                self.load(s, "one", 64)
+                self.load(s, "batch", 64)
+        with self.server("digitserve, batch delay 0 ms", max_batch_delay_ms=0) as s:
+            self.load(s, "one", 1)
             self.load(s, "one", 64)
-            self.load(s, "batch", 64)
 
     def history(self, refs: list[tuple[str, str]]) -> None:
+        """Each earlier commit: its start-up time (three starts) and the two headline loads."""
         for label, ref in refs:
             src = report.checkout_src(ref, self.work / f"src-{len(self.results['runs'])}")
             if src is None:
                 self.results.setdefault("skipped", []).append(f"{label} ({ref}): not in this clone")
                 continue
+            env = h.server_env(self.registry, "cnn", src)
+            for _ in range(2):
+                with h.start("startup", h.digitserve_cmd(src), env, self.logs) as s:
+                    self.results["startup"].append({"models": "cnn", "seconds": s.ready_s, "ref": ref, "label": label})
             with self.server(f"@{ref[:10]} {label}", src=src) as s:
+                self.results["startup"].append({"models": "cnn", "seconds": s.ready_s, "ref": ref, "label": label})
                 self.load(s, "one", 64, ref=ref, label=label)
                 self.load(s, "batch", 64, ref=ref, label=label)
 
@@ -199,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(plan, Path(tmp))
         steps = [bench.compute_limits, bench.startup, bench.bare, bench.digitserve, bench.no_batching]
         if plan.extras:
-            steps += [bench.two_workers, bench.torch_threads, lambda: bench.history(refs)]
+            steps += [bench.two_workers, bench.settings_sweep, lambda: bench.history(refs)]
         for step in steps:
             step()
     bench.results.update(
