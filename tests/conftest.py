@@ -48,9 +48,12 @@ def _wait_until_answers(proc: subprocess.Popen[bytes], endpoint: str, log: Path)
 
 
 @contextmanager
-def run_moto_server(log: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start `python -m moto.server` on a free loopback port; yields its endpoint URL."""
-    port = free_port()
+def run_moto_server(log: Path, extra_env: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
+    """Start `python -m moto.server` on `port` (default: a free loopback port); yields its endpoint URL.
+
+    A given port brings S3 "back" at the same endpoint after an earlier server there stopped.
+    """
+    port = port or free_port()
     endpoint = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"]
     with open(log, "wb") as out:

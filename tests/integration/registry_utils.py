@@ -1,4 +1,4 @@
-"""Building test registries from the shipped baselines: copies, variants, damaged versions."""
+"""Building test registries from the shipped baselines: copies (local or S3), variants, damaged versions."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import base64
 import io
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from digitserve.registry import ModelRegistry, build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = Path(os.environ.get("DIGITSERVE_TEST_BASELINES", ROOT / "registry"))  # override: develop without baselines
+SEED_SCRIPT = ROOT / "infra" / "seed_registry.py"
 
 
 def copy_shipped(dest: Path, models: tuple[str, ...] = ("cnn",)) -> ModelRegistry:
@@ -25,6 +29,31 @@ def copy_shipped(dest: Path, models: tuple[str, ...] = ("cnn",)) -> ModelRegistr
     for model in models:
         shutil.copytree(SHIPPED / model, dest / model, ignore=shutil.ignore_patterns(".*.lock"))
     return ModelRegistry.open(str(dest))
+
+
+def seed_s3(uri: str, models: tuple[str, ...] = ("cnn",), *, aliases: bool = True) -> None:
+    """Copy the shipped `models` into the S3 registry `uri` with the operator's tool, infra/seed_registry.py
+    (it creates the bucket if needed). With `aliases=False` only versions and blobs go up: no alias is set."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_shipped(Path(tmp), models)
+        if not aliases:
+            for model in models:
+                shutil.rmtree(Path(tmp) / model / "aliases")
+                shutil.rmtree(Path(tmp) / model / "events")
+        seeded = subprocess.run([sys.executable, str(SEED_SCRIPT), tmp, uri], capture_output=True, text=True)
+    assert seeded.returncode == 0, seeded.stderr
+
+
+def train_smoke(uri: str, arch: str = "cnn") -> str:
+    """Run `training/train.py --arch ARCH --smoke --registry URI` (a real run of seconds that publishes); its stdout."""
+    trained = subprocess.run(
+        [sys.executable, str(ROOT / "training" / "train.py"), "--arch", arch, "--smoke", "--registry", uri],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    return trained.stdout
 
 
 def publish_variant(

@@ -2,7 +2,8 @@
 
 `start_server(env)` runs the console script on a free loopback port and returns once /readyz
 answers 200; `stop_server` sends SIGTERM (the production stop signal) and waits for the exit.
-`running_server(env)` wraps both for a `with` block or a fixture.
+`running_server(env)` wraps both for a `with` block or a fixture. `metric`, `model_info` and
+`wait_until` read what a running server reports.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 READY_TIMEOUT_S = 180.0  # loading and golden-checking both models on a busy 2-core machine
 STOP_TIMEOUT_S = 40.0  # the server's drain grace plus uvicorn's graceful shutdown
@@ -103,3 +107,31 @@ def running_server(
         yield base_url
     finally:
         stop_server(process)
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the /metrics samples called `name` whose labels include `labels`."""
+    text = httpx.get(f"{url}/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        named = line.startswith((name + "{", name + " "))
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def model_info(url: str, model: str) -> dict[str, Any]:
+    """`GET /v1/models/{model}`; generous timeout: while the registry is down its listing retries."""
+    response = httpx.get(f"{url}/v1/models/{model}", timeout=60)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.25) -> float:
+    """Poll `check` until it holds; returns the seconds it took, fails the test past `timeout_s`."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"{what}: not within {timeout_s:.0f}s")
+        time.sleep(interval_s)
+    return time.monotonic() - start

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from registry_utils import train_smoke
 from torch import nn
 
 from digitserve.data import TEST_LABEL_COUNTS
@@ -23,7 +24,6 @@ from digitserve.models import config_dict, create_model
 from digitserve.registry import ModelRegistry
 
 MODEL = "digits"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def accuracy_of(label: int) -> float:
@@ -212,13 +212,7 @@ def test_unreachable_endpoint_is_one_line(unreachable_s3_env: str) -> None:
 def test_smoke_trained_model_goes_through_the_gate_on_s3(s3_bucket: str) -> None:
     """The real pipeline: train.py --smoke publishes to S3; the gate re-measures what it published."""
     uri = f"s3://{s3_bucket}/registry"
-    trained = subprocess.run(
-        [sys.executable, str(REPO / "training" / "train.py"), "--arch", "cnn", "--smoke", "--registry", uri],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    train_smoke(uri)
     manifest = ModelRegistry.open(uri).manifest("cnn", 1)
     line = error_line(digitserve("registry", "promote", "cnn", "1", "--registry", uri))  # a smoke run is far off
     assert "refused: below the threshold 0.9960 (default for cnn)" in line

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from registry_utils import blob_path, copy_shipped, png_b64, png_bytes, publish_variant
-from server_utils import start_server, stop_server
+from server_utils import metric, start_server, stop_server
 
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
@@ -52,16 +52,6 @@ def server(registry: ModelRegistry, tmp_path_factory: pytest.TempPathFactory) ->
     process, url = start_server(env, log_path=tmp_path_factory.mktemp("logs") / "server.log")
     yield url
     assert stop_server(process) == 0
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        named = line.startswith((name + "{", name + " "))
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def reload(url: str) -> dict[str, Any]:

@@ -4,10 +4,14 @@ Manifests and blobs are immutable, so once read (and, for blobs, sha256-verified
 kept on disk and never fetched again. Aliases are not immutable: they are always read from the
 registry, and the last answer is kept only as a fallback for when the registry is unreachable
 (a server can then start, or keep polling, from what it last knew, and says so).
+
+Each registry URI has its own folder under the cache dir: version 1 of `cnn` in one bucket is
+not version 1 of `cnn` in another, so servers of two registries may share a cache dir.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,12 +33,17 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def cache_folder(cache_dir: Path, uri: str) -> Path:
+    """Where the cache of the registry at `uri` lives under `cache_dir`."""
+    return Path(cache_dir).expanduser() / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
 class CachedRegistry(ModelRegistry):
     """A ModelRegistry that keeps verified blobs, manifests and last-seen aliases on disk."""
 
     def __init__(self, store: Store, cache_dir: Path) -> None:
         super().__init__(store)
-        self.cache_dir = Path(cache_dir).expanduser()
+        self.cache_dir = cache_folder(cache_dir, store.uri)
         self.unavailable: str | None = None  # the last "registry unreachable" error, while it lasts
 
     def _cached(self, *parts: str) -> Path:

@@ -1,0 +1,220 @@
+"""The server on an S3 registry (a real moto server): serving, its disk cache, and S3 outages.
+
+Each test seeds a bucket with the shipped cnn (v1, production) and runs a real `digitserve
+serve` against it. The outage tests take S3 away (an endpoint nobody listens on, or the moto
+server stopped mid-run) and check that no client ever sees an error because of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+import httpx
+import numpy as np
+import pytest
+from conftest import free_port, run_moto_server, set_fake_aws_env  # tests/conftest.py
+from registry_utils import SHIPPED, png_b64, seed_s3
+from server_utils import metric, model_info, start_server, stop_server, wait_until
+
+from digitserve.data import load_mnist
+from digitserve.models import config_dict, create_model
+from digitserve.registry import ModelRegistry, StoreUnavailableError, open_store
+from digitserve.registry.cache import CachedRegistry, cache_folder
+from digitserve.registry.s3 import S3Store
+
+PREFIX = "registry"
+OUTAGE_TIMEOUT_S = 60.0  # a registry call fails only after boto3's bounded retries
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    test = load_mnist("test")
+    return test.images[:64], test.labels[:64]
+
+
+def seed_bucket(bucket: str | None = None) -> str:
+    """A bucket (new unless named) holding a copy of the shipped cnn (v1, production); returns its registry URI."""
+    uri = f"s3://{bucket or f'digitserve-serving-{uuid.uuid4().hex[:12]}'}/{PREFIX}"
+    seed_s3(uri)
+    return uri
+
+
+def serve_env(registry_uri: str, cache_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "DIGITSERVE_REGISTRY": registry_uri,
+        "DIGITSERVE_MODELS": "cnn",
+        "DIGITSERVE_CACHE_DIR": str(cache_dir),
+        "DIGITSERVE_POLL_SECONDS": "1",
+        **extra,
+    }
+
+
+def predict(url: str, image: np.ndarray) -> httpx.Response:
+    return httpx.post(f"{url}/v1/models/cnn/predict", json={"images": [png_b64(image)]}, timeout=30)
+
+
+def assert_answers_with_v1(url: str, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = digits
+    for i in range(3):
+        r = predict(url, images[i])
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == 1 and r.json()["predictions"][0]["label"] == labels[i]
+
+
+def shipped_production() -> dict[str, object]:
+    return dict(json.loads((SHIPPED / "cnn" / "aliases" / "production.json").read_text()))
+
+
+@pytest.mark.slow  # real servers
+@pytest.mark.usefixtures("moto_s3_env")
+def test_serves_from_s3_and_fills_the_cache(tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    uri = seed_bucket()
+    cache = tmp_path / "cache"
+    process, url = start_server(serve_env(uri, cache), log_path=tmp_path / "server.log")
+    try:
+        assert_answers_with_v1(url, digits)
+        info = model_info(url, "cnn")
+        assert info["registry"] == uri and info["serving"]["version"] == 1
+        assert info["aliases"] == {"production": 1} and [v["version"] for v in info["versions"]] == [1]
+        assert info["serving_from_cache"] is False and info["registry_error"] is None
+        assert metric(url, "digitserve_registry_reachable") == 1
+    finally:
+        assert stop_server(process) == 0
+
+    # What was fetched from S3 is on disk: the blob byte for byte, the manifest, the alias.
+    sha = info["serving"]["weights_sha256"]
+    cached = cache_folder(cache, uri) / "cnn"
+    shipped_blob = SHIPPED / "cnn" / "blobs" / f"{sha}.safetensors"
+    assert (cached / "blobs" / f"{sha}.safetensors").read_bytes() == shipped_blob.read_bytes()
+    assert json.loads((cached / "versions" / "1" / "manifest.json").read_text())["weights"]["sha256"] == sha
+    assert json.loads((cached / "aliases" / "production.json").read_text()) == shipped_production()
+
+
+def test_one_cache_dir_never_mixes_up_two_registries(s3_bucket: str, tmp_path: Path) -> None:
+    """cnn v1 in one bucket is not cnn v1 in another: servers sharing a cache dir keep them apart."""
+    cache = tmp_path / "cache"
+    shipped = CachedRegistry(open_store(seed_bucket()), cache)
+    shipped.load_weights("cnn", 1)  # the shipped v1 and production alias are now cached
+    assert shipped.resolve_alias("cnn", "production") == 1
+
+    other = ModelRegistry.open(f"s3://{s3_bucket}/{PREFIX}")
+    small = create_model("cnn", channels=[4, 8, 8], depths=[1, 1, 1])
+    assert other.publish("cnn", "cnn", config_dict(small), small.state_dict(), {}) == 1
+    other.move_alias("cnn", "production", 1)
+    cached_other = CachedRegistry(other.store, cache)
+    assert cached_other.load_weights("cnn", 1)[0]["weights"] == other.manifest("cnn", 1)["weights"]
+
+    # Unreachable, the other registry has no alias cached: the shipped one's must not stand in for it.
+    closed = boto3.session.Session().client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StoreUnavailableError):
+        CachedRegistry(S3Store(s3_bucket, PREFIX, client=closed), cache).get_alias("cnn", "production")
+
+
+@pytest.mark.slow  # real servers
+@pytest.mark.usefixtures("moto_s3_env")
+def test_starts_from_the_cache_when_s3_is_unreachable(tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    uri = seed_bucket()
+    cache = tmp_path / "cache"
+    process, _ = start_server(serve_env(uri, cache), log_path=tmp_path / "first.log")  # fills the cache
+    assert stop_server(process) == 0
+
+    closed = f"http://127.0.0.1:{free_port()}"  # nobody listens there: connection refused
+    env = serve_env(uri, cache, AWS_ENDPOINT_URL=closed)
+    process, url = start_server(env, log_path=tmp_path / "second.log")
+    try:
+        assert_answers_with_v1(url, digits)
+        assert httpx.get(f"{url}/readyz").json()["models"] == {"cnn": 1}
+        [info] = httpx.get(f"{url}/v1/models", timeout=60).json()
+        assert info["serving"]["version"] == 1 and info["ready"] is True
+        assert info["serving_from_cache"] is True
+        assert info["registry_error"].startswith(f"cannot reach S3 endpoint {closed} for {uri}")
+        assert metric(url, "digitserve_registry_reachable") == 0
+    finally:
+        assert stop_server(process) == 0
+    log = (tmp_path / "second.log").read_text()
+    assert "registry unreachable" in log and "using the cached alias cnn/production" in log
+
+
+@contextmanager
+def steady_load(url: str, images: np.ndarray, clients: int = 4) -> Iterator[list[tuple[int | str, int | None]]]:
+    """Clients sending predictions back to back until the block ends; yields (status, version) per answer."""
+    outcomes: list[tuple[int | str, int | None]] = []
+    stop = threading.Event()
+
+    async def client_loop(client: httpx.AsyncClient, i: int) -> None:
+        while not stop.is_set():
+            try:
+                r = await client.post("/v1/models/cnn/predict", json={"images": [png_b64(images[i % len(images)])]})
+            except httpx.HTTPError as exc:  # no answer at all: as bad as a 5xx
+                outcomes.append((type(exc).__name__, None))
+                continue
+            outcomes.append((r.status_code, r.json().get("version")))
+            await asyncio.sleep(0.02)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            await asyncio.gather(*(client_loop(client, i) for i in range(clients)))
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), name="load")
+    thread.start()
+    try:
+        yield outcomes
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
+@pytest.mark.slow  # real servers
+def test_s3_going_away_mid_run_fails_no_request_and_recovers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    with ExitStack() as first_moto:
+        endpoint = first_moto.enter_context(run_moto_server(tmp_path / "moto-1.log"))
+        set_fake_aws_env(monkeypatch, endpoint, tmp_path)
+        uri = seed_bucket()
+        log = tmp_path / "server.log"
+        process, url = start_server(serve_env(uri, tmp_path / "cache"), log_path=log)
+        try:
+            with steady_load(url, digits[0]) as outcomes:
+                wait_until(lambda: len(outcomes) >= 20, 30, "load is flowing")
+                first_moto.close()  # S3 goes away mid-run
+                answered_before_outage = len(outcomes)
+                down_s = wait_until(
+                    lambda: metric(url, "digitserve_registry_reachable") == 0, OUTAGE_TIMEOUT_S, "outage noticed"
+                )
+                info = model_info(url, "cnn")
+                assert info["serving_from_cache"] is True and info["serving"]["version"] == 1
+                assert info["registry_error"]
+                polled_at = info["last_poll_at"]
+                wait_until(lambda: model_info(url, "cnn")["last_poll_at"] > polled_at, OUTAGE_TIMEOUT_S, "polls retry")
+                answered_during_outage = len(outcomes) - answered_before_outage
+
+                port = urlparse(endpoint).port
+                with run_moto_server(tmp_path / "moto-2.log", port=port):  # S3 is back, same endpoint
+                    assert seed_bucket(urlparse(uri).netloc) == uri  # a new moto server starts empty
+                    up_s = wait_until(
+                        lambda: metric(url, "digitserve_registry_reachable") == 1, OUTAGE_TIMEOUT_S, "recovery"
+                    )
+                    info = model_info(url, "cnn")
+                    assert info["serving_from_cache"] is False and info["registry_error"] is None
+                    assert info["serving"]["version"] == 1
+        finally:
+            assert stop_server(process) == 0
+
+    failed = [o for o in outcomes if o[0] != 200]
+    assert failed == [], failed[:5]
+    assert {version for _, version in outcomes} == {1}
+    assert answered_during_outage > 0
+    assert log.read_text().count("using the cached alias cnn/production") >= 2
+    print(
+        f"outage noticed in {down_s:.1f}s, recovered {up_s:.1f}s after the re-seed; "
+        f"{len(outcomes)} answers ({answered_during_outage} during the outage), none failed"
+    )
