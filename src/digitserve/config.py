@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, description="images per forward pass")
     max_batch_delay_ms: float = Field(2.0, ge=0, description="wait after the first request of a batch")
     max_queue: int = Field(2048, ge=1, description="queued images per model version before 503")
+    max_concurrent_requests: int = Field(
+        512, ge=1, description="prediction requests in progress (decoding or queued) before 503, checked on arrival"
+    )
     request_timeout_s: float = Field(10.0, gt=0, description="deadline of one prediction (504 past it)")
     resident_versions: int = Field(3, ge=1, description="versions kept loaded per model for ?version= pins")
     torch_threads: int | None = Field(None, ge=1)

@@ -24,7 +24,7 @@ from digitserve.registry import LocalStore, ModelRegistry, open_store
 from digitserve.registry.cache import CachedRegistry
 from digitserve.serving.catalog import Catalog
 from digitserve.serving.errors import install_error_handlers
-from digitserve.serving.limits import BodySizeLimitMiddleware
+from digitserve.serving.limits import BodySizeLimitMiddleware, ConcurrencyLimitMiddleware
 from digitserve.serving.manager import ModelManager
 from digitserve.serving.metrics import MetricsMiddleware, ServiceMetrics
 from digitserve.serving.responses import JSONResponse
@@ -55,8 +55,8 @@ def open_serving_registry(settings: Settings) -> ModelRegistry:
     """A remote registry gets a disk cache of verified blobs, so the server can start and keep
     serving while the registry is unreachable; a local folder needs none."""
     store = open_store(settings.registry)
-    if isinstance(store, LocalStore):
-        return ModelRegistry(store)
+    if isinstance(store, LocalStore):  # a missing folder is an unreachable registry, not an empty one
+        return ModelRegistry(LocalStore(store.root, must_exist=True))
     return CachedRegistry(store, settings.cache_dir)
 
 
@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(admin.router)
     _mount_page(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ConcurrencyLimitMiddleware, max_requests=settings.max_concurrent_requests)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app.router)
     return app
 
