@@ -115,7 +115,13 @@ class ModelRegistry:
             data, _ = self.store.read(f"{check_model_name(model)}/versions/{int(version)}/manifest.json")
         except NotFoundError:
             raise NotFoundError(f"model {model!r} has no version {version} in {self.uri}") from None
-        return json.loads(data)
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
+            raise RegistryError(f"{model} v{version}: the manifest is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise RegistryError(f"{model} v{version}: the manifest is not a JSON object")
+        return doc
 
     def publish(
         self,
@@ -191,7 +197,10 @@ class ModelRegistry:
             data, etag = self.store.read(f"{check_model_name(model)}/aliases/{check_model_name(alias)}.json")
         except NotFoundError:
             return None
-        return AliasState.parse(data, etag)
+        try:
+            return AliasState.parse(data, etag)
+        except (ValueError, KeyError, TypeError) as exc:  # hand-edited or damaged: say so, do not crash
+            raise RegistryError(f"alias {model}/{alias} is unreadable ({type(exc).__name__}: {exc})") from None
 
     def resolve_alias(self, model: str, alias: str) -> int:
         state = self.get_alias(model, alias)

@@ -82,11 +82,22 @@ def content_etag(data: bytes) -> str:
 
 
 class LocalStore(Store):
-    """A folder. Creates are atomic hard links; replaces hold a per-key lock and rename."""
+    """A folder. Creates are atomic hard links; replaces hold a per-key lock and rename.
 
-    def __init__(self, root: Path | str) -> None:
+    A publisher may start from a folder that does not exist yet (it is created on the first
+    write). A server opens the store with `must_exist`: then a missing root folder is the
+    registry being unreachable (StoreUnavailableError), as a missing bucket is on S3, not an
+    empty registry. A folder the process may not read is unreachable either way.
+    """
+
+    def __init__(self, root: Path | str, *, must_exist: bool = False) -> None:
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
+        self.must_exist = must_exist
+
+    def _check_root(self) -> None:
+        if self.must_exist and not self.root.is_dir():
+            raise StoreUnavailableError(f"registry folder {self.uri} does not exist or is not a folder")
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -98,7 +109,10 @@ class LocalStore(Store):
         try:
             data = self._path(key).read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            self._check_root()
             raise NotFoundError(f"{key} not found in {self.uri}") from None
+        except PermissionError as exc:
+            raise StoreUnavailableError(f"cannot read {key} in {self.uri}: {exc.strerror}") from None
         return data, content_etag(data)
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
@@ -148,17 +162,25 @@ class LocalStore(Store):
         os.replace(self._write_temp(path, data), path)
 
     def list(self, prefix: str) -> list[str]:
+        self._check_root()
         base = self._path(prefix)
         if not base.is_dir():
             return []
-        keys = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+        try:
+            keys = [p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file()]
+        except PermissionError as exc:
+            raise StoreUnavailableError(f"cannot list {prefix} in {self.uri}: {exc.strerror}") from None
         return sorted(k for k in keys if not Path(k).name.startswith("."))
 
     def children(self, prefix: str) -> builtins.list[str]:
+        self._check_root()
         base = self._path(prefix)
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        try:
+            return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except PermissionError as exc:
+            raise StoreUnavailableError(f"cannot list {prefix} in {self.uri}: {exc.strerror}") from None
 
 
 def default_registry_uri() -> str:

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import Executor
 from typing import Any
 
-from digitserve.registry import ModelRegistry, RegistryError
+from digitserve.registry import ModelRegistry, RegistryError, StoreUnavailableError
 
 
 class Catalog:
@@ -24,14 +24,20 @@ class Catalog:
     def _version_entry(self, model: str, version: int) -> dict[str, Any]:
         key = (model, version)
         if key not in self._manifests:
-            self._manifests[key] = self.registry.manifest(model, version)
+            try:
+                self._manifests[key] = self.registry.manifest(model, version)
+            except StoreUnavailableError:
+                raise
+            except RegistryError as exc:  # one damaged manifest: shown as such, the others still listed
+                return {"version": version, "error": str(exc)}
         m = self._manifests[key]
+        weights = m.get("weights")
         return {
             "version": version,
             "architecture": m.get("architecture"),
             "metrics": m.get("metrics"),
             "created_at": m.get("created_at"),
-            "weights_sha256": m["weights"]["sha256"],
+            "weights_sha256": weights.get("sha256") if isinstance(weights, dict) else None,  # None: damaged
         }
 
     async def describe(self, model: str) -> dict[str, Any]:

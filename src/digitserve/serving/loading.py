@@ -77,6 +77,8 @@ def load_version(registry: ModelRegistry, model: str, version: int, warmup_batch
     except RegistryError as exc:
         step = "verify" if type(exc).__name__ == "IntegrityError" else "fetch"
         raise LoadError(step, str(exc)) from exc
+    except (KeyError, TypeError, ValueError) as exc:  # a manifest without the weights' sha256 and size
+        raise LoadError("fetch", f"the manifest of {model} v{version} is incomplete: {exc!r}") from exc
     try:
         module = build_model(manifest, state)
     except Exception as exc:  # a manifest naming an unknown architecture or mismatched weights

@@ -155,6 +155,7 @@ class ModelManager:
                 unreachable = isinstance(exc, ModelNotReadyError)
                 return {"model": model, "changed": False, "error": exc.message, "registry_unreachable": unreachable}
             if state.served is not None and state.served.version == target:
+                self._clear_error(state)  # the registry answers and the alias names what serves: all well
                 return {"model": model, "version": target, "changed": False}
             if target in state.failed and not force:
                 return {
@@ -173,10 +174,9 @@ class ModelManager:
 
     def _swap(self, state: ModelState, loaded: LoadedVersion) -> None:
         old, state.served = state.served, loaded  # the atomic switch
-        state.last_error = None
+        self._clear_error(state)
         state.failed.pop(loaded.version, None)
         self.metrics.set_served(state.name, self.settings.alias, loaded.version)
-        self.metrics.reload_error.labels(state.name).set(0)
         if old is not None:
             self.metrics.swaps.labels(state.name).inc()
             self._retire(old)
@@ -186,6 +186,10 @@ class ModelManager:
             loaded.version,
             old.version if old else "none",
         )
+
+    def _clear_error(self, state: ModelState) -> None:
+        state.last_error = None
+        self.metrics.reload_error.labels(state.name).set(0)
 
     def _record_failure(self, state: ModelState, version: int | None, step: str, message: str) -> None:
         if version is not None:
