@@ -108,7 +108,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no such endpoint: {request.method} {request.url.path}; see /docs"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}; see /docs"
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        elif exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's words
+            message = "the request body cannot be parsed: send UTF-8 JSON as /docs shows"
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         code = codes.get(exc.status_code, "http_error")
         return error_response(exc.status_code, message, code, getattr(exc, "headers", None))
 

@@ -72,6 +72,7 @@ class ModelSummary(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in [
+        (400, "malformed request: a body that cannot be parsed, or over a multipart file or field limit"),
         (404, "unknown model or version"),
         (413, "request or image too large"),
         (415, "unsupported image format"),
