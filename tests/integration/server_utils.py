@@ -42,14 +42,16 @@ def _log_tail(log_path: Path, chars: int = 3000) -> str:
         return "(no log)"
 
 
-def wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log_path: Path, timeout_s: float) -> None:
-    """Poll /readyz until it answers 200; raise with the server's log if it exits or times out."""
+def wait_until_ready(
+    process: subprocess.Popen[bytes], base_url: str, log_path: Path, timeout_s: float, path: str = "/readyz"
+) -> None:
+    """Poll `path` (/readyz) until it answers 200; raise with the server's log if it exits or times out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"digitserve exited with {process.returncode} before ready:\n{_log_tail(log_path)}")
         try:
-            with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as response:
+            with urllib.request.urlopen(f"{base_url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -64,21 +66,26 @@ def start_server(
     log_path: Path | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
     extra_args: Sequence[str] = (),
+    wait_path: str = "/readyz",
+    host: str | None = "127.0.0.1",
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start `digitserve serve` on 127.0.0.1 and a free port; `env` adds to this process's environment.
 
-    Returns the process and its base URL once /readyz is 200. The server's output goes to
-    `log_path` (a temporary file by default) and is quoted in the error if it never gets ready.
+    Returns the process and its base URL once `wait_path` (/readyz; /healthz for a server that
+    is meant to start unready) is 200. `host=None` passes no --host (the default bind). The
+    server's output goes to `log_path` (a temporary file by default) and is quoted in the
+    error if it never gets ready.
     """
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
     if log_path is None:
         log_path = Path(tempfile.mkstemp(prefix="digitserve-", suffix=".log")[1])
-    cmd = [str(DIGITSERVE), "serve", "--host", "127.0.0.1", "--port", str(port), *extra_args]
+    bind = ["--host", host] if host is not None else []
+    cmd = [str(DIGITSERVE), "serve", *bind, "--port", str(port), *extra_args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
-        wait_until_ready(process, base_url, log_path, ready_timeout_s)
+        wait_until_ready(process, base_url, log_path, ready_timeout_s, wait_path)
     except BaseException:
         stop_server(process)
         raise

@@ -1,0 +1,151 @@
+"""A small open-loop HTTP/1.1 load generator over loopback, for overload tests.
+
+httpx spends more CPU per request than the server under test, so on a 2-core machine it
+cannot offer a multiple of the server's capacity. This sends pre-built requests on raw
+keep-alive connections and reads just the status line, headers and a Content-Length body.
+Every request ends as exactly one `Outcome`: an HTTP status, or the connection error that
+kept it from getting one, so a test can count requests sent against answers received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Outcome:
+    sent_at: float  # when it was due (open loop: the schedule, so client-side waiting counts)
+    latency: float  # seconds from sent_at to the end of the answer
+    status: int  # 0 when no answer came
+    lag: float = 0.0  # seconds from sent_at until the request was written (the client falling behind)
+    retry_after: str | None = None
+    error: str | None = None  # why no answer came: "refused" (never connected), "dropped: ..." (connected)
+
+
+def build_request(path: str, body: bytes, host: str, content_type: str = "application/json") -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        return cls(*await asyncio.open_connection(host, port))
+
+    async def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send one request, read one response: (status, lower-cased headers, body)."""
+        self.writer.write(request)
+        await self.writer.drain()
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name:
+                headers[name.strip().lower()] = value.strip()
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return status, headers, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class ConnectionPool:
+    """Idle keep-alive connections; a request that finds none opens one (up to `limit`)."""
+
+    host: str
+    port: int
+    limit: int = 1000
+    idle: list[Connection] = field(default_factory=list)
+    opened: int = 0
+    _freed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def acquire(self) -> Connection:
+        async with self._freed:
+            while not self.idle and self.opened >= self.limit:
+                await self._freed.wait()
+            if self.idle:
+                return self.idle.pop()
+            self.opened += 1
+        try:
+            return await Connection.open(self.host, self.port)
+        except BaseException:
+            async with self._freed:
+                self.opened -= 1
+                self._freed.notify()
+            raise
+
+    async def release(self, conn: Connection, reusable: bool) -> None:
+        async with self._freed:
+            if reusable:
+                self.idle.append(conn)
+            else:
+                conn.close()
+                self.opened -= 1
+            self._freed.notify()
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+async def send_one(pool: ConnectionPool, request: bytes, sent_at: float) -> Outcome:
+    try:
+        conn = await pool.acquire()
+    except OSError as exc:
+        return Outcome(sent_at, time.perf_counter() - sent_at, 0, error=f"refused: {exc!r}")
+    lag = time.perf_counter() - sent_at
+    try:
+        status, headers, _ = await conn.exchange(request)
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as exc:
+        await pool.release(conn, reusable=False)
+        return Outcome(sent_at, time.perf_counter() - sent_at, 0, lag, error=f"dropped: {exc!r}")
+    await pool.release(conn, reusable=headers.get("connection", "").lower() != "close")
+    return Outcome(sent_at, time.perf_counter() - sent_at, status, lag, headers.get("retry-after"))
+
+
+async def closed_loop(pool: ConnectionPool, request: bytes, clients: int, seconds: float) -> list[Outcome]:
+    """`clients` senders, each sending its next request when the last is answered."""
+    outcomes: list[Outcome] = []
+    end = time.perf_counter() + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < end:
+            outcomes.append(await send_one(pool, request, time.perf_counter()))
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return outcomes
+
+
+async def open_loop(
+    pool: ConnectionPool,
+    request: bytes,
+    rate: float,
+    seconds: float,
+    on_tick: Callable[[], Awaitable[None]] | None = None,
+) -> list[Outcome]:
+    """Send at `rate` per second for `seconds`, whatever the answers do (an open loop)."""
+    start = time.perf_counter()
+    tasks: list[asyncio.Task[Outcome]] = []
+    total = int(rate * seconds)
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send_one(pool, request, due)))
+        if on_tick is not None and i % max(int(rate), 1) == 0:
+            await on_tick()
+    return list(await asyncio.gather(*tasks))

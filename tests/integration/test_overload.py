@@ -1,0 +1,122 @@
+"""Overload: measure the server's capacity, offer about 3x that for 20 s in an open loop (requests
+go out on schedule whatever the answers do), then drop back to a light steady load.
+
+The server must shed (503 + Retry-After, or 504 past the deadline) rather than queue without
+bound: memory stays flat, the requests it accepts keep a bounded p99, and once the load drops
+every request succeeds at normal latency again. Every request sent is counted against the answer
+it got: no connection may end without one. CPU-heavy: `DIGITSERVE_OVERLOAD_SECONDS` shortens the
+overload phase while developing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from hostile import address, proc_kib
+from loadgen import ConnectionPool, Outcome, build_request, closed_loop, open_loop
+from registry_utils import copy_shipped
+from server_utils import start_server, stop_server
+
+from digitserve.serving.schemas import EXAMPLE_PNG_B64
+
+pytestmark = pytest.mark.slow
+
+OVERLOAD_S = float(os.environ.get("DIGITSERVE_OVERLOAD_SECONDS", "20"))
+OVERLOAD_FACTOR = 3.0
+CAPACITY_S, STEADY_S = 4.0, 3.0
+CLIENTS = 32  # closed-loop clients while measuring capacity: enough to fill batches
+LIGHT_CLIENTS = 4  # the steady load before and after
+P99_BOUND_S = 3.0  # accepted requests, under 3x overload, on a 2-core machine running the load generator too
+MAX_CONCURRENT = 32  # the server's cap on predictions in progress
+MAX_QUEUE = 256
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    registry = copy_shipped(tmp_path_factory.mktemp("registry"))
+    env = {
+        "DIGITSERVE_REGISTRY": registry.uri,
+        "DIGITSERVE_MODELS": "cnn",
+        "DIGITSERVE_POLL_SECONDS": "3600",
+        "DIGITSERVE_MAX_CONCURRENT_REQUESTS": str(MAX_CONCURRENT),
+        "DIGITSERVE_MAX_QUEUE": str(MAX_QUEUE),
+        "DIGITSERVE_REQUEST_TIMEOUT_S": "2",
+    }
+    process, url = start_server(env, log_path=tmp_path_factory.mktemp("logs") / "server.log")
+    yield process.pid, url
+    assert stop_server(process) == 0
+
+
+def p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)] if ordered else float("nan")
+
+
+def describe(name: str, outcomes: list[Outcome], seconds: float) -> dict[str, float]:
+    ok = [o.latency for o in outcomes if o.status == 200]
+    figures = {
+        "sent": len(outcomes),
+        "ok_per_s": len(ok) / seconds,
+        "p50_s": p(ok, 0.5),
+        "p99_s": p(ok, 0.99),
+        "shed_fraction": sum(o.status in (503, 504) for o in outcomes) / max(len(outcomes), 1),
+        "client_lag_p99_s": p([o.lag for o in outcomes], 0.99),
+    }
+    statuses = Counter(o.status if o.status else (o.error or "?").split(":")[0] for o in outcomes)
+    print(f"{name}: {dict(statuses)} " + " ".join(f"{k}={v:.3g}" for k, v in figures.items()))
+    return figures
+
+
+def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str]) -> None:
+    pid, url = server
+    host, port = address(url)
+    request = build_request("/v1/models/cnn/predict", json.dumps({"images": [EXAMPLE_PNG_B64]}).encode(), host)
+    rss_mib: list[float] = []
+
+    async def sample_rss() -> None:
+        rss_mib.append(proc_kib(pid, "VmRSS") / 1024)
+
+    async def scenario() -> tuple[float, dict[str, list[Outcome]]]:
+        pool = ConnectionPool(host, port, limit=2000)
+        await closed_loop(pool, request, CLIENTS, 1.0)  # warm-up
+        phases = {"light before": await closed_loop(pool, request, LIGHT_CLIENTS, STEADY_S)}
+        phases["capacity"] = await closed_loop(pool, request, CLIENTS, CAPACITY_S)
+        rate = OVERLOAD_FACTOR * sum(o.status == 200 for o in phases["capacity"]) / CAPACITY_S
+        await sample_rss()
+        phases["overload"] = await open_loop(pool, request, rate, OVERLOAD_S, on_tick=sample_rss)
+        phases["light after"] = await closed_loop(pool, request, LIGHT_CLIENTS, STEADY_S)
+        pool.close()
+        return rate, phases
+
+    rate, phases = asyncio.run(scenario())
+    seconds = {"light before": STEADY_S, "capacity": CAPACITY_S, "overload": OVERLOAD_S, "light after": STEADY_S}
+    figures = {name: describe(name, outcomes, seconds[name]) for name, outcomes in phases.items()}
+    before, capacity, overload, after = (figures[k] for k in seconds)
+    print(f"offered {rate:.0f}/s; RSS MiB before {rss_mib[0]:.0f}, peak {max(rss_mib):.0f}")
+
+    # every request sent got exactly one answer: a success or a shed
+    for name, outcomes in phases.items():
+        lost = [o.error for o in outcomes if o.status == 0]
+        assert not lost, f"{name}: {len(lost)} requests got no answer, e.g. {lost[:3]}"
+        assert {o.status for o in outcomes} <= {200, 503, 504}, (name, Counter(o.status for o in outcomes))
+    sent = phases["overload"]
+    assert len(sent) == int(rate * OVERLOAD_S)
+    assert all(o.retry_after for o in sent if o.status == 503)
+
+    # under 3x its capacity the server sheds and keeps working, with bounded latency and memory
+    assert overload["shed_fraction"] > 0.25, overload
+    assert overload["ok_per_s"] > 0.25 * capacity["ok_per_s"], (overload, capacity)
+    assert overload["p99_s"] < P99_BOUND_S, overload
+    late = [o.latency for o in sent if o.status == 200 and o.sent_at > sent[0].sent_at + 2 * OVERLOAD_S / 3]
+    assert p(late, 0.99) < P99_BOUND_S, "the accepted requests' latency kept growing"
+    assert max(rss_mib) - rss_mib[0] < 150, rss_mib
+
+    # and as soon as the load drops, every request succeeds at the latency it had before
+    assert {o.status for o in phases["light after"]} == {200}
+    assert after["ok_per_s"] > 0.5 * before["ok_per_s"], (after, before)
+    assert after["p99_s"] < max(2 * before["p99_s"], 0.25), (after, before)
