@@ -153,6 +153,23 @@ def test_unsupported_format_is_named() -> None:
         decode_image(jpeg, allowed_formats=("PNG",))
 
 
+def test_a_refused_format_is_named_without_running_its_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the signature is checked to name it: the parser of a refused format (where Pillow's
+    security fixes keep landing) never sees the bytes."""
+    parsed: list[bytes] = []
+
+    def parser(fp: object, filename: object = None) -> Image.Image:
+        parsed.append(b"called")
+        raise SyntaxError("never reached")
+
+    Image.init()
+    monkeypatch.setitem(Image.OPEN, "EVIL", (parser, lambda prefix: prefix.startswith(b"EVIL")))
+    monkeypatch.setattr(Image, "ID", [*Image.ID, "EVIL"])
+    with pytest.raises(UnsupportedFormatError, match=r"^EVIL is not accepted"):
+        decode_image(b"EVIL" + bytes(100))
+    assert parsed == []
+
+
 @pytest.mark.parametrize(
     "data",
     [b"", b"hello, this is text", b'{"image": "x"}', png_header_only(10, 10)[:20]],
