@@ -14,16 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from digitserve.data import DataError, load_mnist
+from digitserve.cli import run_reporting_errors
+from digitserve.data import load_mnist
 from digitserve.evaluation import classification_metrics, predict_logits
-from digitserve.registry import ModelRegistry, RegistryError
+from digitserve.registry import ModelRegistry
+from digitserve.reports import gallery_png
 
 REPORTS = Path(__file__).parent / "reports"
 
@@ -42,22 +40,6 @@ def images_per_second(model: torch.nn.Module, images: np.ndarray, batch_size: in
         predict_logits(model, batch, batch_size)
         runs += 1
     return runs * len(batch) / (time.perf_counter() - start)
-
-
-def gallery(
-    images: np.ndarray, labels: np.ndarray, pa: np.ndarray, pb: np.ndarray, idx: np.ndarray, title: str, path: Path
-) -> None:
-    cols = 10
-    rows = max(1, int(np.ceil(len(idx) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35 + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, idx, strict=False):
-        ax.imshow(images[i], cmap="gray_r")
-        ax.set_title(f"{labels[i]}: {pa[i]} / {pb[i]}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def compare(registry: ModelRegistry, a: tuple[str, int], b: tuple[str, int]) -> dict[str, Any]:
@@ -106,15 +88,9 @@ def write_report(result: dict[str, Any], path: Path) -> str:
         lines.append(f"| {c} | {ra:.4f} | {rb:.4f} | {rb - ra:+.4f} |")
     picture = path.with_name("compare_disagreements.png")
     idx = np.concatenate([only_a, only_b])[:60]
-    gallery(
-        result["images"],
-        labels,
-        a["preds"],
-        b["preds"],
-        idx,
-        f"true: {a['name']} / {b['name']} (first {len(only_a)} right only by A, then right only by B)",
-        picture,
-    )
+    captions = [f"{labels[i]}: {a['preds'][i]} / {b['preds'][i]}" for i in idx]
+    title = f"true: {a['name']} / {b['name']} (first {len(only_a)} right only by A, then right only by B)"
+    picture.write_bytes(gallery_png([result["images"][i] for i in idx], captions, title))
     lines += ["", f"![disagreements]({picture.name})", ""]
     text = "\n".join(lines)
     path.write_text(text)
@@ -136,8 +112,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DataError, RegistryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_reporting_errors(main))

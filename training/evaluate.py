@@ -10,9 +10,9 @@ import argparse
 import json
 import sys
 
-from digitserve.data import DataError
+from digitserve.cli import run_reporting_errors
 from digitserve.evaluation import evaluate_on_test_set
-from digitserve.registry import ModelRegistry, RegistryError
+from digitserve.registry import ModelRegistry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +38,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DataError, RegistryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_reporting_errors(main))

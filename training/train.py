@@ -31,11 +31,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from digitserve.data import DataError, load_mnist, train_val_split
+from digitserve.cli import run_reporting_errors
+from digitserve.data import load_mnist, train_val_split
 from digitserve.evaluation import evaluate_model, predict_logits
 from digitserve.models import config_dict, create_model
 from digitserve.preprocess import PREPROCESSING, to_model_input
-from digitserve.registry import ModelRegistry, RegistryError
+from digitserve.registry import ModelRegistry
 from digitserve.reports import confusion_matrix_png, curves_png, misclassified_png
 
 # Recipes that reach the targets within the CPU budgets (see README -> Results).
@@ -47,7 +48,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         "weight_decay": 5e-2,
         "batch_size": 128,
         "label_smoothing": 0.05,
-        "model": {"embed_dim": 64, "depth": 6, "num_heads": 4, "mlp_ratio": 3.0, "drop_rate": 0.0, "drop_path_rate": 0.05},
+        "model": {
+            "embed_dim": 64,
+            "depth": 6,
+            "num_heads": 4,
+            "mlp_ratio": 3.0,
+            "drop_rate": 0.0,
+            "drop_path_rate": 0.05,
+        },
     },
 }
 GOLDEN_COUNT = 8  # test digits whose logits are recorded so a server can check a loaded model
@@ -328,8 +336,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DataError, RegistryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_reporting_errors(main))

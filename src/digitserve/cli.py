@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: None)
     host, port = args.host or settings.host, args.port or settings.port
     common: dict[str, Any] = {"host": host, "port": port, "log_level": settings.log_level, "access_log": False,
-              "timeout_graceful_shutdown": 30}  # fmt: skip
+              "timeout_graceful_shutdown": 30, "timeout_keep_alive": settings.keep_alive_s}  # fmt: skip
     if args.workers > 1:
         # Each worker process builds its own app from the same environment; unless told
         # otherwise, the workers share the cores between their forward passes.
@@ -68,13 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_reporting_errors(command: Callable[[], int]) -> int:
+    """Run a command; an expected failure (data, registry) is one 'error: ...' line and exit code 1."""
     try:
-        return int(args.func(args))
+        return int(command())
     except (DataError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
 
     admin_token: SecretStr | None = None
     shutdown_grace_s: float = Field(1.0, ge=0, description="after SIGTERM: /readyz is 503 this long first")
+    keep_alive_s: int = Field(
+        75, ge=1, description="idle keep-alive connections close after this; keep it above a load balancer's (ALB: 60)"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"

