@@ -36,6 +36,15 @@ def build_request(path: str, body: bytes, host: str, content_type: str = "applic
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.idle_since = time.perf_counter()
+        self.requests = 0
+
+    def idle_for(self) -> float:
+        return time.perf_counter() - self.idle_since
+
+    def closed_by_server(self) -> bool:
+        """The server closed it while idle (its keep-alive timeout): EOF already received."""
+        return self.reader.at_eof() or self.writer.is_closing()
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -43,6 +52,7 @@ class Connection:
 
     async def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
         """Send one request, read one response: (status, lower-cased headers, body)."""
+        self.requests += 1
         self.writer.write(request)
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
@@ -67,13 +77,20 @@ class ConnectionPool:
     host: str
     port: int
     limit: int = 1000
+    max_idle_s: float = 30.0  # as HTTP clients do: never reuse a connection the server may be closing
     idle: list[Connection] = field(default_factory=list)
     opened: int = 0
     _freed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def acquire(self) -> Connection:
+        """An idle connection the server has not closed (as HTTP clients check), else a new one."""
         async with self._freed:
-            while not self.idle and self.opened >= self.limit:
+            while True:
+                while self.idle and (self.idle[-1].closed_by_server() or self.idle[-1].idle_for() > self.max_idle_s):
+                    self.idle.pop().close()
+                    self.opened -= 1
+                if self.idle or self.opened < self.limit:
+                    break
                 await self._freed.wait()
             if self.idle:
                 return self.idle.pop()
@@ -89,6 +106,7 @@ class ConnectionPool:
     async def release(self, conn: Connection, reusable: bool) -> None:
         async with self._freed:
             if reusable:
+                conn.idle_since = time.perf_counter()
                 self.idle.append(conn)
             else:
                 conn.close()
@@ -107,11 +125,13 @@ async def send_one(pool: ConnectionPool, request: bytes, sent_at: float) -> Outc
     except OSError as exc:
         return Outcome(sent_at, time.perf_counter() - sent_at, 0, error=f"refused: {exc!r}")
     lag = time.perf_counter() - sent_at
+    reused, idle = conn.requests > 0, conn.idle_for()
     try:
         status, headers, _ = await conn.exchange(request)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as exc:
         await pool.release(conn, reusable=False)
-        return Outcome(sent_at, time.perf_counter() - sent_at, 0, lag, error=f"dropped: {exc!r}")
+        where = f"reused after {idle:.2f}s idle" if reused else "new connection"
+        return Outcome(sent_at, time.perf_counter() - sent_at, 0, lag, error=f"dropped ({where}): {exc!r}")
     await pool.release(conn, reusable=headers.get("connection", "").lower() != "close")
     return Outcome(sent_at, time.perf_counter() - sent_at, status, lag, headers.get("retry-after"))
 
