@@ -68,7 +68,8 @@ MODELS = ("cnn", "vit")
 ANSWER_TIMEOUT_MS = 30_000
 
 DRAWINGS_PER_DIGIT = 4  # 40 drawn digits in the set
-MIN_ACCURACY = {"cnn": 0.95, "vit": 0.85}  # on the drawn set, on the page and through the API
+# On the drawn set, on the page and through the API. Shipped cnn v1 and vit v1 both read 40/40.
+MIN_ACCURACY = {"cnn": 0.95, "vit": 0.9}
 PHOTO_INDICES = (0, 1, 2, 3)  # MNIST test images 7, 2, 1, 0
 
 
