@@ -43,7 +43,7 @@ typecheck: $(STAMP)
 pytest: $(STAMP) system-deps data
 	$(BIN)/python -m pytest
 
-test: lint typecheck pytest
+test: lint typecheck pytest audit
 
 lint-infra: $(STAMP)
 	$(BIN)/cfn-lint infra/registry.yaml infra/service.yaml
