@@ -32,6 +32,7 @@ HISTORY: list[tuple[str, str]] = [
     ("+ cheaper framing check and rendering", "f277623"),
     ("+ timm imported only for a ViT", "9aa3350"),
     ("+ queue checked before decoding", "72f75db"),
+    ("+ channels-last forward pass", "fa59df3"),
 ]
 MAX_START_LOAD = 0.5  # 1-minute load average above which a full run waits (other work on the box)
 
