@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -37,9 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {"host": host, "port": port, "log_level": settings.log_level, "access_log": False,
               "timeout_graceful_shutdown": 30, "timeout_keep_alive": settings.keep_alive_s}  # fmt: skip
     if args.workers > 1:
-        # Each worker process builds its own app from the same environment; unless told
-        # otherwise, the workers share the cores between their forward passes.
-        os.environ.setdefault("DIGITSERVE_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
+        # Each worker process builds its own app from the same environment.
         uvicorn.run("digitserve.serving.app:app_from_env", factory=True, workers=args.workers, **common)
         return 0
     uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()
