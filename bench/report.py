@@ -75,10 +75,13 @@ def run_line(row: dict[str, Any]) -> str:
 def find(
     results: dict[str, Any], server: str, body: str, connections: int, model: str = "cnn"
 ) -> dict[str, Any] | None:
-    for row in results["runs"]:
-        if (row["server"], row["model"], row["body"], row["connections"]) == (server, model, body, connections):
-            return dict(row)
-    return None
+    """The run of that scenario; of several (the headline is repeated), the one of median req/s."""
+    key = (server, model, body, connections)
+    runs = sorted(
+        (r for r in results["runs"] if (r["server"], r["model"], r["body"], r["connections"]) == key),
+        key=lambda r: r["rps"],
+    )
+    return dict(runs[len(runs) // 2]) if runs else None
 
 
 def targets(r: dict[str, Any]) -> list[list[str]]:
@@ -104,10 +107,18 @@ def targets(r: dict[str, Any]) -> list[list[str]]:
         add(
             "1-image p99 ≤ 2× bare's p99", f"bare {bare['p99_ms']:.1f} ms", f"{one['p99_ms']:.1f} ms = {x:.2f}×", x <= 2
         )
-    if batch and compute64:
-        x = batch["images_s"] / compute64
+    if compute64:
         against = f"in-process, batch 64: {compute64:.0f} img/s"
-        add("64-image requests ≥ 80% of compute", against, f"{batch['images_s']:.0f} img/s = {x:.0%}", x >= 0.8)
+        for name, row in [
+            ("64-image requests ≥ 80% of compute", batch),
+            ("… at 16 connections (1,024 images in flight fit the default queue)", find(r, "digitserve", "batch", 16)),
+            ("… `--workers 2`, 16 connections", find(r, "digitserve --workers 2", "batch", 16)),
+            ("… `--workers 2`, 64 connections", find(r, "digitserve --workers 2", "batch", 64)),
+        ]:
+            if row:
+                x = row["images_s"] / compute64
+                errors = f", {row['errors']} errors" if row["errors"] else ""
+                add(name, against, f"{row['images_s']:.0f} img/s = {x:.0%}{errors}", x >= 0.8)
     if one and off:
         x = one["rps"] / off["rps"]
         add(
