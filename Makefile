@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install system-deps data serve test lint typecheck pytest bench bench-smoke audit lint-infra train-cnn train-vit clean
+.PHONY: help install system-deps data serve test lint typecheck pytest bench audit lint-infra train-cnn train-vit clean
 
 help:
 	@echo "make serve      install and serve the shipped models at http://127.0.0.1:8000"
