@@ -159,10 +159,12 @@ class S3Store(Store):
             return str(response["ETag"])
 
     def replace(self, key: str, data: bytes, etag: str | None) -> str:
-        condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
         # A 404 on If-Match means the key was deleted since it was read: also a lost race.
         with self._errors(key, precondition=ConflictError, missing=ConflictError):
-            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+            if etag is None:
+                response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            else:
+                response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=etag)
             return str(response["ETag"])
 
     def put(self, key: str, data: bytes) -> None:
@@ -178,7 +180,8 @@ class S3Store(Store):
             **extra,
         )
         with self._errors(prefix):
-            yield from pages
+            for page in pages:
+                yield dict(page)
 
     def list(self, prefix: str) -> list[str]:
         keys = (self._relative(obj["Key"]) for page in self._pages(prefix) for obj in page.get("Contents", []))
