@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,8 @@ def setup_distributed() -> tuple[int, int]:
     """(rank, world size); under torchrun joins the process group (NCCL on GPU, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # A rank that never shows up fails the run after five minutes instead of hanging it.
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(minutes=5))
         # Share the CPU cores between the processes instead of oversubscribing them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
         return dist.get_rank(), world

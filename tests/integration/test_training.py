@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port  # tests/conftest.py
 
 from digitserve.registry import ModelRegistry
 
@@ -63,7 +64,9 @@ def test_data_parallel_training_under_torchrun(tmp_path: Path) -> None:
         [
             str(torchrun),
             "--nproc_per_node=2",
-            "--master_port=0",
+            # torchrun hands --master_port=0 to the ranks as is (they would dial port 0): a real free port.
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
             "training/train.py",
             "--arch",
             "cnn",
@@ -78,7 +81,7 @@ def test_data_parallel_training_under_torchrun(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     registry = ModelRegistry.open(str(tmp_path))
