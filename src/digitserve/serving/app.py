@@ -23,6 +23,7 @@ from digitserve.config import Settings
 from digitserve.registry import LocalStore, ModelRegistry, open_store
 from digitserve.registry.cache import CachedRegistry
 from digitserve.serving.catalog import Catalog
+from digitserve.serving.deps import queue_full_on_arrival
 from digitserve.serving.errors import install_error_handlers
 from digitserve.serving.limits import BodySizeLimitMiddleware, ConcurrencyLimitMiddleware
 from digitserve.serving.manager import ModelManager
@@ -113,7 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(admin.router)
     _mount_page(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ConcurrencyLimitMiddleware, max_requests=settings.max_concurrent_requests)
+    app.add_middleware(
+        ConcurrencyLimitMiddleware, max_requests=settings.max_concurrent_requests, saturated=queue_full_on_arrival
+    )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app.router)
     return app
 

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, Request
+from starlette.types import Scope
 
 from digitserve.config import Settings
 from digitserve.serving.errors import (
@@ -52,6 +53,25 @@ async def require_admin(request: Request) -> None:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+
+
+def queue_full_on_arrival(scope: Scope) -> str | None:
+    """Why a prediction for an alias-served version cannot be queued, judged from its path before
+    its body is read: the version's queue is already at its bound, so no request (of one image
+    or more) fits. None when it may fit, or when the request pins a version or another alias.
+    Used by ConcurrencyLimitMiddleware."""
+    parts = scope["path"].split("/")  # "", "v1", "models", model, "predict"[, "upload"]
+    routed = (parts[1:3] == ["v1", "models"] and parts[4:] in (["predict"], ["predict", "upload"])) or (
+        parts[1:3] == ["v2", "models"] and parts[4:] == ["infer"]
+    )
+    if not routed or b"version=" in scope["query_string"] or b"alias=" in scope["query_string"]:
+        return None
+    manager: ModelManager | None = getattr(scope["app"].state, "manager", None)
+    state = manager.states.get(parts[3]) if manager is not None else None
+    batcher = state.served.batcher if state is not None and state.served is not None else None
+    if batcher is None or batcher.queued_images < batcher.max_queue:
+        return None
+    return f"queue full ({batcher.queued_images} images waiting); retry shortly"
 
 
 def refuse_if_full(manager: ModelManager, model: str, n: int) -> None:

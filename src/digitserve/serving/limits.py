@@ -8,10 +8,14 @@ The concurrency cap answers 503 with `Retry-After` on arrival, before the body i
 `max_requests` predictions are in progress. The batcher's bounded queue only sees requests
 whose images are decoded; under overload the event loop itself is the queue (decoding,
 parsing), and without this cap accepted requests wait longer and longer and memory grows
-with every connection.
+with every connection. The same middleware also refuses on arrival a request for a model whose
+queue is already full (`saturated`): it could not be queued whatever it holds, and reading and
+parsing its body would only take CPU from the forward pass.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -78,12 +82,20 @@ class BodySizeLimitMiddleware:
 
 
 class ConcurrencyLimitMiddleware:
-    """503 + Retry-After on arrival once `max_requests` POSTs under `prefixes` are in progress."""
+    """503 + Retry-After on arrival once `max_requests` POSTs under `prefixes` are in progress,
+    or when `saturated(scope)` says the request's queue has no room left (None: it cannot tell)."""
 
-    def __init__(self, app: ASGIApp, max_requests: int, prefixes: tuple[str, ...] = ("/v1/models/", "/v2/models/")):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_requests: int,
+        prefixes: tuple[str, ...] = ("/v1/models/", "/v2/models/"),
+        saturated: Callable[[Scope], str | None] = lambda scope: None,
+    ):
         self.app = app
         self.max_requests = max_requests
         self.prefixes = prefixes
+        self.saturated = saturated
         self.in_progress = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,6 +106,10 @@ class ConcurrencyLimitMiddleware:
         if self.in_progress >= self.max_requests:
             message = f"{self.in_progress} predictions in progress, the server's limit; retry shortly"
             await refuse(send, 503, message, "overloaded", {"Retry-After": "1"})
+            return
+        full = self.saturated(scope)
+        if full is not None:
+            await refuse(send, 503, full, "overloaded", {"Retry-After": "1"})
             return
         self.in_progress += 1
         try:
