@@ -33,6 +33,7 @@ HISTORY: list[tuple[str, str]] = [
     ("+ timm imported only for a ViT", "9aa3350"),
     ("+ queue checked before decoding", "72f75db"),
     ("+ channels-last forward pass", "fa59df3"),
+    ("last before the refusal on arrival", "2562de5"),
 ]
 MAX_START_LOAD = 0.5  # 1-minute load average above which a full run waits (other work on the box)
 
