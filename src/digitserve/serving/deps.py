@@ -17,6 +17,7 @@ from starlette.types import Scope
 from digitserve.config import Settings
 from digitserve.serving.errors import (
     DeadlineExceededError,
+    QueueFullError,
     ShuttingDownError,
     UnauthorizedError,
 )
@@ -55,11 +56,24 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[ModelManager, Depends(get_manager)]
 
 
-def queue_full_on_arrival(scope: Scope) -> str | None:
-    """Why a prediction for an alias-served version cannot be queued, judged from its path before
-    its body is read: the version's queue is already at its bound, so no request (of one image
-    or more) fits. None when it may fit, or when the request pins a version or another alias.
-    Used by ConcurrencyLimitMiddleware."""
+def refuse_if_full(
+    manager: ModelManager, model: str, n: int, version: int | None = None, alias: str | None = None
+) -> None:
+    """Before decoding: 503 now if the alias-served version's queue has no room for `n` more
+    images, so an overloaded server does not spend its CPU decoding requests it will refuse.
+    A request pinning a version or another alias is judged when it is queued."""
+    if version is not None or alias is not None:
+        return
+    served = manager.state(model).served
+    if served is not None and served.batcher is not None:
+        served.batcher.check_room(n)
+
+
+def queue_full_on_arrival(scope: Scope) -> QueueFullError | None:
+    """The refusal of a prediction whose alias-served version's queue is already at its bound
+    (so no request, of one image or more, fits), judged from the path before the body is read;
+    None when it may fit, or when the request pins a version or another alias. Used by
+    ConcurrencyLimitMiddleware."""
     parts = scope["path"].split("/")  # "", "v1", "models", model, "predict"[, "upload"]
     routed = (parts[1:3] == ["v1", "models"] and parts[4:] in (["predict"], ["predict", "upload"])) or (
         parts[1:3] == ["v2", "models"] and parts[4:] == ["infer"]
@@ -67,19 +81,13 @@ def queue_full_on_arrival(scope: Scope) -> str | None:
     if not routed or b"version=" in scope["query_string"] or b"alias=" in scope["query_string"]:
         return None
     manager: ModelManager | None = getattr(scope["app"].state, "manager", None)
-    state = manager.states.get(parts[3]) if manager is not None else None
-    batcher = state.served.batcher if state is not None and state.served is not None else None
-    if batcher is None or batcher.queued_images < batcher.max_queue:
+    if manager is None or parts[3] not in manager.states:
         return None
-    return f"queue full ({batcher.queued_images} images waiting); retry shortly"
-
-
-def refuse_if_full(manager: ModelManager, model: str, n: int) -> None:
-    """Before decoding: 503 now if the served version's queue has no room for `n` more images,
-    so an overloaded server does not spend its CPU decoding requests it will refuse."""
-    served = manager.state(model).served
-    if served is not None and served.batcher is not None:
-        served.batcher.check_room(n)
+    try:
+        refuse_if_full(manager, parts[3], 1)
+    except QueueFullError as exc:
+        return exc
+    return None
 
 
 async def predict(

@@ -21,6 +21,8 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from digitserve.serving.errors import ServiceError
+
 
 def _too_large(limit: int) -> str:
     return f"request body is over the {limit} byte limit; send fewer or smaller images"
@@ -83,14 +85,14 @@ class BodySizeLimitMiddleware:
 
 class ConcurrencyLimitMiddleware:
     """503 + Retry-After on arrival once `max_requests` POSTs under `prefixes` are in progress,
-    or when `saturated(scope)` says the request's queue has no room left (None: it cannot tell)."""
+    or with the error `saturated(scope)` gives when the request's queue has no room left."""
 
     def __init__(
         self,
         app: ASGIApp,
         max_requests: int,
         prefixes: tuple[str, ...] = ("/v1/models/", "/v2/models/"),
-        saturated: Callable[[Scope], str | None] = lambda scope: None,
+        saturated: Callable[[Scope], ServiceError | None] = lambda scope: None,
     ):
         self.app = app
         self.max_requests = max_requests
@@ -109,7 +111,7 @@ class ConcurrencyLimitMiddleware:
             return
         full = self.saturated(scope)
         if full is not None:
-            await refuse(send, 503, full, "overloaded", {"Retry-After": "1"})
+            await refuse(send, full.status_code, full.message, full.code, full.headers)
             return
         self.in_progress += 1
         try:

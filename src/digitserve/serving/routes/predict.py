@@ -81,8 +81,7 @@ async def predict_json(
     used_alias = _check_selector(version, alias, settings.alias)
     manager.state(model)  # unknown model: 404 before any decoding work
     check_count(len(body.images), settings)
-    if version is None and alias is None:
-        refuse_if_full(manager, model, len(body.images))
+    refuse_if_full(manager, model, len(body.images), version, alias)
     blobs = [decode_base64(s, i, settings.max_image_bytes) for i, s in enumerate(body.images)]
     images = await prepare_images(blobs, settings, [f"images[{i}]" for i in range(len(blobs))])
     loaded, probs = await predict(manager, settings, model, images, version, alias)
@@ -150,8 +149,7 @@ async def predict_upload(
     for name, blob in zip(names, blobs, strict=True):
         if len(blob) > settings.max_image_bytes:
             raise PayloadTooLargeError(f"{name} is over the {settings.max_image_bytes} byte limit")
-    if version is None and alias is None:
-        refuse_if_full(manager, model, len(blobs))
+    refuse_if_full(manager, model, len(blobs), version, alias)
     images = await prepare_images(blobs, settings, names)
     loaded, probs = await predict(manager, settings, model, images, version, alias)
     return JSONResponse(render_predictions(loaded, used_alias, probs, top_k, images if return_input else None))
