@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from reports import gallery_png
+
 from digitserve.cli import run_reporting_errors
 from digitserve.data import load_mnist
-from digitserve.evaluation import classification_metrics, predict_logits
+from digitserve.evaluation import classification_metrics
+from digitserve.models.checkpoint import load_network, predict_logits
 from digitserve.registry import ModelRegistry
-from digitserve.reports import gallery_png
 
 REPORTS = Path(__file__).parent / "reports"
 
@@ -46,11 +48,11 @@ def compare(registry: ModelRegistry, a: tuple[str, int], b: tuple[str, int]) -> 
     test = load_mnist("test")
     out: dict[str, Any] = {}
     for key, (name, version) in (("a", a), ("b", b)):
-        manifest, model = registry.load_model(name, version)
+        manifest, model = load_network(registry, name, version)
         preds = predict_logits(model, test.images).argmax(1).numpy()
         out[key] = {
             "name": f"{name} v{version}",
-            "arch": manifest["architecture"],
+            "arch": manifest.architecture,
             "preds": preds,
             "metrics": classification_metrics(test.labels, preds),
             "params": sum(p.numel() for p in model.parameters()),

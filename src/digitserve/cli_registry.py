@@ -10,14 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from digitserve.gate import (
-    DEFAULT_THRESHOLDS,
-    MAX_REGRESSION,
-    THRESHOLD_ENV_PREFIX,
-    Promotion,
-    promote,
-    promote_newest_passing,
-)
+from digitserve.config import GATE_THRESHOLD_PREFIX
+from digitserve.gate import DEFAULT_THRESHOLDS, MAX_REGRESSION, Promotion, promote, promote_newest_passing
 from digitserve.registry import ModelRegistry, NotFoundError, RegistryError
 
 
@@ -51,18 +45,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not versions:
         raise NotFoundError(f"model {args.model!r} has no versions in {registry.uri}")
     by_version = _aliases_by_version(registry.list_aliases(args.model))
-    rows = [["version", "accuracy", "split", "architecture", "created_at", "aliases"]]
+    rows = [["version", "accuracy", "split", "architecture", "artifacts", "created_at", "aliases"]]
     for version in versions:
         manifest = registry.manifest(args.model, version)
-        metrics = manifest.get("metrics") or {}
-        accuracy = f"{metrics['accuracy']:.4f}" if "accuracy" in metrics else "-"
+        accuracy = f"{manifest.accuracy:.4f}" if manifest.accuracy is not None else "-"
         rows.append(
             [
                 f"v{version}",
                 accuracy,
-                str(metrics.get("split", "-")),
-                manifest["architecture"],
-                manifest.get("created_at", "-"),
+                str(manifest.metrics.get("split", "-")),
+                manifest.architecture,
+                "onnx" if manifest.onnx else "weights only",
+                manifest.created_at or "-",
                 ", ".join(by_version.get(version, [])),
             ]
         )
@@ -72,13 +66,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     registry = open_registry(args)
-    manifest = registry.manifest(args.model, args.version)
+    manifest = registry.manifest(args.model, args.version).to_dict()
     golden = manifest.get("golden")
     if isinstance(golden, dict) and "images_uint8_b64" in golden:
         size = len(golden["images_uint8_b64"])
         manifest["golden"] = {**golden, "images_uint8_b64": f"<{size} base64 characters omitted>"}
-    prefix = f"{args.model}/versions/{args.version}/report/"
-    manifest["report"] = [key.removeprefix(prefix) for key in registry.store.list(prefix)]
+    manifest["report"] = registry.list_report(args.model, args.version)
     manifest["aliases"] = _aliases_by_version(registry.list_aliases(args.model)).get(args.version, [])
     print(json.dumps(manifest, indent=2, sort_keys=True))
     return 0
@@ -163,7 +156,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def _threshold_help() -> str:
     defaults = ", ".join(f"{arch} {value}" for arch, value in DEFAULT_THRESHOLDS.items())
-    return f"minimum test accuracy (default: ${THRESHOLD_ENV_PREFIX}<MODEL>, else by architecture: {defaults})"
+    return f"minimum test accuracy (default: ${GATE_THRESHOLD_PREFIX}<MODEL>, else by architecture: {defaults})"
 
 
 def add_registry_commands(subparsers: Any) -> None:

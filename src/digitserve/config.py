@@ -1,22 +1,73 @@
-"""Server settings: one `Settings` object, read from `DIGITSERVE_*` environment variables."""
+"""Every setting of digitserve, and the only module that reads the environment.
+
+`Settings` (pydantic-settings, prefix `DIGITSERVE_`) configures the server; the small functions
+below give the CLI, the training scripts and the gate their defaults. This module is a leaf: it
+imports neither torch nor any other part of digitserve, so `digitserve --help` stays light.
+"""
 
 from __future__ import annotations
 
+import getpass
+import os
+import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from digitserve.registry import default_registry_uri
-
 MiB = 1024 * 1024
+ENV_PREFIX = "DIGITSERVE_"
+GATE_THRESHOLD_PREFIX = f"{ENV_PREFIX}GATE_THRESHOLD_"
+
+
+def shipped_registry() -> Path:
+    """The baselines that ship inside the package (in a source checkout: the repo's `registry/`)."""
+    return Path(str(files("digitserve.baselines")))
+
+
+def default_registry_uri() -> str:
+    """`DIGITSERVE_REGISTRY`, else the shipped baselines."""
+    return os.environ.get(f"{ENV_PREFIX}REGISTRY") or str(shipped_registry())
+
+
+def data_dir() -> Path:
+    """Where MNIST is cached: `DIGITSERVE_DATA_DIR`, else ~/.cache/digitserve/mnist."""
+    env = os.environ.get(f"{ENV_PREFIX}DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "digitserve" / "mnist"
+
+
+def mnist_idx_dir() -> Path | None:
+    """A folder of the official MNIST IDX files the user points at (`DIGITSERVE_MNIST_IDX_DIR`)."""
+    env = os.environ.get(f"{ENV_PREFIX}MNIST_IDX_DIR")
+    return Path(env).expanduser() if env else None
+
+
+def gate_threshold_variable(model: str) -> str:
+    return GATE_THRESHOLD_PREFIX + re.sub(r"[^A-Z0-9]", "_", model.upper())
+
+
+def gate_threshold_setting(model: str) -> str | None:
+    """The raw `DIGITSERVE_GATE_THRESHOLD_<MODEL>` value, if set (the gate parses and checks it)."""
+    return os.environ.get(gate_threshold_variable(model)) or None
+
+
+def actor() -> str:
+    """Who moves an alias: `DIGITSERVE_ACTOR`, the CI identity, else the local user."""
+    for var in (f"{ENV_PREFIX}ACTOR", "GITHUB_ACTOR"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 class Settings(BaseSettings):
     """Every knob of the server. Each field is `DIGITSERVE_<NAME>` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="DIGITSERVE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     registry: str = Field(default_factory=default_registry_uri, description="path, file://... or s3://bucket/prefix")
     models: Annotated[list[str], NoDecode] = Field(default=["cnn", "vit"], description="comma-separated model names")
@@ -25,33 +76,51 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "digitserve" / "blobs")
 
     max_batch_size: int = Field(64, ge=1, description="images per forward pass")
-    max_batch_delay_ms: float = Field(2.0, ge=0, description="wait after the first request of a batch")
+    max_batch_delay_ms: float = Field(
+        2.0, ge=0, description="how long a batch may gather while another batch of its model is running"
+    )
     max_queue: int = Field(2048, ge=1, description="queued images per model version before 503")
     max_concurrent_requests: int = Field(
         512, ge=1, description="prediction requests in progress (decoding or queued) before 503, checked on arrival"
     )
     request_timeout_s: float = Field(10.0, gt=0, description="deadline of one prediction (504 past it)")
     resident_versions: int = Field(3, ge=1, description="versions kept loaded per model for ?version= pins")
-    torch_threads: int | None = Field(None, ge=1)
+
+    onnx_providers: Annotated[list[str], NoDecode] = Field(
+        default=["CPUExecutionProvider"], description="ONNX Runtime execution providers, in order of preference"
+    )
+    runtime_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (default: all cores)")
+    inference_slots: int = Field(1, ge=1, le=64, description="forward passes that may run at once per process")
+    decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images too large to decode inline")
+    registry_threads: int = Field(2, ge=1, le=16, description="threads reading the registry (loads, listings)")
+    workers: str = Field("1", pattern=r"^(auto|[1-9][0-9]?)$", description="server processes: a number or auto")
 
     max_images: int = Field(256, ge=1, description="images per request")
     max_body_bytes: int = Field(8 * MiB, ge=1024)
     max_image_bytes: int = Field(4 * MiB, ge=1024, description="one encoded image")
     max_image_pixels: int = Field(16_000_000, ge=784, description="width x height, read from the header")
+    max_request_pixels: int = Field(32_000_000, ge=784, description="pixels of all a request's images together")
+    max_decode_backlog_pixels: int = Field(
+        32_000_000, ge=784, description="pixels waiting for the decode threads before new decode work gets 503"
+    )
     max_upload_files: int = Field(256, ge=1)
 
     admin_token: SecretStr | None = None
     shutdown_grace_s: float = Field(1.0, ge=0, description="after SIGTERM: /readyz is 503 this long first")
+    graceful_shutdown_s: float = Field(30.0, gt=0, description="then at most this long to answer what is in flight")
     keep_alive_s: int = Field(
         75, ge=1, description="idle keep-alive connections close after this; keep it above a load balancer's (ALB: 60)"
     )
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
+    runtime_dir: Path | None = Field(
+        None, description="shared folder of a multi-worker server (metrics, reload requests); made if unset"
+    )
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "onnx_providers", mode="before")
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value

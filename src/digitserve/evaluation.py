@@ -1,4 +1,8 @@
-"""Measuring a model on MNIST: the one evaluation used by training, `evaluate.py` and the gate."""
+"""Measuring a version on MNIST: the one evaluation used by training, `evaluate.py` and the gate.
+
+What is measured is what serves: a version's ONNX artifact under ONNX Runtime, with its
+calibration applied. Training measures its torch model with the same metrics.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,10 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from digitserve.data import load_mnist
-from digitserve.preprocess import to_model_input
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> torch.Tensor:
-    """Logits (N, 10) for uint8 MNIST-style images (N, 28, 28), in eval mode."""
-    model.eval()
-    chunks = [model(to_model_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
-    return torch.cat(chunks) if chunks else torch.empty(0, 10)
+from digitserve.registry import Manifest, ModelRegistry
+from digitserve.runtime import OnnxModel, RuntimeOptions
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int = 10) -> dict[str, Any]:
@@ -46,22 +41,33 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: i
     }
 
 
-def evaluate_model(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-    """Metrics on (images, labels) and the predicted labels, with the time the pass took."""
-    start = time.perf_counter()
-    logits = predict_logits(model, images)
-    elapsed = time.perf_counter() - start
-    preds = logits.argmax(dim=1).numpy()
-    metrics = classification_metrics(labels, preds)
-    metrics["eval_seconds"] = round(elapsed, 3)
-    metrics["images_per_second"] = round(len(images) / elapsed, 1) if elapsed > 0 else None
-    return metrics, preds
+def runtime_logits(runtime: OnnxModel, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Logits (N, 10) of uint8 (N, 28, 28) digits under ONNX Runtime."""
+    chunks = [runtime.logits(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return np.concatenate(chunks) if chunks else np.empty((0, 10), np.float32)
 
 
-def evaluate_on_test_set(model: nn.Module, limit: int | None = None) -> dict[str, Any]:
-    """Metrics on the official 10k MNIST test set (or its first `limit` images)."""
+def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, seconds: float) -> dict[str, Any]:
+    metrics = classification_metrics(labels, np.asarray(logits).argmax(axis=1))
+    metrics["eval_seconds"] = round(seconds, 3)
+    metrics["images_per_second"] = round(len(labels) / seconds, 1) if seconds > 0 else None
+    return metrics
+
+
+def load_runtime(registry: ModelRegistry, model: str, version: int) -> tuple[Manifest, OnnxModel]:
+    """The version's verified ONNX artifact in an ONNX Runtime session (CPU)."""
+    manifest, graph = registry.read_artifact(model, version, "onnx")
+    return manifest, OnnxModel(graph, RuntimeOptions())
+
+
+def evaluate_artifact(runtime: OnnxModel, limit: int | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics of an ONNX artifact on the official 10k test set (or its first `limit` images),
+    and its logits, so a caller can compare them with another model's."""
     test = load_mnist("test")
     images, labels = test.images[:limit], test.labels[:limit]
-    metrics, _ = evaluate_model(model, images, labels)
+    start = time.perf_counter()
+    logits = runtime_logits(runtime, images)
+    metrics = metrics_from_logits(logits, labels, time.perf_counter() - start)
     metrics["data_sha256"] = test.checksum
-    return metrics
+    metrics["artifact"] = "onnx"
+    return metrics, logits

@@ -1,25 +1,28 @@
 """The promotion gate: a version takes an alias only if it measures up on the MNIST test set.
 
-The gate trusts no recorded number. It loads the candidate through the registry (weights
-sha256-verified), re-evaluates it on the full official test set, and refuses it when its
-accuracy is below the model's threshold, or more than `MAX_REGRESSION` below the version the
-alias holds now, re-measured the same way. `--force --reason` bypasses it, and the event log
-says so.
+The gate trusts no recorded number. It loads the candidate's ONNX artifact through the
+registry (sha256-verified) -- what a server will run -- and re-evaluates it on the full official
+test set. It refuses the candidate when its accuracy is below the model's threshold, more than
+`MAX_REGRESSION` below the version the alias holds now (re-measured the same way), or when the
+ONNX artifact and the torch weights it was exported from disagree on any test label or by more
+than `AGREEMENT_ATOL` in any logit. `--force --reason` bypasses it, and the event log says so.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from digitserve.evaluation import evaluate_on_test_set
+import numpy as np
+
+from digitserve.config import gate_threshold_setting, gate_threshold_variable
+from digitserve.data import load_mnist
+from digitserve.evaluation import classification_metrics, evaluate_artifact, load_runtime
 from digitserve.registry import AliasState, ModelRegistry, RegistryError
 
 DEFAULT_THRESHOLDS = {"cnn": 0.996, "vit": 0.993}  # by architecture
 MAX_REGRESSION = 0.001  # 0.1 point of accuracy: 10 of the 10,000 test images
-THRESHOLD_ENV_PREFIX = "DIGITSERVE_GATE_THRESHOLD_"
+AGREEMENT_ATOL = 1e-3  # largest logit difference allowed between the ONNX artifact and torch
 
 
 class GateRefusedError(RegistryError):
@@ -33,6 +36,9 @@ class Measurement:
     errors: int
     num_examples: int
     data_sha256: str
+    label_disagreements: int = 0  # test images whose ONNX and torch labels differ
+    max_logit_difference: float = 0.0
+    artifact: str = "onnx"  # what was measured: "onnx", or "weights" for a version without ONNX
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,9 @@ class GateResult:
         def measured(m: Measurement | None) -> dict[str, Any] | None:
             if m is None:
                 return None
-            return {"version": m.version, "accuracy": m.accuracy, "errors": m.errors}
+            return {"version": m.version, "accuracy": m.accuracy, "errors": m.errors, "artifact": m.artifact,
+                    "onnx_torch_label_disagreements": m.label_disagreements,
+                    "onnx_torch_max_logit_difference": m.max_logit_difference}  # fmt: skip
 
         return {
             "forced": False,
@@ -72,16 +80,13 @@ class GateResult:
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
             "max_regression": MAX_REGRESSION,
+            "agreement_atol": AGREEMENT_ATOL,
             "candidate": measured(self.candidate),
             "current": measured(self.current),
             "num_examples": self.candidate.num_examples,
             "data_sha256": self.candidate.data_sha256,
             "refusals": list(self.refusals),
         }
-
-
-def threshold_env_var(model: str) -> str:
-    return THRESHOLD_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", model.upper())
 
 
 def _checked_threshold(value: float, source: str) -> float:
@@ -94,23 +99,46 @@ def resolve_threshold(model: str, architecture: str, override: float | None) -> 
     """The accuracy a version must reach, and where that number came from."""
     if override is not None:
         return _checked_threshold(override, "--threshold"), "--threshold"
-    var = threshold_env_var(model)
-    if os.environ.get(var):
+    var, setting = gate_threshold_variable(model), gate_threshold_setting(model)
+    if setting is not None:
         try:
-            value = float(os.environ[var])
+            value = float(setting)
         except ValueError:
-            raise RegistryError(f"{var}={os.environ[var]!r} is not a number") from None
+            raise RegistryError(f"{var}={setting!r} is not a number") from None
         return _checked_threshold(value, var), var
     if architecture in DEFAULT_THRESHOLDS:
         return DEFAULT_THRESHOLDS[architecture], f"default for {architecture}"
     raise RegistryError(f"no default gate threshold for architecture {architecture!r}: pass --threshold or set {var}")
 
 
+def torch_logits(registry: ModelRegistry, model: str, version: int) -> np.ndarray:
+    """The torch model's test-set logits, from the version's verified safetensors weights."""
+    try:
+        from digitserve.models.checkpoint import load_network, predict_logits
+    except ImportError as exc:
+        raise RegistryError(f"the gate compares the ONNX artifact with torch; install digitserve[train] ({exc})")
+    _, network = load_network(registry, model, version)
+    return predict_logits(network, load_mnist("test").images).numpy()
+
+
 def measure(registry: ModelRegistry, model: str, version: int) -> Measurement:
-    """Load the version (sha256-verified) and evaluate it on the full MNIST test set."""
-    _, network = registry.load_model(model, version)
-    metrics = evaluate_on_test_set(network)
-    return Measurement(version, metrics["accuracy"], metrics["errors"], metrics["num_examples"], metrics["data_sha256"])
+    """Evaluate the version's ONNX artifact on the full MNIST test set, and compare it with torch.
+
+    A version published before ONNX serving (weights only) is measured with torch, which is what
+    served it: such a version can be the alias's current one, never a candidate (`check` refuses)."""
+    if registry.manifest(model, version).onnx is None:
+        reference = torch_logits(registry, model, version)
+        test = load_mnist("test")
+        metrics = classification_metrics(test.labels, reference.argmax(axis=1))
+        return Measurement(version, metrics["accuracy"], metrics["errors"], metrics["num_examples"], test.checksum,
+                           artifact="weights")  # fmt: skip
+    _, runtime = load_runtime(registry, model, version)
+    metrics, logits = evaluate_artifact(runtime)
+    reference = torch_logits(registry, model, version)
+    disagreements = int((logits.argmax(axis=1) != reference.argmax(axis=1)).sum())
+    worst = float(np.abs(logits - reference).max())
+    return Measurement(version, metrics["accuracy"], metrics["errors"], metrics["num_examples"],
+                       metrics["data_sha256"], disagreements, round(worst, 8))  # fmt: skip
 
 
 class PromotionGate:
@@ -141,9 +169,16 @@ class PromotionGate:
 
     def check(self, version: int) -> GateResult:
         manifest = self.registry.manifest(self.model, version)
-        threshold, source = resolve_threshold(self.model, manifest["architecture"], self.threshold_override)
+        threshold, source = resolve_threshold(self.model, manifest.architecture, self.threshold_override)
         candidate = measure(self.registry, self.model, version)
         refusals = []
+        if candidate.artifact != "onnx":
+            refusals.append("it has no ONNX artifact, so no server can run it (training/export_onnx.py makes one)")
+        if candidate.label_disagreements or not candidate.max_logit_difference <= AGREEMENT_ATOL:
+            refusals.append(
+                f"its ONNX artifact disagrees with its torch weights ({candidate.label_disagreements} test labels "
+                f"differ, largest logit difference {candidate.max_logit_difference:.3g} > {AGREEMENT_ATOL:g})"
+            )
         # Accuracies are multiples of 1/10000: round before comparing so float noise cannot
         # turn an exact tie into a refusal.
         if round(candidate.accuracy, 6) < round(threshold, 6):

@@ -159,3 +159,14 @@ def decode_image(
     with im:
         _check_size(im, max_pixels)
         return _to_gray(_load_first_frame(im))
+
+
+def header_pixels(data: bytes, allowed_formats: Collection[str] = ALLOWED_FORMATS) -> int:
+    """Width x height from the header alone (0 when the header cannot be read): what decoding
+    the image will cost, known before any pixel is decoded."""
+    try:
+        with Image.open(io.BytesIO(data), formats=list(allowed_formats)) as im:
+            width, height = im.size
+    except Exception:  # unreadable: decoding refuses it at once, at no cost worth counting
+        return 0
+    return max(0, width) * max(0, height)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from digitserve.imaging import (
@@ -35,7 +34,6 @@ __all__ = [
     "decode_image",
     "mnist_style",
     "prepare",
-    "to_model_input",
 ]
 
 MNIST_MEAN = 0.1307
@@ -53,14 +51,6 @@ WORK_SIDE = 384  # larger pictures are area-downsampled to this first: plenty fo
 _MIDDLE = (FIELD * FIELD // 2 - 1, FIELD * FIELD // 2)  # the two middle pixels of a 28x28 field: its median
 _RING_PIXELS = 4 * 2 * FIELD  # a 2-pixel border, corners counted twice
 STROKE_WIDTH = 2.6  # typical MNIST stroke width in the 28x28 field (2*area/perimeter, median 2.9)
-
-
-def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) or (N, 1, 28, 28) -> normalised float32 (N, 1, 28, 28)."""
-    x = torch.as_tensor(images)
-    if x.ndim == 3:
-        x = x.unsqueeze(1)  # (N, 1, 28, 28)
-    return (x.float() / 255.0 - MNIST_MEAN) / MNIST_STD
 
 
 def prepare(data: bytes, **limits: Any) -> np.ndarray:

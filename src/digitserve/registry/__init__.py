@@ -1,14 +1,16 @@
-"""The versioned model registry (local folder or S3)."""
+"""The versioned model registry (local folder or S3): versions, artifacts, aliases, events."""
 
-from digitserve.registry.core import (
-    AliasConflictError,
+from digitserve.registry.core import AliasConflictError, IntegrityError, ModelRegistry, verify_blob
+from digitserve.registry.records import (
     AliasState,
-    IntegrityError,
-    ModelRegistry,
-    build_model,
-    verify_blob,
+    Artifact,
+    Golden,
+    Manifest,
+    ManifestError,
+    MissingArtifactError,
+    check_model_name,
 )
-from digitserve.registry.store import (
+from digitserve.storage import (
     AlreadyExistsError,
     ConflictError,
     LocalStore,
@@ -16,7 +18,6 @@ from digitserve.registry.store import (
     RegistryError,
     Store,
     StoreUnavailableError,
-    default_registry_uri,
     open_store,
 )
 
@@ -24,16 +25,20 @@ __all__ = [
     "AliasConflictError",
     "AliasState",
     "AlreadyExistsError",
+    "Artifact",
     "ConflictError",
+    "Golden",
     "IntegrityError",
     "LocalStore",
+    "Manifest",
+    "ManifestError",
+    "MissingArtifactError",
     "ModelRegistry",
     "NotFoundError",
     "RegistryError",
     "Store",
     "StoreUnavailableError",
-    "build_model",
-    "default_registry_uri",
+    "check_model_name",
     "open_store",
     "verify_blob",
 ]

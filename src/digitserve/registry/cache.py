@@ -17,10 +17,10 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from digitserve.registry.core import AliasState, IntegrityError, ModelRegistry, verify_blob
-from digitserve.registry.store import Store, StoreUnavailableError
+from digitserve.registry.core import IntegrityError, ModelRegistry, verify_blob
+from digitserve.registry.records import AliasState, Manifest
+from digitserve.storage import Store, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +49,27 @@ class CachedRegistry(ModelRegistry):
     def _cached(self, *parts: str) -> Path:
         return self.cache_dir.joinpath(*parts)
 
-    def manifest(self, model: str, version: int) -> dict[str, Any]:
+    def manifest(self, model: str, version: int) -> Manifest:
         path = self._cached(model, "versions", str(int(version)), "manifest.json")
         if path.is_file():
-            return json.loads(path.read_bytes())
-        doc = super().manifest(model, version)
-        _write_atomic(path, json.dumps(doc).encode())
-        return doc
+            return Manifest.from_dict(json.loads(path.read_bytes()), model, int(version))
+        manifest = super().manifest(model, version)
+        _write_atomic(path, json.dumps(manifest.to_dict()).encode())
+        return manifest
 
-    def read_verified_blob(self, model: str, version: int) -> tuple[dict[str, Any], bytes]:
+    def read_artifact(self, model: str, version: int, kind: str) -> tuple[Manifest, bytes]:
         manifest = self.manifest(model, version)
-        expected = manifest["weights"]
-        path = self._cached(model, "blobs", f"{expected['sha256']}.safetensors")
+        expected = manifest.artifact(kind)
+        path = self._cached(model, "blobs", f"{expected.sha256}.{expected.format}")
         if path.is_file():
             data = path.read_bytes()
             try:
                 verify_blob(data, expected, f"cached {model} v{version}")
                 return manifest, data
             except IntegrityError:
-                log.warning("cached blob of %s v%d is damaged; fetching it again", model, version)
+                log.warning("cached %s blob of %s v%d is damaged; fetching it again", kind, model, version)
                 path.unlink(missing_ok=True)
-        manifest, data = super().read_verified_blob(model, version)
+        manifest, data = super().read_artifact(model, version, kind)
         _write_atomic(path, data)
         return manifest, data
 
@@ -82,12 +82,10 @@ class CachedRegistry(ModelRegistry):
             if not path.is_file():
                 raise
             log.warning("registry unreachable (%s); using the cached alias %s/%s", exc, model, alias)
-            return AliasState.parse(path.read_bytes(), etag="cached")
+            return AliasState.parse(path.read_bytes(), etag="cached", what=f"cached alias {model}/{alias}")
         self.unavailable = None
         if state is None:
             path.unlink(missing_ok=True)
             return None
-        doc = {"version": state.version, "previous": state.previous, "updated_at": state.updated_at,
-               "reason": state.reason}  # fmt: skip
-        _write_atomic(path, json.dumps(doc).encode())
+        _write_atomic(path, json.dumps(state.to_dict()).encode())
         return state

@@ -13,23 +13,27 @@ from importlib.resources import files
 from types import FrameType
 from typing import Any
 
-import torch
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import multiprocess
 
 from digitserve import __version__
 from digitserve.config import Settings
 from digitserve.registry import LocalStore, ModelRegistry, open_store
 from digitserve.registry.cache import CachedRegistry
+from digitserve.serving.batching import InferenceSlots
 from digitserve.serving.catalog import Catalog
-from digitserve.serving.deps import queue_full_on_arrival
+from digitserve.serving.decoding import ImageDecoder
 from digitserve.serving.errors import install_error_handlers
-from digitserve.serving.limits import BodySizeLimitMiddleware, ConcurrencyLimitMiddleware
 from digitserve.serving.manager import ModelManager
 from digitserve.serving.metrics import MetricsMiddleware, ServiceMetrics
+from digitserve.serving.middleware import AdmissionMiddleware, BodySizeLimitMiddleware
+from digitserve.serving.oip import routes as oip
+from digitserve.serving.pipeline import PredictionPipeline
 from digitserve.serving.responses import JSONResponse
-from digitserve.serving.routes import admin, health, models, predict, v2
+from digitserve.serving.routes import admin, health, listing, predict
+from digitserve.serving.workers import ReloadBroadcast
 
 log = logging.getLogger(__name__)
 STATIC = files("digitserve") / "static"
@@ -55,37 +59,45 @@ def _install_sigterm_drain(app: FastAPI, loop: asyncio.AbstractEventLoop, grace_
 def open_serving_registry(settings: Settings) -> ModelRegistry:
     """A remote registry gets a disk cache of verified blobs, so the server can start and keep
     serving while the registry is unreachable; a local folder needs none."""
-    store = open_store(settings.registry)
-    if isinstance(store, LocalStore):  # a missing folder is an unreachable registry, not an empty one
-        return ModelRegistry(LocalStore(store.root, must_exist=True))
+    store = open_store(settings.registry, must_exist=True)  # a missing folder is unreachable, not empty
+    if isinstance(store, LocalStore):
+        return ModelRegistry(store)
     return CachedRegistry(store, settings.cache_dir)
 
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
     registry = open_serving_registry(settings)
-    inference = ThreadPoolExecutor(1, thread_name_prefix="forward")  # one forward pass at a time
-    loader = ThreadPoolExecutor(2, thread_name_prefix="registry")
-    manager = ModelManager(settings, registry, app.state.metrics, inference, loader)
+    slots = InferenceSlots(settings.inference_slots)
+    loader = ThreadPoolExecutor(settings.registry_threads, thread_name_prefix="registry")
+    listings = ThreadPoolExecutor(settings.registry_threads, thread_name_prefix="catalog")
+    decoder = ImageDecoder(settings)
+    manager = ModelManager(settings, registry, app.state.metrics, slots, loader)
     app.state.manager = manager
-    listings = ThreadPoolExecutor(2, thread_name_prefix="catalog")
-    app.state.catalog = Catalog(registry, listings)
+    app.state.pipeline = PredictionPipeline(manager, decoder, settings)
+    app.state.catalog = Catalog(registry, listings)  # its own threads: a slow listing never delays a load
     await manager.refresh_all()  # first load; a registry outage leaves the server up but not ready
     poller = asyncio.create_task(_poll_after(manager, settings.poll_seconds), name="alias-poller")
+    broadcast = app.state.broadcast = ReloadBroadcast.from_env()
+    watcher = broadcast and asyncio.create_task(broadcast.watch(lambda: manager.refresh_all(force=True)))
     if settings.shutdown_grace_s > 0:
         _install_sigterm_drain(app, asyncio.get_running_loop(), settings.shutdown_grace_s)
     try:
         yield
     finally:
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
+        for task in (poller, watcher):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await manager.close()  # answers everything still queued
-        inference.shutdown(wait=True)
+        slots.shutdown()
+        decoder.close()
         loader.shutdown(wait=False, cancel_futures=True)
         listings.shutdown(wait=False, cancel_futures=True)
+        if app.state.metrics.shared:
+            multiprocess.mark_process_dead(os.getpid())
 
 
 async def _poll_after(manager: ModelManager, delay: float) -> None:
@@ -107,18 +119,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
     app.state.draining = False
+    app.state.broadcast = None
     install_error_handlers(app)
-    for router in (predict.router, models.router, health.router, v2.router):
+    for router in (predict.router, listing.router, health.router, oip.router):
         app.include_router(router)
     if settings.admin_token is not None:
         app.include_router(admin.router)
     _mount_page(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
-        ConcurrencyLimitMiddleware, max_requests=settings.max_concurrent_requests, saturated=queue_full_on_arrival
+        AdmissionMiddleware,
+        max_requests=settings.max_concurrent_requests,
+        timeout_s=settings.request_timeout_s,
+        check_room=lambda model, n: _check_room(app, model, n),
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app.router)
     return app
+
+
+def _check_room(app: FastAPI, model: str, n: int) -> None:
+    pipeline: PredictionPipeline | None = getattr(app.state, "pipeline", None)
+    if pipeline is not None:  # None only before start-up, when nothing is queued anyway
+        pipeline.check_room(model, n)
 
 
 def _mount_page(app: FastAPI) -> None:

@@ -11,14 +11,14 @@ import time
 from concurrent.futures import Executor
 from typing import Any
 
-from digitserve.registry import ModelRegistry, RegistryError, StoreUnavailableError
+from digitserve.registry import Manifest, ModelRegistry, RegistryError, StoreUnavailableError
 
 
 class Catalog:
     def __init__(self, registry: ModelRegistry, executor: Executor) -> None:
         self.registry = registry
         self.executor = executor  # its own threads: a slow listing never delays a model load
-        self._manifests: dict[tuple[str, int], dict[str, Any]] = {}
+        self._manifests: dict[tuple[str, int], Manifest] = {}
         self._last: dict[str, dict[str, Any]] = {}
 
     def _version_entry(self, model: str, version: int) -> dict[str, Any]:
@@ -31,13 +31,13 @@ class Catalog:
             except RegistryError as exc:  # one damaged manifest: shown as such, the others still listed
                 return {"version": version, "error": str(exc)}
         m = self._manifests[key]
-        weights = m.get("weights")
         return {
             "version": version,
-            "architecture": m.get("architecture"),
-            "metrics": m.get("metrics"),
-            "created_at": m.get("created_at"),
-            "weights_sha256": weights.get("sha256") if isinstance(weights, dict) else None,  # None: damaged
+            "architecture": m.architecture,
+            "metrics": m.metrics,
+            "created_at": m.created_at,
+            "weights_sha256": m.weights.sha256,
+            "onnx_sha256": m.onnx.sha256 if m.onnx else None,  # None: published before ONNX serving
         }
 
     async def describe(self, model: str) -> dict[str, Any]:

@@ -1,26 +1,31 @@
-"""Typed errors of the service, and the one place that turns them into HTTP answers.
+"""The service's own errors, and the one place that turns any expected error into an HTTP answer.
 
-Every client mistake maps to a 4xx JSON body `{"error": "<what is wrong>", "code": "<code>"}`;
-overload and shutdown map to 503 with `Retry-After`; anything unexpected is logged with its
-traceback and answered with a generic 500, which the tests treat as a bug.
+Errors are typed where they are raised: images (`digitserve.imaging`), the batcher
+(`serving.batching`), the request checks here. `http_error` maps each to a status, a code and
+headers; every client mistake is a 4xx JSON body `{"error": "<what is wrong>", "code": "<code>"}`,
+overload and shutdown are 503 with `Retry-After`, a missed deadline 504. Anything unexpected is
+logged with its traceback and answered with a generic 500, which the tests treat as a bug.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from digitserve.imaging import ImageError, UnsupportedFormatError
+from digitserve.serving.batching import DeadlineExceededError, QueueFullError, RetiredError
 from digitserve.serving.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
-    """An error with an HTTP status and a message meant for the client."""
+    """A request the service refuses, with its HTTP status and a message meant for the client."""
 
     status_code = 400
     code = "bad_request"
@@ -56,26 +61,42 @@ class UnauthorizedError(ServiceError):
     headers = {"WWW-Authenticate": "Bearer"}
 
 
-class _Unavailable(ServiceError):
-    status_code = 503
+class OverloadedError(ServiceError):
+    status_code, code = 503, "overloaded"
     headers = {"Retry-After": "1"}
 
 
-class QueueFullError(_Unavailable):
-    code = "overloaded"
+class ShuttingDownError(ServiceError):
+    status_code, code = 503, "shutting_down"
+    headers = {"Retry-After": "1", "Connection": "close"}
 
 
-class ShuttingDownError(_Unavailable):
-    code = "shutting_down"
-
-
-class ModelNotReadyError(_Unavailable):
-    code = "model_not_ready"
+class ModelNotReadyError(ServiceError):
+    status_code, code = 503, "model_not_ready"
     headers = {"Retry-After": "5"}
 
 
-class DeadlineExceededError(ServiceError):
-    status_code, code = 504, "deadline_exceeded"
+@dataclass(frozen=True)
+class HttpError:
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] | None = None
+
+
+def http_error(exc: Exception) -> HttpError | None:
+    """The HTTP answer for an expected error; None for anything unexpected (a bug: 500)."""
+    if isinstance(exc, ServiceError):
+        return HttpError(exc.status_code, exc.code, exc.message, exc.headers)
+    if isinstance(exc, ImageError):
+        return HttpError(415 if isinstance(exc, UnsupportedFormatError) else 422, exc.code, str(exc))
+    if isinstance(exc, QueueFullError):
+        return HttpError(503, "overloaded", str(exc), {"Retry-After": "1"})
+    if isinstance(exc, RetiredError):
+        return HttpError(503, "shutting_down", str(exc), {"Retry-After": "1"})
+    if isinstance(exc, DeadlineExceededError):
+        return HttpError(504, "deadline_exceeded", str(exc))
+    return None
 
 
 def error_response(
@@ -89,32 +110,43 @@ def _describe_validation(exc: RequestValidationError) -> str:
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
+    return "; ".join(parts)[:2000] or "invalid request"
+
+
+def _starlette_error(request: Request, exc: StarletteHTTPException) -> HttpError:
+    message = exc.detail if isinstance(exc.detail, str) else "request refused"
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no such endpoint: {request.method} {request.url.path[:200]}; see /docs"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path[:200]}; see /docs"
+    elif exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's words
+        message = "the request body cannot be parsed: send UTF-8 JSON as /docs shows"
+    codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    return HttpError(exc.status_code, codes.get(exc.status_code, "http_error"), message, getattr(exc, "headers", None))
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status_code, exc.message, exc.code, exc.headers)
+    async def expected(request: Request, exc: Exception) -> JSONResponse:
+        error = http_error(exc)
+        if error is None:
+            return await unexpected(request, exc)
+        return error_response(error.status, error.message, error.code, error.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
         return error_response(422, _describe_validation(exc), "invalid_request")
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = exc.detail if isinstance(exc.detail, str) else "request refused"
-        if exc.status_code == 404 and message == "Not Found":
-            message = f"no such endpoint: {request.method} {request.url.path}; see /docs"
-        elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}; see /docs"
-        elif exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's words
-            message = "the request body cannot be parsed: send UTF-8 JSON as /docs shows"
-        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-        code = codes.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, message, code, getattr(exc, "headers", None))
+    async def starlette_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        error = _starlette_error(request, exc)
+        return error_response(error.status, error.message, error.code, error.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s", request.method, request.url.path[:200], exc_info=exc)
         return error_response(500, "internal error; it has been logged", "internal_error")
+
+    for kind in (ServiceError, ImageError, QueueFullError, RetiredError, DeadlineExceededError):
+        app.add_exception_handler(kind, expected)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(StarletteHTTPException, starlette_error)
+    app.add_exception_handler(Exception, unexpected)

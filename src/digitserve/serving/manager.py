@@ -17,13 +17,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from digitserve.config import Settings
-from digitserve.registry import ModelRegistry, NotFoundError, RegistryError
-from digitserve.serving.batching import BatchStats, DynamicBatcher
+from digitserve.registry import ModelRegistry, NotFoundError, RegistryError, StoreUnavailableError
+from digitserve.runtime import LoadError, RuntimeOptions, Servable, load_servable
+from digitserve.serving.batching import BatchStats, DynamicBatcher, InferenceSlots
 from digitserve.serving.errors import ModelNotReadyError, UnknownModelError, UnknownVersionError
-from digitserve.serving.loading import LoadedVersion, LoadError, load_version
 from digitserve.serving.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedVersion:
+    """A verified version with the batcher that answers for it."""
+
+    servable: Servable
+    batcher: DynamicBatcher
+
+    @property
+    def model(self) -> str:
+        return self.servable.model
+
+    @property
+    def version(self) -> int:
+        return self.servable.version
 
 
 @dataclass
@@ -42,27 +58,28 @@ class ModelManager:
         settings: Settings,
         registry: ModelRegistry,
         metrics: ServiceMetrics,
-        inference: Executor,
+        slots: InferenceSlots,
         loader: Executor,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
-        self.inference = inference
+        self.slots = slots
         self.loader = loader
+        self.runtime_options = RuntimeOptions(tuple(settings.onnx_providers), settings.runtime_threads)
         self.states = {name: ModelState(name) for name in settings.models}
         self.pinned: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
         self._pending: dict[tuple[str, int], asyncio.Future[LoadedVersion]] = {}
-        self.registry_error: str | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
     # --- lookups on the request path ----------------------------------------------------------
 
     def state(self, model: str) -> ModelState:
-        if model not in self.states:
+        state = self.states.get(model)
+        if state is None:
             known = ", ".join(self.states) or "none"
-            raise UnknownModelError(f"unknown model {model!r}; served models: {known}")
-        return self.states[model]
+            raise UnknownModelError(f"unknown model {model[:100]!r}; served models: {known}")
+        return state
 
     def current(self, model: str) -> LoadedVersion:
         served = self.state(model).served
@@ -101,7 +118,7 @@ class ModelManager:
         try:
             loaded = await self._load(model, version)
         except LoadError as exc:
-            if isinstance(exc.__cause__, NotFoundError):
+            if exc.missing:
                 raise UnknownVersionError(f"model {model!r} has no version {version}") from None
             raise ModelNotReadyError(f"{model} v{version} cannot be served: {exc}") from None
         finally:
@@ -117,28 +134,25 @@ class ModelManager:
 
     async def _load(self, model: str, version: int) -> LoadedVersion:
         loop = asyncio.get_running_loop()
-        loaded = await loop.run_in_executor(
-            self.loader, load_version, self.registry, model, version, self.settings.max_batch_size
+        servable = await loop.run_in_executor(
+            self.loader, load_servable, self.registry, model, version, self.runtime_options, self.settings.max_batch_size
         )
-        labels = (model, str(version))
-        loaded.batcher = DynamicBatcher(
-            loaded.forward,
-            self.inference,
+        batcher = DynamicBatcher(
+            servable.probabilities,
+            self.slots,
             max_batch_size=self.settings.max_batch_size,
             max_delay_ms=self.settings.max_batch_delay_ms,
             max_queue=self.settings.max_queue,
             stats=BatchStats(
                 on_batch=self.metrics.batch_size.labels(model).observe,
-                on_queue_depth=self.metrics.queue_depth.labels(*labels).set,
+                on_queue_depth=self.metrics.queue_depth.labels(model, str(version)).set,
             ),
         )
-        loaded.batcher.start()
-        return loaded
+        batcher.start()
+        return LoadedVersion(servable, batcher)
 
     def _retire(self, loaded: LoadedVersion) -> None:
         """Let the old version answer what it has queued, then drop it."""
-        if loaded.batcher is None:
-            return
         task = asyncio.get_running_loop().create_task(loaded.batcher.close())
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -149,21 +163,19 @@ class ModelManager:
         async with state.lock:
             state.last_poll_at = time.time()
             try:
-                target = await self._resolve(model, self.settings.alias)
-            except (UnknownVersionError, ModelNotReadyError) as exc:
-                self._record_failure(state, None, "resolve", exc.message)
-                unreachable = isinstance(exc, ModelNotReadyError)
-                return {"model": model, "changed": False, "error": exc.message, "registry_unreachable": unreachable}
+                target = await asyncio.get_running_loop().run_in_executor(
+                    self.loader, self.registry.resolve_alias, model, self.settings.alias
+                )
+            except RegistryError as exc:
+                message = f"cannot resolve alias {self.settings.alias!r}: {exc}"
+                self._record_failure(state, None, "resolve", message)
+                unreachable = isinstance(exc, StoreUnavailableError)
+                return {"model": model, "changed": False, "error": message, "registry_unreachable": unreachable}
             if state.served is not None and state.served.version == target:
                 self._clear_error(state)  # the registry answers and the alias names what serves: all well
                 return {"model": model, "version": target, "changed": False}
             if target in state.failed and not force:
-                return {
-                    "model": model,
-                    "version": target,
-                    "changed": False,
-                    "error": state.failed[target],
-                }
+                return {"model": model, "version": target, "changed": False, "error": state.failed[target]}
             try:
                 loaded = await self._load(model, target)
             except LoadError as exc:
@@ -180,12 +192,7 @@ class ModelManager:
         if old is not None:
             self.metrics.swaps.labels(state.name).inc()
             self._retire(old)
-        log.info(
-            "%s: now serving v%d (was %s)",
-            state.name,
-            loaded.version,
-            old.version if old else "none",
-        )
+        log.info("%s: now serving v%d (was %s)", state.name, loaded.version, old.version if old else "none")
 
     def _clear_error(self, state: ModelState) -> None:
         state.last_error = None
@@ -199,9 +206,14 @@ class ModelManager:
         self.metrics.reload_error.labels(state.name).set(1)
         log.warning("%s: version %s refused at %s: %s", state.name, version, step, message)
 
+    @property
+    def registry_unavailable(self) -> str | None:
+        """The registry's last "unreachable" error while a remote one is down and its cache serves."""
+        return getattr(self.registry, "unavailable", None)
+
     async def refresh_all(self, force: bool = False) -> list[dict[str, Any]]:
         results = [await self.refresh(m, force) for m in self.states]
-        down = any(r.get("registry_unreachable") for r in results) or getattr(self.registry, "unavailable", None)
+        down = any(r.get("registry_unreachable") for r in results) or self.registry_unavailable
         self.metrics.registry_up.set(0 if down else 1)
         return results
 
@@ -215,6 +227,10 @@ class ModelManager:
 
     def ready(self) -> bool:
         return all(s.served is not None for s in self.states.values())
+
+    def resident_versions(self, model: str) -> list[int]:
+        served = self.state(model).served
+        return sorted({v for (m, v) in self.pinned if m == model} | ({served.version} if served else set()))
 
     async def close(self) -> None:
         for loaded in [s.served for s in self.states.values() if s.served] + list(self.pinned.values()):

@@ -1,78 +1,99 @@
 """Prometheus metrics, and a pure-ASGI middleware that counts requests and their latency.
 
-Each app owns its own CollectorRegistry, so several apps (tests) never share counters.
-Routes are labelled by their template (`/v1/models/{model}/predict`), never by raw path.
+Each app owns its own `CollectorRegistry` (`ServiceMetrics.collectors`), so several apps in one
+process (tests) never share counters. With several worker processes (`PROMETHEUS_MULTIPROC_DIR`
+set by `digitserve serve --workers N`), every worker writes its samples to that folder and
+`/metrics` on any worker renders the sum over all of them: one truthful view.
+
+Routes are labelled by their template (`/v1/models/{model}/predict`) or "unmatched", never by
+the raw path, so a client cannot grow the label set.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get(MULTIPROCESS_DIR))
 
 
 class ServiceMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.collectors = CollectorRegistry()
+        self.shared = multiprocess_mode()
         self._served: dict[tuple[str, str], int] = {}
-        r = self.registry
+        r = self.collectors
         self.requests = Counter(
-            "digitserve_requests",
-            "HTTP requests by route, method and status",
-            ["route", "method", "status"],
+            "digitserve_requests", "HTTP requests by route, method and status", ["route", "method", "status"],
             registry=r,
-        )
+        )  # fmt: skip
         self.latency = Histogram(
             "digitserve_request_latency_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.images = Counter("digitserve_images", "images predicted", ["model", "version"], registry=r)
         self.queue_depth = Gauge(
-            "digitserve_queue_depth", "images waiting for a forward pass", ["model", "version"], registry=r
-        )
+            "digitserve_queue_depth", "images waiting for a forward pass", ["model", "version"], registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.batch_size = Histogram(
             "digitserve_batch_size", "images per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
         self.model_version = Gauge(
-            "digitserve_model_version_info",
-            "1 for the version an alias serves",
-            ["model", "version", "alias"],
-            registry=r,
-        )
+            "digitserve_model_version_info", "1 for the version an alias serves (in any worker)",
+            ["model", "version", "alias"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.reload_failures = Counter(
             "digitserve_model_reload_failures", "versions refused on load", ["model", "step"], registry=r
         )
         self.reload_error = Gauge(
-            "digitserve_model_reload_error", "1 while the last reload attempt failed", ["model"], registry=r
-        )
+            "digitserve_model_reload_error", "1 while the last reload attempt failed", ["model"], registry=r,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
         self.swaps = Counter("digitserve_model_swaps", "hot-swaps to a new version", ["model"], registry=r)
-        self.registry_up = Gauge("digitserve_registry_reachable", "1 if the last registry poll worked", registry=r)
+        self.registry_up = Gauge(
+            "digitserve_registry_reachable", "1 if the last registry poll worked", registry=r,
+            multiprocess_mode="livemin",
+        )  # fmt: skip
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.shared:
+            return generate_latest(self.collectors)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
 
     def set_served(self, model: str, alias: str, version: int) -> None:
-        """Exactly one version-info series per (model, alias): the one serving now."""
+        """Exactly one version-info series per (model, alias) and worker: the one serving now."""
         previous = self._served.get((model, alias))
         if previous is not None and previous != version:
-            self.model_version.remove(model, str(previous), alias)
+            if self.shared:  # a multiprocess sample cannot be removed: it reads 0 from now on
+                self.model_version.labels(model, str(previous), alias).set(0)
+            else:
+                self.model_version.remove(model, str(previous), alias)
         self._served[(model, alias)] = version
         self.model_version.labels(model, str(version), alias).set(1)
 
 
 def _route_template(app: Any, scope: Scope) -> str:
     route = scope.get("route")  # set by the router once it matched
-    if route is not None and hasattr(route, "path"):
+    if route is not None and isinstance(getattr(route, "path", None), str):
         return str(route.path)
-    for route in getattr(app, "routes", ()):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", scope["path"]))
+    for candidate in getattr(app, "routes", ()):
+        match, _ = candidate.matches(scope)
+        path = getattr(candidate, "path", None)
+        if match == Match.FULL and isinstance(path, str):
+            return path
     return "unmatched"
 
 
@@ -101,5 +122,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = _route_template(self.router_app, scope)
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -11,7 +11,7 @@ from digitserve.serving.responses import JSONResponse
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness")
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 

@@ -1,27 +1,26 @@
-"""Limits applied before a route runs: the request body cap and the cap on predictions in progress.
+"""Limits applied before a route runs: the request body cap, and admission of predictions.
 
 The body cap answers 413 before the body is read in full. It is checked twice: on
 `Content-Length` before the app sees the request, and while the body streams in (chunked
 uploads, or a client that lies about its length).
 
-The concurrency cap answers 503 with `Retry-After` on arrival, before the body is read, once
-`max_requests` predictions are in progress. The batcher's bounded queue only sees requests
-whose images are decoded; under overload the event loop itself is the queue (decoding,
-parsing), and without this cap accepted requests wait longer and longer and memory grows
-with every connection. The same middleware also refuses on arrival a request for a model whose
-queue is already full (`saturated`): it could not be queued whatever it holds, and reading and
-parsing its body would only take CPU from the forward pass.
+Admission answers 503 with `Retry-After` on arrival, before the body is read, once
+`max_requests` predictions are in progress, or when the request's model has no queue room left
+for even one image (the pipeline's own `check_room`): it could not be queued whatever it
+holds, and reading and parsing its body would only take CPU from the forward pass. An admitted
+prediction's deadline starts here, so it covers reading, decoding, queueing and the forward pass.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from digitserve.serving.errors import ServiceError
+from digitserve.serving.errors import HttpError, http_error
 
 
 def _too_large(limit: int) -> str:
@@ -83,36 +82,53 @@ class BodySizeLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-class ConcurrencyLimitMiddleware:
-    """503 + Retry-After on arrival once `max_requests` POSTs under `prefixes` are in progress,
-    or with the error `saturated(scope)` gives when the request's queue has no room left."""
+RoomCheck = Callable[[str, int], None]  # (model, images): raises when they cannot be queued
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_requests: int,
-        prefixes: tuple[str, ...] = ("/v1/models/", "/v2/models/"),
-        saturated: Callable[[Scope], ServiceError | None] = lambda scope: None,
-    ):
+
+def prediction_model(scope: Scope) -> str | None:
+    """The model a prediction request is for, from its path; None for any other request."""
+    parts = scope["path"].split("/")  # "", "v1", "models", model, "predict"[, "upload"]
+    if len(parts) < 5 or parts[2] != "models":
+        return None
+    v1 = parts[1] == "v1" and parts[4:] in (["predict"], ["predict", "upload"])
+    v2 = parts[1] == "v2" and (parts[4:] == ["infer"] or (parts[4] == "versions" and parts[6:] == ["infer"]))
+    return parts[3] if v1 or v2 else None
+
+
+class AdmissionMiddleware:
+    """503 + Retry-After on arrival for a prediction the server cannot take: too many in
+    progress, or no queue room for its model. Stamps each admitted prediction's deadline."""
+
+    def __init__(self, app: ASGIApp, max_requests: int, timeout_s: float, check_room: RoomCheck) -> None:
         self.app = app
         self.max_requests = max_requests
-        self.prefixes = prefixes
-        self.saturated = saturated
+        self.timeout_s = timeout_s
+        self.check_room = check_room
         self.in_progress = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        counted = scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(self.prefixes)
-        if not counted:
-            await self.app(scope, receive, send)
-            return
+    def _refusal(self, scope: Scope, model: str) -> HttpError | None:
         if self.in_progress >= self.max_requests:
             message = f"{self.in_progress} predictions in progress, the server's limit; retry shortly"
-            await refuse(send, 503, message, "overloaded", {"Retry-After": "1"})
+            return HttpError(503, "overloaded", message, {"Retry-After": "1"})
+        query = scope["query_string"]
+        if b"version=" in query or b"alias=" in query or "/versions/" in scope["path"]:
+            return None  # a pinned version is judged when it is queued
+        try:
+            self.check_room(model, 1)
+        except Exception as exc:
+            return http_error(exc)  # QueueFullError: 503; an unknown model is the route's 404
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        model = prediction_model(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if model is None:
+            await self.app(scope, receive, send)
             return
-        full = self.saturated(scope)
-        if full is not None:
-            await refuse(send, full.status_code, full.message, full.code, full.headers)
+        refusal = self._refusal(scope, model)
+        if refusal is not None and refusal.status == 503:
+            await refuse(send, refusal.status, refusal.message, refusal.code, refusal.headers)
             return
+        scope.setdefault("state", {})["deadline"] = time.monotonic() + self.timeout_s
         self.in_progress += 1
         try:
             await self.app(scope, receive, send)

@@ -25,7 +25,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from digitserve.registry.store import (
+from digitserve.storage.base import (
     AlreadyExistsError,
     ConflictError,
     NotFoundError,

@@ -23,7 +23,7 @@ PROBABILITIES, LABEL = "probabilities", "label"
 OUTPUT_NAMES = (PROBABILITIES, LABEL)
 PIXEL_DATATYPES = ("UINT8", "FP32")
 EXTENSIONS = ["binary_tensor_data", "classification"]
-PLATFORM = "pytorch"
+PLATFORM = "onnxruntime_onnx"
 
 ParameterValue = StrictBool | StrictInt | StrictFloat | StrictStr
 Parameters = dict[str, ParameterValue]

@@ -23,14 +23,22 @@ from starlette.responses import Response
 
 from digitserve.config import Settings
 from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
-from digitserve.serving.inputs import INLINE_DECODE_BYTES, prepare_images
-from digitserve.serving.loading import LoadedVersion
-from digitserve.serving.v2_schemas import IMAGES, LABEL, OUTPUT_NAMES, PIXELS, InferRequest, Parameters, RequestInput
-from digitserve.serving.v2_tensors import decode_images, decode_pixels
+from digitserve.serving.oip.schemas import (
+    IMAGES,
+    LABEL,
+    OUTPUT_NAMES,
+    PIXELS,
+    InferRequest,
+    Parameters,
+    RequestInput,
+)
+from digitserve.serving.oip.tensors import decode_images, decode_pixels
+from digitserve.serving.pipeline import PredictionResult
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SEND_PIXELS = f"{PIXELS!r} (UINT8 0..255 or FP32 0..1, [N, 28, 28], [N, 1, 28, 28] or [N, 784])"
 SEND_IMAGES = f"{IMAGES!r} (BYTES [N]: encoded PNG/JPEG/... images, base64 in JSON)"
+INLINE_BODY_BYTES = 256 * 1024  # larger (or compressed) bodies are parsed off the event loop
 
 
 @dataclass(frozen=True)
@@ -43,27 +51,32 @@ class OutputRequest:
 @dataclass(frozen=True)
 class DecodedRequest:
     request: InferRequest
-    images: np.ndarray  # (n, 28, 28) uint8, what the model sees
+    pixels: np.ndarray | None  # (n, 28, 28) uint8 from `pixels`, used as sent
+    images: list[bytes] | None  # encoded images from `images`, preprocessed like /v1
     outputs: list[OutputRequest]
+
+    @property
+    def count(self) -> int:
+        return len(self.pixels) if self.pixels is not None else len(self.images or ())
 
 
 # --- request -------------------------------------------------------------------------------
 
 
 async def read_request(body: bytes, headers: Mapping[str, str], settings: Settings) -> DecodedRequest:
-    """Decode an inference request body; large bodies are decoded off the event loop."""
+    """Parse an inference request body; large or compressed bodies are parsed off the event loop."""
     encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", "deflate"):
         raise UnsupportedMediaTypeError(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
     header_length = headers.get(HEADER_LENGTH)
-    if encoding != "identity" or len(body) > INLINE_DECODE_BYTES:
+    if encoding != "identity" or len(body) > INLINE_BODY_BYTES:
         request, taken = await asyncio.to_thread(_decode, body, encoding, header_length, settings)
     else:
         request, taken = _decode(body, encoding, header_length, settings)
     outputs = requested_outputs(request)
     if isinstance(taken, list):
-        taken = await prepare_images(taken, settings, [f"{IMAGES}[{i}]" for i in range(len(taken))])
-    return DecodedRequest(request, taken, outputs)
+        return DecodedRequest(request, None, taken, outputs)
+    return DecodedRequest(request, taken, None, outputs)
 
 
 def _decode(
@@ -182,9 +195,10 @@ def _flag(parameters: Parameters, key: str, default: bool) -> bool:
 # --- response ------------------------------------------------------------------------------
 
 
-def render_response(decoded: DecodedRequest, loaded: LoadedVersion, probs: np.ndarray) -> Response:
+def render_response(decoded: DecodedRequest, result: PredictionResult) -> Response:
     """The inference response: JSON, or the JSON header and binary tensors when any output is binary."""
-    header: dict[str, Any] = {"model_name": loaded.model, "model_version": str(loaded.version)}
+    probs = result.probabilities
+    header: dict[str, Any] = {"model_name": result.loaded.model, "model_version": str(result.loaded.version)}
     if decoded.request.id is not None:
         header["id"] = decoded.request.id
     tensors, blobs = [], []

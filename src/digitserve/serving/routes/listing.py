@@ -4,43 +4,41 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from digitserve.serving.deps import ManagerDep
+from digitserve.serving.catalog import Catalog
+from digitserve.serving.deps import CatalogDep, ManagerDep
 from digitserve.serving.manager import ModelManager
 from digitserve.serving.schemas import ERROR_RESPONSES, ModelSummary
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-async def describe_model(manager: ModelManager, catalog: Any, model: str) -> dict[str, Any]:
+async def describe_model(manager: ModelManager, catalog: Catalog, model: str) -> dict[str, Any]:
     state = manager.state(model)
     listing = await catalog.describe(model)
     return {
         "name": model,
         "alias": manager.settings.alias,
-        "serving": state.served.summary() if state.served else None,
+        "serving": state.served.servable.summary() if state.served else None,
         "ready": state.served is not None,
         "last_reload_error": state.last_error,
         "last_poll_at": state.last_poll_at,
         "registry": manager.registry.uri,
         "registry_error": listing["registry_error"],
-        "serving_from_cache": getattr(manager.registry, "unavailable", None) is not None,
+        "serving_from_cache": manager.registry_unavailable is not None,
         "aliases": listing["aliases"],
         "versions": listing["versions"],
-        "resident_versions": sorted(
-            {v for (m, v) in manager.pinned if m == model} | ({state.served.version} if state.served else set())
-        ),
+        "resident_versions": manager.resident_versions(model),
     }
 
 
 @router.get("", response_model=list[ModelSummary], summary="Served models")
-async def list_models(request: Request, manager: ManagerDep) -> list[dict[str, Any]]:
+async def list_models(manager: ManagerDep, catalog: CatalogDep) -> list[dict[str, Any]]:
     """Every configured model: aliases, versions with metrics, the version serving, last reload error."""
-    catalog = request.app.state.catalog
     return [await describe_model(manager, catalog, m) for m in manager.states]
 
 
 @router.get("/{model}", response_model=ModelSummary, responses={404: ERROR_RESPONSES[404]}, summary="One model")
-async def get_model(model: str, request: Request, manager: ManagerDep) -> dict[str, Any]:
-    return await describe_model(manager, request.app.state.catalog, model)
+async def get_model(model: str, manager: ManagerDep, catalog: CatalogDep) -> dict[str, Any]:
+    return await describe_model(manager, catalog, model)

@@ -15,15 +15,14 @@ from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
 from digitserve import __version__
-from digitserve.config import Settings
-from digitserve.serving.deps import ManagerDep, SettingsDep, accepting, predict
+from digitserve.serving.catalog import Catalog
+from digitserve.serving.deps import CatalogDep, DeadlineDep, ManagerDep, PipelineDep, accepting
 from digitserve.serving.errors import ModelNotReadyError, UnknownVersionError, error_response
 from digitserve.serving.manager import ModelManager
-from digitserve.serving.responses import JSONResponse
-from digitserve.serving.schemas import ERROR_RESPONSES, ErrorResponse
-from digitserve.serving.v2_codec import read_request, render_response
-from digitserve.serving.v2_schemas import (
+from digitserve.serving.oip.codec import read_request, render_response
+from digitserve.serving.oip.schemas import (
     EXTENSIONS,
+    IMAGES,
     INPUTS,
     OUTPUTS,
     PLATFORM,
@@ -33,6 +32,9 @@ from digitserve.serving.v2_schemas import (
     ServerMetadataResponse,
     inline_schema,
 )
+from digitserve.serving.pipeline import PredictionPipeline, Selector
+from digitserve.serving.responses import JSONResponse
+from digitserve.serving.schemas import ERROR_RESPONSES, ErrorResponse
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
@@ -66,19 +68,19 @@ def not_ready(reason: str) -> JSONResponse:
     return error_response(400, reason, "not_ready", ready=False)
 
 
-async def registry_versions(request: Request, manager: ModelManager, model: str) -> list[int]:
+async def registry_versions(catalog: Catalog, manager: ModelManager, model: str) -> list[int]:
     """The model's versions in the registry (404 for an unknown model)."""
     manager.state(model)
-    listing = await request.app.state.catalog.describe(model)
+    listing = await catalog.describe(model)
     if listing["registry_error"] and not listing["versions"]:
         raise ModelNotReadyError(f"cannot list the versions of {model!r} now: {listing['registry_error']}")
     return [int(v["version"]) for v in listing["versions"]]
 
 
-async def check_version(request: Request, manager: ModelManager, model: str, version: str) -> int:
+async def check_version(catalog: Catalog, manager: ModelManager, model: str, version: str) -> int:
     """The version as an int, or 404 when the registry does not hold it."""
     number = parse_version(model, version)
-    if number not in await registry_versions(request, manager, model):
+    if number not in await registry_versions(catalog, manager, model):
         raise UnknownVersionError(f"model {model!r} has no version {number}")
     return number
 
@@ -128,8 +130,10 @@ async def model_ready(model: str, request: Request, manager: ManagerDep) -> JSON
     summary="Model version ready: loaded (the served version, or one a pinned infer loaded)",
     responses=NOT_READY,
 )
-async def model_version_ready(model: str, version: VersionPath, request: Request, manager: ManagerDep) -> JSONResponse:
-    number = await check_version(request, manager, model, version)
+async def model_version_ready(
+    model: str, version: VersionPath, request: Request, manager: ManagerDep, catalog: CatalogDep
+) -> JSONResponse:
+    number = await check_version(catalog, manager, model, version)
     served = manager.state(model).served
     loaded = (served is not None and served.version == number) or (model, number) in manager.pinned
     if request.app.state.draining:
@@ -148,11 +152,11 @@ async def server_metadata() -> dict[str, Any]:
 
 
 @router.get("/models/{model}", response_model=ModelMetadataResponse, responses=UNKNOWN, summary="Model metadata")
-async def model_metadata(model: str, request: Request, manager: ManagerDep) -> dict[str, Any]:
+async def model_metadata(model: str, manager: ManagerDep, catalog: CatalogDep) -> dict[str, Any]:
     """Inputs (send one): `pixels`, UINT8 0..255 or FP32 0..1 `[N, 28, 28]` (`[N, 1, 28, 28]` and
     `[N, 784]` too), MNIST-style white-on-black digits, no preprocessing; or `images`, BYTES `[N]`
     encoded images (base64 in JSON), preprocessed as in /v1."""
-    return metadata(model, await registry_versions(request, manager, model))
+    return metadata(model, await registry_versions(catalog, manager, model))
 
 
 @router.get(
@@ -161,22 +165,26 @@ async def model_metadata(model: str, request: Request, manager: ManagerDep) -> d
     responses=UNKNOWN,
     summary="Model version metadata",
 )
-async def model_version_metadata(
-    model: str, version: VersionPath, request: Request, manager: ManagerDep
-) -> dict[str, Any]:
-    return metadata(model, [await check_version(request, manager, model, version)])
+async def model_version_metadata(model: str, version: VersionPath, manager: ManagerDep, catalog: CatalogDep) -> dict[str, Any]:
+    return metadata(model, [await check_version(catalog, manager, model, version)])
 
 
 # --- inference -----------------------------------------------------------------------------
 
 
 async def infer_with(
-    request: Request, manager: ModelManager, settings: Settings, model: str, version: int | None
+    request: Request, pipeline: PredictionPipeline, model: str, selector: Selector, deadline: float
 ) -> Response:
-    manager.state(model)  # unknown model: 404 before reading the body
-    decoded = await read_request(await request.body(), request.headers, settings)
-    loaded, probs = await predict(manager, settings, model, decoded.images, version=version)
-    return render_response(decoded, loaded, probs)
+    pipeline.manager.state(model)  # unknown model: 404 before reading the body
+    decoded = await read_request(await request.body(), request.headers, pipeline.settings)
+    pipeline.admit(model, decoded.count, selector)
+    if decoded.images is not None:
+        names = [f"{IMAGES}[{i}]" for i in range(len(decoded.images))]
+        result = await pipeline.predict_encoded(model, decoded.images, names, selector, deadline)
+    else:
+        assert decoded.pixels is not None
+        result = await pipeline.predict_pixels(model, decoded.pixels, selector, deadline)
+    return render_response(decoded, result)
 
 
 @router.post(
@@ -187,10 +195,10 @@ async def infer_with(
     dependencies=[Depends(accepting)],
     summary="Infer with the version the alias serves",
 )
-async def infer(model: str, request: Request, manager: ManagerDep, settings: SettingsDep) -> Response:
+async def infer(model: str, request: Request, pipeline: PipelineDep, deadline: DeadlineDep) -> Response:
     """Classify digits. Send one input, `pixels` or `images` (see the model metadata); outputs are
     `probabilities` (FP32 `[N, 10]`) and `label` (INT64 `[N]`), JSON or binary as asked."""
-    return await infer_with(request, manager, settings, model, None)
+    return await infer_with(request, pipeline, model, Selector(), deadline)
 
 
 @router.post(
@@ -202,6 +210,6 @@ async def infer(model: str, request: Request, manager: ManagerDep, settings: Set
     summary="Infer with a pinned registry version",
 )
 async def infer_version(
-    model: str, version: VersionPath, request: Request, manager: ManagerDep, settings: SettingsDep
+    model: str, version: VersionPath, request: Request, pipeline: PipelineDep, deadline: DeadlineDep
 ) -> Response:
-    return await infer_with(request, manager, settings, model, parse_version(model, version))
+    return await infer_with(request, pipeline, model, Selector(version=parse_version(model, version)), deadline)

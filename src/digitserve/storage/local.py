@@ -1,84 +1,24 @@
-"""Key-value stores under the registry: the operations it needs and nothing more.
-
-Two primitives carry the registry's guarantees: `create` (write only if the key is absent:
-a version is created by creating its manifest) and `replace` (compare-and-swap on an etag:
-an alias moves only if nobody moved it since it was read). A local folder implements them
-with hard links and a file lock; S3 with `If-None-Match: *` and `If-Match: <etag>`.
-"""
+"""The registry in a local folder: creates are atomic hard links, replaces hold a lock and rename."""
 
 from __future__ import annotations
 
 import builtins
 import fcntl
-import hashlib
 import os
 import tempfile
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
-
-class RegistryError(RuntimeError):
-    """Base class of every registry failure; messages are one line a person can act on."""
-
-
-class NotFoundError(RegistryError):
-    pass
-
-
-class AlreadyExistsError(RegistryError):
-    pass
-
-
-class ConflictError(RegistryError):
-    """A compare-and-swap lost: somebody else changed the key since it was read."""
-
-
-class StoreUnavailableError(RegistryError):
-    """The store could not be reached or refused access (network, credentials, bucket)."""
-
-
-class Store(ABC):
-    """Bytes by key, where keys are '/'-separated paths relative to the registry root."""
-
-    uri: str
-
-    @abstractmethod
-    def read(self, key: str) -> tuple[bytes, str]:
-        """The value and its etag; NotFoundError if absent."""
-
-    @abstractmethod
-    def create(self, key: str, data: bytes) -> str:
-        """Write only if `key` is absent (AlreadyExistsError otherwise); returns the etag."""
-
-    @abstractmethod
-    def replace(self, key: str, data: bytes, etag: str | None) -> str:
-        """Write if the current etag is `etag` (None: the key must be absent); ConflictError if not."""
-
-    @abstractmethod
-    def put(self, key: str, data: bytes) -> None:
-        """Unconditional write, for content-addressed blobs and report files."""
-
-    @abstractmethod
-    def list(self, prefix: str) -> list[str]:
-        """All keys under `prefix` (a folder path ending in '/'), sorted."""
-
-    @abstractmethod
-    def children(self, prefix: str) -> builtins.list[str]:
-        """Names of the immediate sub-folders of `prefix`."""
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.read(key)
-        except NotFoundError:
-            return False
-        return True
-
-
-def content_etag(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from digitserve.storage.base import (
+    AlreadyExistsError,
+    ConflictError,
+    NotFoundError,
+    RegistryError,
+    Store,
+    StoreUnavailableError,
+    content_etag,
+)
 
 
 class LocalStore(Store):
@@ -181,26 +121,3 @@ class LocalStore(Store):
             return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
         except PermissionError as exc:
             raise StoreUnavailableError(f"cannot list {prefix} in {self.uri}: {exc.strerror}") from None
-
-
-def default_registry_uri() -> str:
-    """`DIGITSERVE_REGISTRY`, else the repository's embedded `registry/` folder."""
-    env = os.environ.get("DIGITSERVE_REGISTRY")
-    if env:
-        return env
-    return str(Path(__file__).resolve().parents[3] / "registry")
-
-
-def open_store(uri: str | None = None) -> Store:
-    """A store for a path, a `file://` URI or an `s3://bucket/prefix` URI."""
-    uri = uri or default_registry_uri()
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        from digitserve.registry.s3 import S3Store
-
-        return S3Store(parsed.netloc, parsed.path.strip("/"))
-    if parsed.scheme == "file":
-        return LocalStore(parsed.path)
-    if parsed.scheme in ("", "local") or len(parsed.scheme) == 1:  # a plain path (or C:\ on Windows)
-        return LocalStore(uri)
-    raise RegistryError(f"unsupported registry URI {uri!r}: use a path, file://... or s3://bucket/prefix")

@@ -1,0 +1,104 @@
+"""Loading one version to serve: fetch, verify, build the session, warm up, check golden outputs.
+
+A version takes traffic only after every step passed; a failure names its step, so an
+operator sees in `GET /v1/models/{model}` and in metrics what went wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from digitserve.registry import (
+    IntegrityError,
+    Manifest,
+    MissingArtifactError,
+    ModelRegistry,
+    NotFoundError,
+    RegistryError,
+)
+from digitserve.runtime.session import OnnxModel, RuntimeOptions, softmax
+
+log = logging.getLogger(__name__)
+STEPS = ("fetch", "verify", "build", "warmup", "golden")
+
+
+class LoadError(RuntimeError):
+    """A version failed a loading step (one of STEPS); `missing` when the version does not exist."""
+
+    def __init__(self, step: str, message: str, *, missing: bool = False) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.message = message
+        self.missing = missing
+
+
+@dataclass
+class Servable:
+    """A verified version and its runtime: what a batcher calls for each batch."""
+
+    model: str
+    version: int
+    manifest: Manifest
+    runtime: OnnxModel
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def temperature(self) -> float:
+        calibration = self.manifest.extra.get("calibration")
+        value = calibration.get("temperature") if isinstance(calibration, dict) else None
+        return float(value) if isinstance(value, int | float) and value > 0 else 1.0
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, 28, 28) -> calibrated class probabilities (B, 10), float32."""
+        return softmax(self.runtime.logits(images), self.temperature)
+
+    def summary(self) -> dict[str, Any]:
+        onnx = self.manifest.onnx
+        return {
+            "version": self.version,
+            "architecture": self.manifest.architecture,
+            "weights_sha256": self.manifest.weights.sha256,
+            "onnx_sha256": onnx.sha256 if onnx else None,
+            "providers": self.runtime.providers,
+            "metrics": self.manifest.metrics,
+            "created_at": self.manifest.created_at,
+            "loaded_at": self.loaded_at,
+        }
+
+
+def _fetch(registry: ModelRegistry, model: str, version: int) -> tuple[Manifest, bytes]:
+    try:
+        return registry.read_artifact(model, version, "onnx")
+    except IntegrityError as exc:
+        raise LoadError("verify", str(exc)) from exc
+    except NotFoundError as exc:
+        raise LoadError("fetch", str(exc), missing=True) from exc
+    except (MissingArtifactError, RegistryError) as exc:
+        raise LoadError("fetch", str(exc)) from exc
+
+
+def load_servable(registry: ModelRegistry, model: str, version: int, options: RuntimeOptions,
+                  warmup_batch: int = 64) -> Servable:  # fmt: skip
+    """Fetch, verify (sha256), build, warm up and golden-check a version. Runs in a thread."""
+    manifest, graph = _fetch(registry, model, version)
+    try:
+        runtime = OnnxModel(graph, options)
+    except Exception as exc:  # a damaged graph or an unavailable provider: never serves
+        raise LoadError("build", f"ONNX Runtime cannot load the graph: {str(exc)[:300]}") from exc
+    try:
+        runtime.logits(np.zeros((warmup_batch, 28, 28), np.uint8))
+    except Exception as exc:
+        raise LoadError("warmup", f"forward pass failed: {str(exc)[:300]}") from exc
+    golden = manifest.golden
+    if golden is None:
+        raise LoadError("golden", "the manifest records no golden outputs to check the artifact against")
+    worst = golden.worst_difference(runtime.logits(golden.images))
+    if not worst <= golden.atol:  # NaN fails too
+        raise LoadError("golden", f"outputs differ from the recorded golden logits by {worst:.3g}")
+    log.info("loaded %s v%d (onnx sha256 %s...)", model, version, manifest.artifact("onnx").sha256[:12])
+    return Servable(model, version, manifest, runtime)

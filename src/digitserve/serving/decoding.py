@@ -1,0 +1,106 @@
+"""From what a client sent (base64 strings, file bytes) to MNIST-style uint8 arrays, within budgets.
+
+Decoding costs CPU in proportion to pixels, not bytes (a 714-byte WebP can be 16 megapixels),
+so every budget here is in pixels, read from the image headers before anything is decoded:
+- a request whose images total at most `INLINE_PIXELS` is decoded on the event loop (a thread
+  hop costs more than decoding a few small digits);
+- anything larger goes to the decode threads, within the request's deadline;
+- a request over `max_request_pixels` is refused (413), and so is one that would push the
+  pixels waiting for the decode threads over `max_decode_backlog_pixels` (503 + Retry-After):
+  decode work is admitted by its cost, not by its count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from digitserve.config import Settings
+from digitserve.imaging import ImageError, header_pixels
+from digitserve.preprocess import prepare
+from digitserve.serving.batching import DeadlineExceededError
+from digitserve.serving.errors import InvalidInputError, OverloadedError, PayloadTooLargeError
+
+DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+INLINE_PIXELS = 64 * 1024  # ~0.3 ms of decoding: below this a request is decoded inline
+
+
+def decode_base64(text: str, index: int, max_bytes: int) -> bytes:
+    """One base64 image (optionally a data: URL) to bytes, with errors that name the image."""
+    match = DATA_URL.match(text)
+    if match:
+        text = text[match.end() :]
+    if len(text) * 3 // 4 > max_bytes:
+        raise PayloadTooLargeError(f"images[{index}] is over the {max_bytes} byte limit for one image")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(
+            f"images[{index}] is not valid base64; send the file's bytes base64-encoded "
+            "(a data:image/png;base64,... URL is fine)"
+        ) from None
+    if not data:
+        raise InvalidInputError(f"images[{index}] is empty")
+    return data
+
+
+def check_count(n: int, settings: Settings, what: str = "images") -> None:
+    if n == 0:
+        raise InvalidInputError(f"no {what} sent; send at least one")
+    if n > settings.max_images:
+        raise PayloadTooLargeError(f"{n} {what} in one request; the limit is {settings.max_images}, split the request")
+
+
+def _prepare_all(blobs: Sequence[bytes], names: Sequence[str], max_pixels: int) -> np.ndarray:
+    out = np.empty((len(blobs), 28, 28), dtype=np.uint8)
+    for i, data in enumerate(blobs):
+        try:
+            out[i] = prepare(data, max_pixels=max_pixels)
+        except ImageError as exc:
+            raise type(exc)(f"{names[i]}: {exc}") from None
+    return out
+
+
+class ImageDecoder:
+    """Decodes requests' images inline or on its own threads, admitting decode work by pixels."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.backlog_pixels = 0  # pixels handed to the decode threads and not decoded yet
+
+    async def prepare(self, blobs: Sequence[bytes], names: Sequence[str], deadline: float) -> np.ndarray:
+        """Decode and MNIST-normalise every image: (n, 28, 28) uint8, or an error naming the bad one."""
+        pixels = sum(header_pixels(b) for b in blobs)
+        limit = self.settings.max_request_pixels
+        if pixels > limit:
+            raise PayloadTooLargeError(
+                f"the images hold {pixels:,} pixels in all, over the limit of {limit:,} per request; "
+                "send smaller images or fewer per request"
+            )
+        if pixels <= INLINE_PIXELS:
+            return _prepare_all(blobs, names, self.settings.max_image_pixels)
+        if self.backlog_pixels + pixels > self.settings.max_decode_backlog_pixels and self.backlog_pixels:
+            raise OverloadedError(f"{self.backlog_pixels:,} pixels are waiting to be decoded; retry shortly")
+        self.backlog_pixels += pixels
+        work = asyncio.wrap_future(self.executor.submit(_prepare_all, blobs, names, self.settings.max_image_pixels))
+        work.add_done_callback(lambda done: self._decoded(done, pixels))
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise DeadlineExceededError("the images could not be decoded before the deadline") from None
+
+    def _decoded(self, work: asyncio.Future[np.ndarray], pixels: int) -> None:
+        self.backlog_pixels -= pixels
+        if not work.cancelled():
+            work.exception()  # retrieved: a request that gave up on it must not log "never retrieved"
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,105 @@
+"""The one prediction pipeline: admit, decode, queue, answer -- written once for every protocol.
+
+`/v1` JSON, `/v1` multipart and `/v2` infer only translate their wire formats into a call here
+and the result back. In order, for every request:
+1. the model must exist (404) and the image count be within limits (413);
+2. the version that will answer must have queue room for the images (503), checked before
+   any decoding work is spent on a request that would be refused;
+3. encoded images are decoded within pixel budgets (`decoding.py`), raw pixels used as sent;
+4. the images are queued on the chosen version's batcher and answered by that version, within
+   the request's deadline, which started when the request arrived (504 past it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from digitserve.config import Settings
+from digitserve.serving.batching import DeadlineExceededError, RetiredError
+from digitserve.serving.decoding import ImageDecoder, check_count
+from digitserve.serving.errors import InvalidInputError
+from digitserve.serving.manager import LoadedVersion, ModelManager
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which version answers: the served alias (default), a pinned version, or another alias."""
+
+    version: int | None = None
+    alias: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.version is not None and self.alias is not None:
+            raise InvalidInputError("give either ?version= or ?alias=, not both")
+
+    @property
+    def pinned(self) -> bool:
+        return self.version is not None or self.alias is not None
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    loaded: LoadedVersion
+    alias: str | None  # the alias that chose the version; None for a pinned version
+    probabilities: np.ndarray  # (n, 10) float32
+    images: np.ndarray  # (n, 28, 28) uint8: what the model saw
+
+
+class PredictionPipeline:
+    def __init__(self, manager: ModelManager, decoder: ImageDecoder, settings: Settings) -> None:
+        self.manager = manager
+        self.decoder = decoder
+        self.settings = settings
+
+    def deadline(self) -> float:
+        """A deadline starting now (for callers that did not get one on arrival)."""
+        return time.monotonic() + self.settings.request_timeout_s
+
+    def check_room(self, model: str, n: int, selector: Selector = Selector()) -> None:
+        """QueueFullError now if the alias-served version cannot queue `n` more images. A request
+        pinning a version or another alias is judged when it is queued."""
+        if selector.pinned:
+            return
+        served = self.manager.state(model).served
+        if served is not None:
+            served.batcher.check_room(n)
+
+    def admit(self, model: str, n: int, selector: Selector, what: str = "images") -> None:
+        """The checks before any decoding: known model, image count, queue room."""
+        self.manager.state(model)
+        check_count(n, self.settings, what)
+        self.check_room(model, n, selector)
+
+    async def predict_encoded(
+        self, model: str, blobs: Sequence[bytes], names: Sequence[str], selector: Selector, deadline: float
+    ) -> PredictionResult:
+        """Encoded images (PNG, JPEG, ...) -> predictions; `admit` must have passed."""
+        images = await self.decoder.prepare(blobs, names, deadline)
+        return await self.predict_pixels(model, images, selector, deadline)
+
+    async def predict_pixels(
+        self, model: str, images: np.ndarray, selector: Selector, deadline: float
+    ) -> PredictionResult:
+        """MNIST-style uint8 (n, 28, 28) -> predictions of the version the selector picks."""
+        for attempt in range(2):
+            loaded = await self.manager.get(model, selector.version, selector.alias)
+            try:
+                future = loaded.batcher.submit(images, deadline)
+                break
+            except RetiredError:
+                if attempt:  # the version was retired between lookup and submit twice: give up
+                    raise
+        try:
+            probabilities = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"no answer within {self.settings.request_timeout_s:g}s; the server is overloaded, retry later"
+            ) from None
+        self.manager.metrics.images.labels(model, str(loaded.version)).inc(len(images))
+        alias = None if selector.version is not None else (selector.alias or self.settings.alias)
+        return PredictionResult(loaded, alias, probabilities, images)

@@ -1,0 +1,121 @@
+"""Several worker processes that behave as one server: shared metrics, reloads that reach all.
+
+`digitserve serve --workers N` makes a runtime folder that every worker shares (through the
+environment, which uvicorn's worker processes inherit):
+- `metrics/`: Prometheus multiprocess files, so `/metrics` on any worker shows every worker;
+- `reload`: a generation counter. `POST /v1/admin/reload` on whichever worker it reaches bumps
+  it; every worker watches it, re-reads its aliases, and writes `acks/<pid>` with the
+  generation it has handled, so the answering worker can report that all of them did.
+Hot-swaps stay per process and drop nothing, as with one worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from digitserve.config import Settings
+
+RUNTIME_DIR_ENV = "DIGITSERVE_RUNTIME_DIR"
+WORKERS_ENV = "DIGITSERVE_WORKER_COUNT"
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WATCH_INTERVAL_S = 0.2
+
+
+def worker_count(setting: str) -> int:
+    """Worker processes for a `--workers` value. `auto` is one process for every two cores:
+    the event loop and ONNX Runtime's threads of one process keep two cores busy (bench/README.md)."""
+    if setting == "auto":
+        return max(1, (os.cpu_count() or 1) // 2)
+    try:
+        count = int(setting)
+    except ValueError:
+        raise SystemExit(f"error: --workers must be a number or auto, got {setting!r}") from None
+    if not 1 <= count <= 64:
+        raise SystemExit(f"error: --workers must be between 1 and 64, got {count}")
+    return count
+
+
+@contextlib.contextmanager
+def prepare_workers(settings: Settings, workers: int) -> Iterator[Path]:
+    """The shared runtime folder for a multi-worker server, exported to the workers' environment."""
+    made = settings.runtime_dir is None
+    root = Path(tempfile.mkdtemp(prefix="digitserve-")) if made else Path(settings.runtime_dir or "")
+    (root / "metrics").mkdir(parents=True, exist_ok=True)
+    (root / "acks").mkdir(exist_ok=True)
+    for stale in (root / "metrics").glob("*.db"):
+        stale.unlink()
+    os.environ.update({RUNTIME_DIR_ENV: str(root), WORKERS_ENV: str(workers), METRICS_ENV: str(root / "metrics")})
+    try:
+        yield root
+    finally:
+        if made:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+class ReloadBroadcast:
+    """The reload generation shared by the workers of one server (see the module docstring)."""
+
+    def __init__(self, root: Path, workers: int) -> None:
+        self.root = root
+        self.workers = workers
+        self.counter = root / "reload"
+        self.acks = root / "acks"
+
+    @classmethod
+    def from_env(cls) -> ReloadBroadcast | None:
+        root = os.environ.get(RUNTIME_DIR_ENV)
+        return cls(Path(root), int(os.environ.get(WORKERS_ENV, "1"))) if root else None
+
+    def generation(self) -> int:
+        try:
+            return int(self.counter.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def request(self) -> int:
+        """Bump the generation (under a lock, so two requests at once give two generations)."""
+        with open(self.root / "reload.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            generation = self.generation() + 1
+            tmp = self.counter.with_suffix(".tmp")
+            tmp.write_text(str(generation))
+            os.replace(tmp, self.counter)
+        return generation
+
+    def acknowledge(self, generation: int) -> None:
+        (self.acks / str(os.getpid())).write_text(str(generation))
+
+    def acknowledged(self, generation: int) -> int:
+        """How many workers have handled `generation` (or a later one)."""
+        count = 0
+        for ack in self.acks.iterdir():
+            with contextlib.suppress(ValueError, OSError):
+                count += int(ack.read_text() or 0) >= generation
+        return count
+
+    async def wait(self, generation: int, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while self.acknowledged(generation) < self.workers and time.monotonic() < deadline:
+            await asyncio.sleep(WATCH_INTERVAL_S / 2)
+        return self.acknowledged(generation)
+
+    async def watch(self, reload: Callable[[], Awaitable[Any]]) -> None:
+        """Run `reload` in this worker whenever the generation moves; acknowledge each one."""
+        seen = self.generation()
+        self.acknowledge(seen)
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            current = self.generation()
+            if current != seen:
+                seen = current
+                await reload()
+                self.acknowledge(current)

@@ -1,0 +1,45 @@
+"""Where registry bytes live: a local folder or an S3 bucket, behind one small `Store` interface."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from digitserve.storage.base import (
+    AlreadyExistsError,
+    ConflictError,
+    NotFoundError,
+    RegistryError,
+    Store,
+    StoreUnavailableError,
+)
+from digitserve.storage.local import LocalStore
+
+
+def open_store(uri: str, *, must_exist: bool = False) -> Store:
+    """A store for a path, a `file://` URI or an `s3://bucket/prefix` URI.
+
+    `must_exist`: a missing local folder is an unreachable registry (a server's view), not an
+    empty one (a publisher's view, which creates it on the first write).
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        from digitserve.storage.s3 import S3Store  # boto3 is imported only for S3 registries
+
+        return S3Store(parsed.netloc, parsed.path.strip("/"))
+    if parsed.scheme == "file":
+        return LocalStore(parsed.path, must_exist=must_exist)
+    if parsed.scheme in ("", "local") or len(parsed.scheme) == 1:  # a plain path (or C:\ on Windows)
+        return LocalStore(uri, must_exist=must_exist)
+    raise RegistryError(f"unsupported registry URI {uri!r}: use a path, file://... or s3://bucket/prefix")
+
+
+__all__ = [
+    "AlreadyExistsError",
+    "ConflictError",
+    "LocalStore",
+    "NotFoundError",
+    "RegistryError",
+    "Store",
+    "StoreUnavailableError",
+    "open_store",
+]
