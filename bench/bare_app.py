@@ -57,8 +57,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     # The settings of `digitserve serve` (cli.py): no access log, the same graceful shutdown.
-    common = {"host": args.host, "port": args.port, "log_level": "warning", "access_log": False,
-              "timeout_graceful_shutdown": 30}  # fmt: skip
+    common = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+    }
     if args.workers > 1:
         uvicorn.run("bare_app:create_bare_app", factory=True, workers=args.workers, app_dir=str(HERE), **common)
     else:

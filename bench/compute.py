@@ -1,7 +1,8 @@
 """The compute limit: images/s of a model's forward pass in-process, with no HTTP and no decoding.
 
-Times `LoadedVersion.forward` (uint8 in, probabilities out: exactly what the batcher calls) at
-each batch size, on real MNIST test digits, with the server's torch thread count.
+Times `Servable.probabilities` (uint8 in, probabilities out: exactly what the batcher calls, the
+version's ONNX artifact under ONNX Runtime) at each batch size, on real MNIST test digits, with
+the server's ONNX Runtime thread count.
 
     .venv/bin/python bench/compute.py --registry /tmp/reg --model cnn --batch-sizes 1 16 64
 """
@@ -15,11 +16,10 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
-from digitserve.serving.loading import load_version
+from digitserve.runtime import RuntimeOptions, load_servable
 
 
 def images_per_second(forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray, seconds: float) -> float:
@@ -37,14 +37,15 @@ def main() -> None:
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the server's default)")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: every core)")
     args = parser.parse_args()
     threads = args.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
     registry = ModelRegistry.open(args.registry)
-    loaded = load_version(registry, args.model, registry.resolve_alias(args.model, "production"))
+    version = registry.resolve_alias(args.model, "production")
+    servable = load_servable(registry, args.model, version, RuntimeOptions(intra_op_threads=threads))
     digits = load_mnist("test").images
-    result = {str(b): images_per_second(loaded.forward, digits[:b].copy(), args.seconds) for b in args.batch_sizes}
+    forward = servable.probabilities
+    result = {str(b): images_per_second(forward, digits[:b].copy(), args.seconds) for b in args.batch_sizes}
     print(json.dumps({"model": args.model, "threads": threads, "images_s": result}))
 
 

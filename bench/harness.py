@@ -10,9 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,9 +27,10 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PYTHON = sys.executable
 POST_LUA = BENCH / "lua" / "post.lua"
-sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the test suite's registry helpers
+sys.path.insert(0, str(ROOT / "tests"))  # the test suite's support: registries, server processes
 
-from registry_utils import SHIPPED, copy_shipped, publish_variant  # noqa: E402
+from support.registries import copy_shipped, publish_variant  # noqa: E402
+from support.server import spawn, stop_server  # noqa: E402
 
 from digitserve.data import load_mnist  # noqa: E402
 from digitserve.registry import ModelRegistry  # noqa: E402
@@ -83,50 +81,12 @@ def write_payloads(folder: Path, batch: int = 64) -> dict[str, Path]:
 
 
 def make_registry(folder: Path) -> tuple[ModelRegistry, dict[str, str]]:
-    """A copy of the shipped cnn (v1 production) plus v2, a slightly different version to move
-    the alias to; and the shipped vit, or an untrained one of the same shape if none is shipped.
-    Returns the registry and a note on where each model came from."""
-    shipped_vit = (SHIPPED / "vit" / "aliases" / "production.json").is_file()
-    registry = copy_shipped(folder, ("cnn", "vit") if shipped_vit else ("cnn",))
-    publish_variant(registry, "cnn", registry.resolve_alias("cnn", "production"))
-    notes = {"cnn": f"shipped cnn v{registry.resolve_alias('cnn', 'production')} (+ a variant to move the alias to)"}
-    if shipped_vit:
-        notes["vit"] = f"shipped vit v{registry.resolve_alias('vit', 'production')}"
-    else:
-        publish_untrained_vit(registry)
-        notes["vit"] = "untrained vit of the shipped shape (none shipped yet; same compute)"
+    """A copy of the shipped cnn and vit (their production versions as v1), plus cnn v2, a
+    slightly different version to move the alias to. Returns the registry and a note on each model."""
+    registry = copy_shipped(folder, ("cnn", "vit"))
+    publish_variant(registry, "cnn", 1)
+    notes = {"cnn": "shipped cnn production (+ a variant to move the alias to)", "vit": "shipped vit production"}
     return registry, notes
-
-
-def publish_untrained_vit(registry: ModelRegistry) -> None:
-    import torch
-
-    from digitserve.models import config_dict, create_model
-    from digitserve.preprocess import PREPROCESSING, to_model_input
-
-    torch.manual_seed(0)
-    model = create_model("vit", **VIT_SHAPE).eval()
-    digits = load_mnist("test").images[:8]
-    with torch.inference_mode():
-        logits = model(to_model_input(digits))
-    golden = {
-        "images_uint8_b64": base64.b64encode(digits.tobytes()).decode(),
-        "shape": list(digits.shape),
-        "logits": logits.tolist(),
-        "atol": 1e-3,
-    }
-    meta = {"preprocessing": PREPROCESSING, "golden": golden, "metrics": {"note": "untrained, benchmark only"}}
-    version = registry.publish("vit", "vit", config_dict(model), model.state_dict(), meta)
-    registry.move_alias("vit", "production", version, reason="benchmark stand-in")
-
-
-# --- server processes ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -141,14 +101,7 @@ class Server:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def stop(self, timeout_s: float = 40.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_server(self.process, timeout_s)
 
     def __enter__(self) -> Server:
         return self
@@ -160,28 +113,12 @@ class Server:
 def start(
     name: str, cmd: Sequence[str], env: Mapping[str, str], logs: Path, timeout_s: float = 120.0, poll_s: float = 0.02
 ) -> Server:
-    """Spawn `cmd` (it gets `--port`), then poll /readyz every `poll_s` until 200."""
-    port = free_port()
+    """Spawn `cmd` on 127.0.0.1 (it gets `--port`), polling /readyz every `poll_s` until 200."""
     log = logs / f"{name}.log"
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [*cmd, "--host", "127.0.0.1", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-        )
-    server = Server(name, process, f"http://127.0.0.1:{port}", log)
-    started = time.perf_counter()
-    deadline = started + timeout_s
-    while time.perf_counter() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}: {log.read_text()[-2000:]}")
-        if http_status(f"{server.url}/readyz") == 200:
-            server.ready_s = time.perf_counter() - started
-            return server
-        time.sleep(poll_s)
-    server.stop()
-    raise RuntimeError(f"{name} was not ready within {timeout_s:.0f}s: {log.read_text()[-2000:]}")
+    process, url, ready_s = spawn(
+        [*cmd, "--host", "127.0.0.1"], env, log_path=log, ready_timeout_s=timeout_s, poll_s=poll_s
+    )
+    return Server(name, process, url, log, ready_s)
 
 
 def http_status(url: str, data: bytes | None = None, headers: Mapping[str, str] | None = None) -> int:

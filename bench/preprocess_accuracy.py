@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from support.photolike import make_photo_set, prepare_samples
 
 from digitserve.data import load_mnist
 from digitserve.evaluation import predict_logits
-from digitserve.photolike import make_photo_set, prepare_samples
 from digitserve.preprocess import mnist_style
 from digitserve.registry import ModelRegistry
 

@@ -1,7 +1,7 @@
 """Where a loaded server spends its time: py-spy samples a `digitserve serve` under wrk load.
 
     .venv/bin/python bench/profile_server.py --body one --seconds 10 --out /tmp/prof   # 1 image, 64 conns
-    .venv/bin/python bench/profile_server.py --body batch --env DIGITSERVE_TORCH_THREADS=1
+    .venv/bin/python bench/profile_server.py --body batch --env DIGITSERVE_RUNTIME_THREADS=1
 
 Writes py-spy's collapsed stacks (flamegraph.pl or speedscope render them), and prints the functions with the most
 samples, by own time and including callees, per thread (the event loop vs the forward thread).

@@ -25,11 +25,14 @@ if TYPE_CHECKING:
 
 
 def registry_files(root: Path) -> list[Path]:
-    """Every file under `root` that belongs to the registry, sorted (no dotfiles)."""
+    """Every file under `root` that belongs to the registry, sorted: files inside model folders,
+    no dotfiles (the shipped folder's `__init__.py` and `__pycache__` make it a package, not a model)."""
     return sorted(
         p
         for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.is_file()
+        and len(p.relative_to(root).parts) > 1
+        and not any(part.startswith((".", "__")) for part in p.relative_to(root).parts)
     )
 
 

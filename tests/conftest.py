@@ -7,7 +7,6 @@ server in a subprocess, spoken to over HTTP by boto3 exactly as production S3 wo
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.net import free_port
 
 # --- S3 through a real moto server ---------------------------------------------------------
 
 MOTO_START_TIMEOUT_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_until_answers(proc: subprocess.Popen[bytes], endpoint: str, log: Path) -> None:

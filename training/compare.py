@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from reports import gallery_png
 
 from digitserve.cli import run_reporting_errors

@@ -34,14 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     worst = golden.worst_difference(predict_logits(network, golden.images).numpy())
     if not worst <= golden.atol:
         raise RegistryError(f"the rebuilt network differs from v{args.version}'s golden logits by {worst:.3g}")
-    report = {name: registry.read_report(args.model, args.version, name)
-              for name in registry.list_report(args.model, args.version)}  # fmt: skip
+    report = {
+        name: registry.read_report(args.model, args.version, name)
+        for name in registry.list_report(args.model, args.version)
+    }
     metadata = {**manifest.extra, "metrics": manifest.metrics, "republished_from": {"version": args.version}}
     version = registry.publish(
-        args.model, architecture=manifest.architecture, config=manifest.config,
-        weights=weights_bytes(network.state_dict()), onnx=export_onnx(network, golden), onnx_opset=OPSET,
-        golden=golden, metadata=metadata, report=report,
-    )  # fmt: skip
+        args.model,
+        architecture=manifest.architecture,
+        config=manifest.config,
+        weights=weights_bytes(network.state_dict()),
+        onnx=export_onnx(network, golden),
+        onnx_opset=OPSET,
+        golden=golden,
+        metadata=metadata,
+        report=report,
+    )
     print(f"published {args.model} v{version}: v{args.version}'s weights with their ONNX artifact")
     print(json.dumps({"model": args.model, "version": version, "from": args.version}))
     return 0

@@ -66,9 +66,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "vit": {
         "epochs": 25,
         "lr": 2e-3,
-        "model": {"embed_dim": 64, "depth": 6, "num_heads": 4, "mlp_ratio": 3.0, "drop_rate": 0.0,
-                  "drop_path_rate": 0.05},
-    },  # fmt: skip
+        "model": {
+            "embed_dim": 64,
+            "depth": 6,
+            "num_heads": 4,
+            "mlp_ratio": 3.0,
+            "drop_rate": 0.0,
+            "drop_path_rate": 0.05,
+        },
+    },
 }
 SMOKE = {"epochs": 1, "limit_train": 512, "limit_test": 1000, "val_size": 256}
 
@@ -127,15 +133,29 @@ def make_loader(cfg: TrainConfig, train: MNISTSplit, rank: int, world: int) -> t
     if cfg.limit_train:
         train_idx = train_idx[: cfg.limit_train]
     dataset = AugmentedDigits(train.images[train_idx], train.labels[train_idx], augment=True)
-    sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
-    loader = DataLoader(dataset, batch_size=cfg.batch_size // world, shuffle=sampler is None, sampler=sampler,
-                        drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
+    sampler: DistributedSampler | None = (
+        DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size // world,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     return loader, val_idx
 
 
-def run_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-              scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig, desc: str,
-              show: bool) -> tuple[float, float]:  # fmt: skip
+def run_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: TrainConfig,
+    desc: str,
+    show: bool,
+) -> tuple[float, float]:
     """One pass over the training data; returns (mean loss, accuracy) on this process's share."""
     model.train()
     device = next(model.parameters()).device
@@ -169,9 +189,12 @@ def train(cfg: TrainConfig, model: nn.Module, train_set: MNISTSplit, rank: int, 
     )
     if rank == 0:
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"{cfg.arch}: {n_params:,} parameters, {len(loader)} batches of {cfg.batch_size // world} a rank, "
-              f"{len(val_idx)} val images, {cfg.epochs} epochs, world size {world}, "
-              f"{torch.get_num_threads()} threads", flush=True)  # fmt: skip
+        print(
+            f"{cfg.arch}: {n_params:,} parameters, {len(loader)} batches of {cfg.batch_size // world} a rank, "
+            f"{len(val_idx)} val images, {cfg.epochs} epochs, world size {world}, "
+            f"{torch.get_num_threads()} threads",
+            flush=True,
+        )
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -180,23 +203,36 @@ def train(cfg: TrainConfig, model: nn.Module, train_set: MNISTSplit, rank: int, 
         loss, acc = run_epoch(wrapped, loader, optimizer, scheduler, cfg, f"epoch {epoch}/{cfg.epochs}", rank == 0)
         if rank == 0:
             val_loss, val_acc = validate(model, train_set.images[val_idx], train_set.labels[val_idx])
-            history.append({"epoch": epoch, "train_loss": loss, "train_accuracy": acc, "val_loss": val_loss,
-                            "val_accuracy": val_acc, "elapsed_s": round(time.perf_counter() - start, 1)})  # fmt: skip
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": loss,
+                    "train_accuracy": acc,
+                    "val_loss": val_loss,
+                    "val_accuracy": val_acc,
+                    "elapsed_s": round(time.perf_counter() - start, 1),
+                }
+            )
             print(json.dumps(history[-1]), flush=True)
     return history
 
 
-def evaluate(cfg: TrainConfig, model: nn.Module, test: MNISTSplit, history: list[dict[str, float]],
-             train_seconds: float) -> tuple[dict[str, Any], dict[str, bytes]]:  # fmt: skip
+def evaluate(
+    cfg: TrainConfig, model: nn.Module, test: MNISTSplit, history: list[dict[str, float]], train_seconds: float
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Metrics on the official test set, once (the final epoch's weights; no selection), and the report."""
     images, labels = test.images[: cfg.limit_test], test.labels[: cfg.limit_test]
     start = time.perf_counter()
     logits = predict_logits(model, images)
     metrics = metrics_from_logits(logits.numpy(), labels, time.perf_counter() - start)
     preds, confidences = logits.argmax(1).numpy(), torch.softmax(logits, 1).max(1).values.numpy()
-    metrics.update(params=sum(p.numel() for p in model.parameters()), train_seconds=round(train_seconds, 1),
-                   hardware=hardware(), smoke=cfg.smoke,
-                   split="test" if cfg.limit_test is None else f"test[:{cfg.limit_test}]")  # fmt: skip
+    metrics.update(
+        params=sum(p.numel() for p in model.parameters()),
+        train_seconds=round(train_seconds, 1),
+        hardware=hardware(),
+        smoke=cfg.smoke,
+        split="test" if cfg.limit_test is None else f"test[:{cfg.limit_test}]",
+    )
     title = f"{cfg.name or cfg.arch} ({cfg.arch}) test accuracy {metrics['accuracy']:.4f}"
     report = {
         "metrics.json": json.dumps({**metrics, "history": history}, indent=2).encode(),
@@ -207,19 +243,38 @@ def evaluate(cfg: TrainConfig, model: nn.Module, test: MNISTSplit, history: list
     return metrics, report
 
 
-def publish(cfg: TrainConfig, model: nn.Module, train_set: MNISTSplit, test: MNISTSplit,
-            metrics: dict[str, Any], report: dict[str, bytes], world: int) -> int:  # fmt: skip
+def publish(
+    registry: ModelRegistry,
+    cfg: TrainConfig,
+    model: nn.Module,
+    train_set: MNISTSplit,
+    test: MNISTSplit,
+    metrics: dict[str, Any],
+    report: dict[str, bytes],
+    world: int,
+) -> int:
     """Export the ONNX graph (checked against torch on the golden digits) and publish both artifacts."""
     golden = golden_outputs(model, test.images)
     onnx = export_onnx(model, golden)
     summary = {k: metrics[k] for k in ("accuracy", "errors", "num_examples", "split", "params")}
     training = {**asdict(cfg), "world_size": world, "train_seconds": metrics["train_seconds"], "hardware": hardware()}
-    return ModelRegistry.open(cfg.registry).publish(
-        cfg.name or cfg.arch, architecture=cfg.arch, config=config_dict(model), weights=weights_bytes(model.state_dict()),
-        onnx=onnx, onnx_opset=OPSET, golden=golden, report=report,
-        metadata={"preprocessing": PREPROCESSING, "training": training, "metrics": summary, "git_commit": git_commit(),
-                  "data": {"train_sha256": train_set.checksum, "test_sha256": test.checksum}},
-    )  # fmt: skip
+    return registry.publish(
+        cfg.name or cfg.arch,
+        architecture=cfg.arch,
+        config=config_dict(model),
+        weights=weights_bytes(model.state_dict()),
+        onnx=onnx,
+        onnx_opset=OPSET,
+        golden=golden,
+        report=report,
+        metadata={
+            "preprocessing": PREPROCESSING,
+            "training": training,
+            "metrics": summary,
+            "git_commit": git_commit(),
+            "data": {"train_sha256": train_set.checksum, "test_sha256": test.checksum},
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,9 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     model = model.cpu().eval()
     metrics, report = evaluate(cfg, model, test, history, train_seconds)
-    version = publish(cfg, model, train_set, test, metrics, report, world)
+    registry = ModelRegistry.open(cfg.registry)
+    version = publish(registry, cfg, model, train_set, test, metrics, report, world)
     name = cfg.name or cfg.arch
-    print(f"published {name} v{version}: test accuracy {metrics['accuracy']:.4f} in {train_seconds:.0f}s of training")
+    print(
+        f"published {name} v{version} to {registry.uri}: test accuracy {metrics['accuracy']:.4f} in {train_seconds:.0f}s of training"
+    )
     print(json.dumps({"model": name, "version": version, "accuracy": metrics["accuracy"]}), flush=True)
     if world > 1:
         dist.destroy_process_group()

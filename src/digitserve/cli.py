@@ -38,9 +38,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     host, port = args.host or settings.host, args.port if args.port is not None else settings.port
-    common: dict[str, Any] = {"host": host, "port": port, "log_level": settings.log_level, "access_log": False,
-              "timeout_graceful_shutdown": settings.graceful_shutdown_s,
-              "timeout_keep_alive": settings.keep_alive_s}  # fmt: skip
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+        "timeout_keep_alive": settings.keep_alive_s,
+    }
     workers = worker_count(args.workers or settings.workers)
     if workers > 1:
         with prepare_workers(settings, workers):  # shared metrics folder and reload requests
@@ -64,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default: $DIGITSERVE_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: $DIGITSERVE_PORT or 8000)")
     p.add_argument(
-        "--workers", help="worker processes: a number, or auto (default: $DIGITSERVE_WORKERS or 1; README -> Performance)"
+        "--workers",
+        help="worker processes: a number, or auto (default: $DIGITSERVE_WORKERS or 1; README -> Performance)",
     )
     p.set_defaults(func=cmd_serve)
 

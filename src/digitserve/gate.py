@@ -70,9 +70,14 @@ class GateResult:
         def measured(m: Measurement | None) -> dict[str, Any] | None:
             if m is None:
                 return None
-            return {"version": m.version, "accuracy": m.accuracy, "errors": m.errors, "artifact": m.artifact,
-                    "onnx_torch_label_disagreements": m.label_disagreements,
-                    "onnx_torch_max_logit_difference": m.max_logit_difference}  # fmt: skip
+            return {
+                "version": m.version,
+                "accuracy": m.accuracy,
+                "errors": m.errors,
+                "artifact": m.artifact,
+                "onnx_torch_label_disagreements": m.label_disagreements,
+                "onnx_torch_max_logit_difference": m.max_logit_difference,
+            }
 
         return {
             "forced": False,
@@ -116,7 +121,9 @@ def torch_logits(registry: ModelRegistry, model: str, version: int) -> np.ndarra
     try:
         from digitserve.models.checkpoint import load_network, predict_logits
     except ImportError as exc:
-        raise RegistryError(f"the gate compares the ONNX artifact with torch; install digitserve[train] ({exc})")
+        raise RegistryError(
+            f"the gate compares the ONNX artifact with torch; install digitserve[train] ({exc})"
+        ) from None
     _, network = load_network(registry, model, version)
     return predict_logits(network, load_mnist("test").images).numpy()
 
@@ -130,15 +137,23 @@ def measure(registry: ModelRegistry, model: str, version: int) -> Measurement:
         reference = torch_logits(registry, model, version)
         test = load_mnist("test")
         metrics = classification_metrics(test.labels, reference.argmax(axis=1))
-        return Measurement(version, metrics["accuracy"], metrics["errors"], metrics["num_examples"], test.checksum,
-                           artifact="weights")  # fmt: skip
+        return Measurement(
+            version, metrics["accuracy"], metrics["errors"], metrics["num_examples"], test.checksum, artifact="weights"
+        )
     _, runtime = load_runtime(registry, model, version)
     metrics, logits = evaluate_artifact(runtime)
     reference = torch_logits(registry, model, version)
     disagreements = int((logits.argmax(axis=1) != reference.argmax(axis=1)).sum())
     worst = float(np.abs(logits - reference).max())
-    return Measurement(version, metrics["accuracy"], metrics["errors"], metrics["num_examples"],
-                       metrics["data_sha256"], disagreements, round(worst, 8))  # fmt: skip
+    return Measurement(
+        version,
+        metrics["accuracy"],
+        metrics["errors"],
+        metrics["num_examples"],
+        metrics["data_sha256"],
+        disagreements,
+        round(worst, 8),
+    )
 
 
 class PromotionGate:

@@ -98,8 +98,8 @@ def _identify_any(data: bytes) -> str | None:
     return None
 
 
-def _check_size(im: Image.Image, max_pixels: int) -> None:
-    width, height = im.size
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    """InvalidImageError for an image without pixels, ImageTooLargeError above `max_pixels`."""
     if width < 1 or height < 1:
         raise InvalidImageError(f"the image is {width}x{height} pixels: it has no pixels to read")
     if width * height > max_pixels:
@@ -157,16 +157,16 @@ def decode_image(
     """
     im = _open(data, allowed_formats)
     with im:
-        _check_size(im, max_pixels)
+        check_size(*im.size, max_pixels)
         return _to_gray(_load_first_frame(im))
 
 
-def header_pixels(data: bytes, allowed_formats: Collection[str] = ALLOWED_FORMATS) -> int:
-    """Width x height from the header alone (0 when the header cannot be read): what decoding
-    the image will cost, known before any pixel is decoded."""
+def header_size(data: bytes, allowed_formats: Collection[str] = ALLOWED_FORMATS) -> tuple[int, int]:
+    """(width, height) from the header alone, (0, 0) when the header cannot be read: what
+    decoding the image will cost, known before any pixel is decoded."""
     try:
         with Image.open(io.BytesIO(data), formats=list(allowed_formats)) as im:
             width, height = im.size
     except Exception:  # unreadable: decoding refuses it at once, at no cost worth counting
-        return 0
-    return max(0, width) * max(0, height)
+        return 0, 0
+    return max(0, width), max(0, height)

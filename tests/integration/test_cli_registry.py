@@ -7,20 +7,21 @@ re-measurement can be checked to the last image without any training.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from registry_utils import train_smoke
+from support.registries import publish_network, train_smoke
 from torch import nn
 
 from digitserve.data import TEST_LABEL_COUNTS
-from digitserve.models import config_dict, create_model
+from digitserve.gate import AGREEMENT_ATOL
+from digitserve.models import create_model
 from digitserve.registry import ModelRegistry
 
 MODEL = "digits"
@@ -44,11 +45,30 @@ def constant_model(label: int, seed: int = 0) -> nn.Module:
 def publish_constant(registry: ModelRegistry, label: int, seed: int = 0, claimed: float | None = None) -> int:
     """Publish `constant_model(label)`; `claimed` is the accuracy its manifest records."""
     net = constant_model(label, seed)
-    golden = {"images_uint8_b64": base64.b64encode(bytes(8 * 28 * 28)).decode(), "shape": [8, 28, 28]}
+    golden_images = np.zeros((8, 28, 28), np.uint8)
     metrics = {"accuracy": accuracy_of(label) if claimed is None else claimed, "split": "test"}
-    metadata = {"metrics": metrics, "golden": golden}
     report = {"metrics.json": json.dumps(metrics).encode()}
-    return registry.publish(MODEL, "cnn", config_dict(net), net.state_dict(), metadata, report)
+    return publish_network(registry, MODEL, net, {"metrics": metrics}, report, golden_images)
+
+
+def publish_manifest(registry: ModelRegistry, doc: dict[str, object]) -> int:
+    """Create the next version from a hand-made manifest document (artifacts already in the store)."""
+    version = registry.list_versions(MODEL)[-1] + 1
+    registry.store.create(f"{MODEL}/versions/{version}/manifest.json", json.dumps({**doc, "version": version}).encode())
+    return version
+
+
+def measured(version: int, label: int, artifact: str = "onnx") -> dict[str, object]:
+    """What the gate's event records about a constant model's measurement (ONNX and torch agree exactly)."""
+    accuracy = accuracy_of(label)
+    return {
+        "version": version,
+        "accuracy": accuracy,
+        "errors": 10000 - TEST_LABEL_COUNTS[label],
+        "artifact": artifact,
+        "onnx_torch_label_disagreements": 0,
+        "onnx_torch_max_logit_difference": 0.0,
+    }
 
 
 def digitserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -101,7 +121,9 @@ def test_gate_refuses_below_threshold_and_passes_a_permissive_one(registry: Mode
     gate = event["gate"]
     assert (gate["passed"], gate["forced"], gate["threshold"]) == (True, False, 0.11)
     assert gate["threshold_source"] == "DIGITSERVE_GATE_THRESHOLD_DIGITS"
-    assert gate["candidate"] == {"version": 1, "accuracy": 0.1135, "errors": 8865}
+    assert gate["candidate"] == measured(1, 1)
+    assert gate["candidate"]["errors"] == 8865
+    assert gate["agreement_atol"] == AGREEMENT_ATOL
     assert gate["num_examples"] == 10000 and gate["current"] is None
 
 
@@ -117,7 +139,7 @@ def test_gate_refuses_a_regression_then_rollback_and_history(registry: ModelRegi
     assert "accuracy 0.1028 refused: 0.0107 below production v1 (0.1135)" in line
     out = succeeded(digitserve("registry", "promote", MODEL, "3", *gate, "--reason", "retrained"))
     assert out.startswith("digits/production -> v3 (was v1)")
-    assert registry.events(MODEL)[-1]["gate"]["current"] == {"version": 1, "accuracy": 0.1135, "errors": 8865}
+    assert registry.events(MODEL)[-1]["gate"]["current"] == measured(1, 1)
 
     out = succeeded(digitserve("registry", "rollback", MODEL, "--registry", uri))
     assert out.strip() == "digits/production -> v1 (rolled back from v3)"
@@ -133,6 +155,37 @@ def test_gate_refuses_a_regression_then_rollback_and_history(registry: ModelRegi
         ["rollback", "v3", "v1", "tester"],
     ]
     assert rows[2][-1] == "retrained"
+
+
+@pytest.mark.slow  # re-measures on the full MNIST test set, several CLI runs
+def test_gate_refuses_a_version_without_onnx_or_whose_onnx_disagrees_with_torch(registry: ModelRegistry) -> None:
+    uri = registry.uri
+    publish_constant(registry, 1)  # v1: 0.1135
+    publish_constant(registry, 7)  # v2: 0.1028
+    first, second = registry.manifest(MODEL, 1).to_dict(), registry.manifest(MODEL, 2).to_dict()
+    weights_only = publish_manifest(registry, {k: v for k, v in first.items() if k != "onnx"})  # v3
+    mixed = publish_manifest(registry, {**first, "onnx": second["onnx"]})  # v4: v1's weights, v2's graph
+    gate = ("--threshold", "0.1", "--registry", uri)
+
+    line = error_line(digitserve("registry", "promote", MODEL, str(weights_only), *gate))
+    assert "digits v3: accuracy 0.1135 refused: it has no ONNX artifact, so no server can run it" in line
+    line = error_line(digitserve("registry", "promote", MODEL, str(mixed), *gate))
+    assert (
+        "digits v4: accuracy 0.1028 refused: its ONNX artifact disagrees with its torch weights "
+        f"(10000 test labels differ, largest logit difference 10 > {AGREEMENT_ATOL:g})" in line
+    )
+    assert registry.get_alias(MODEL, "production") is None and registry.events(MODEL) == []
+    rows = succeeded(digitserve("registry", "list", MODEL, "--registry", uri)).splitlines()
+    assert [r.split()[4] for r in rows[1:]] == ["onnx", "onnx", "weights", "onnx"]
+    assert "weights only" in rows[3]
+
+    # A weights-only version can still hold the alias (it was served before ONNX): it is measured with torch.
+    registry.move_alias(MODEL, "production", weights_only)
+    out = succeeded(digitserve("registry", "promote", MODEL, "1", *gate))
+    assert out.startswith("digits/production -> v1 (was v3)")
+    event = registry.events(MODEL, "production")[-1]["gate"]
+    assert event["current"] == measured(3, 1, artifact="weights")
+    assert event["candidate"] == measured(1, 1)
 
 
 def test_force_needs_a_reason_and_is_logged(registry: ModelRegistry) -> None:
@@ -176,7 +229,11 @@ def test_list_and_show(registry: ModelRegistry) -> None:
     rows = [
         r.split() for r in succeeded(digitserve("registry", "list", MODEL, "--registry", registry.uri)).splitlines()
     ]
-    assert [r[:4] for r in rows[1:]] == [["v1", "0.1135", "test", "cnn"], ["v2", "0.0980", "test", "cnn"]]
+    assert rows[0] == ["version", "accuracy", "split", "architecture", "artifacts", "created_at", "aliases"]
+    assert [r[:5] for r in rows[1:]] == [
+        ["v1", "0.1135", "test", "cnn", "onnx"],
+        ["v2", "0.0980", "test", "cnn", "onnx"],
+    ]
     assert rows[1][-1] == "production" and rows[2][-1] == "staging"
 
     shown = json.loads(succeeded(digitserve("registry", "show", MODEL, "1", "--registry", registry.uri)))
@@ -184,6 +241,8 @@ def test_list_and_show(registry: ModelRegistry) -> None:
     assert shown["report"] == ["metrics.json"]
     assert shown["golden"]["images_uint8_b64"].endswith("base64 characters omitted>")
     assert len(shown["weights"]["sha256"]) == 64
+    assert shown["onnx"]["format"] == "onnx" and len(shown["onnx"]["sha256"]) == 64
+    assert registry.manifest(MODEL, 1).to_dict()["onnx"] == shown["onnx"]
 
 
 def test_failures_are_one_line(registry: ModelRegistry) -> None:
@@ -220,5 +279,6 @@ def test_smoke_trained_model_goes_through_the_gate_on_s3(s3_bucket: str) -> None
     assert out.startswith("cnn/production -> v1 (was unset)")
     gate = ModelRegistry.open(uri).events("cnn")[0]["gate"]
     # The gate measured all 10k test images, the very set whose checksum the trainer recorded.
-    assert gate["num_examples"] == 10000 and gate["data_sha256"] == manifest["data"]["test_sha256"]
+    assert gate["num_examples"] == 10000 and gate["data_sha256"] == manifest.extra["data"]["test_sha256"]
     assert 0 < gate["candidate"]["accuracy"] < 1
+    assert gate["candidate"]["artifact"] == "onnx" and gate["candidate"]["onnx_torch_label_disagreements"] == 0

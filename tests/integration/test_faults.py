@@ -7,6 +7,7 @@ and in /metrics. test_server.py covers corrupt, truncated and missing blobs and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import threading
@@ -18,8 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from registry_utils import blob_path, copy_shipped, publish_variant
-from server_utils import metric, model_info, start_server, stop_server, wait_until
+from support.registries import blob_path, copy_shipped, publish_variant
+from support.server import metric, model_info, start_server, stop_server, wait_until
 
 from digitserve.registry import ModelRegistry
 from digitserve.serving.schemas import EXAMPLE_PNG_B64
@@ -207,25 +208,31 @@ def publish_damaged(registry: ModelRegistry, damage: Callable[[dict[str, Any], P
     return version
 
 
-def unknown_architecture(manifest: dict[str, Any], path: Path) -> str:
-    return json.dumps({**manifest, "architecture": "resnet152"})
+def graph_that_is_not_onnx(manifest: dict[str, Any], path: Path) -> str:
+    """A blob whose sha256 and size match the manifest, but whose bytes are no ONNX graph."""
+    junk = b"not an onnx graph " * 100
+    sha = hashlib.sha256(junk).hexdigest()
+    (path.parents[2] / "blobs" / f"{sha}.onnx").write_bytes(junk)
+    return json.dumps({**manifest, "onnx": {**manifest["onnx"], "sha256": sha, "size": len(junk)}})
 
 
-def weights_that_do_not_fit(manifest: dict[str, Any], path: Path) -> str:
-    return json.dumps({**manifest, "config": {**manifest["config"], "channels": [32, 64, 256]}})
+def graph_of_another_version(manifest: dict[str, Any], path: Path) -> str:
+    """A real, intact ONNX graph -- of version 1 -- where this version's should be."""
+    served = json.loads((path.parents[1] / "1" / "manifest.json").read_text())
+    return json.dumps({**manifest, "onnx": served["onnx"]})
 
 
-def weights_outside_the_registry(manifest: dict[str, Any], path: Path) -> str:
-    """The blob moves out of the registry; the manifest's `key` names where it went."""
-    blob = path.parents[2] / "blobs" / f"{manifest['weights']['sha256']}.safetensors"
+def graph_only_outside_the_registry(manifest: dict[str, Any], path: Path) -> str:
+    """The ONNX blob moves out of the registry; the manifest's `key` names where it went."""
+    blob = path.parents[2] / "blobs" / f"{manifest['onnx']['sha256']}.onnx"
     outside = path.parents[4] / "outside" / blob.name
     outside.parent.mkdir(exist_ok=True)
     shutil.move(blob, outside)
-    return json.dumps({**manifest, "weights": {**manifest["weights"], "key": str(outside)}})
+    return json.dumps({**manifest, "onnx": {**manifest["onnx"], "key": str(outside)}})
 
 
 def sha_that_climbs_out(manifest: dict[str, Any], path: Path) -> str:
-    return json.dumps({**manifest, "weights": {**manifest["weights"], "sha256": "../../../outside/escape"}})
+    return json.dumps({**manifest, "onnx": {**manifest["onnx"], "sha256": "../../../outside/escape"}})
 
 
 def manifest_not_json(manifest: dict[str, Any], path: Path) -> str:
@@ -236,13 +243,19 @@ def manifest_without_weights(manifest: dict[str, Any], path: Path) -> str:
     return json.dumps({k: v for k, v in manifest.items() if k != "weights"})
 
 
+def manifest_without_onnx(manifest: dict[str, Any], path: Path) -> str:
+    """A version published before ONNX serving: weights only."""
+    return json.dumps({k: v for k, v in manifest.items() if k != "onnx"})
+
+
 BAD_VERSIONS = {  # damage, the step that refuses it, words in the error
-    "unknown architecture": (unknown_architecture, "build", "resnet152"),
-    "weights that do not fit the config": (weights_that_do_not_fit, "build", "size mismatch"),
-    "weights only outside the registry": (weights_outside_the_registry, "verify", "missing"),
-    "sha256 that climbs out of the registry": (sha_that_climbs_out, "fetch", "escapes the registry root"),
+    "graph that is not ONNX": (graph_that_is_not_onnx, "build", "ONNX Runtime cannot load the graph"),
+    "graph of another version": (graph_of_another_version, "golden", "differ from the recorded golden logits"),
+    "graph only outside the registry": (graph_only_outside_the_registry, "verify", "missing"),
+    "sha256 that climbs out of the registry": (sha_that_climbs_out, "fetch", "64 lowercase hex digits"),
     "manifest that is not JSON": (manifest_not_json, "fetch", "not valid JSON"),
-    "manifest without weights": (manifest_without_weights, "fetch", "incomplete"),
+    "manifest without weights": (manifest_without_weights, "fetch", "'weights' must be an object"),
+    "version without an ONNX artifact": (manifest_without_onnx, "fetch", "has no onnx artifact"),
 }
 
 
@@ -268,5 +281,5 @@ def test_a_reload_that_fails_half_way_keeps_the_old_version(server: str, registr
     assert_all_served_by(answers, 1)
     versions = {v["version"]: v for v in model_info(server, "cnn")["versions"]}
     assert bad in versions and 1 in versions  # the listing shows the damaged version, and the others
-    if case == "weights only outside the registry":
+    if case == "graph only outside the registry":
         assert blob_path(registry, "cnn", bad).exists() is False  # nothing copied it back in

@@ -19,12 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-from hostile import assert_healthy, png_with_header, v2_images
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from registry_utils import copy_shipped
-from server_utils import start_server, stop_server
+from support.hostile import assert_healthy, png_with_header, v2_images
+from support.registries import copy_shipped
+from support.server import start_server, stop_server
 
 from digitserve.config import MiB
 from digitserve.serving.schemas import EXAMPLE_PNG_B64
@@ -367,8 +367,12 @@ def test_v2_binary_bytes_tensors(client: httpx.Client, images: list[bytes]) -> N
 )
 def test_odd_model_names_and_queries(client: httpx.Client, model: str, query: dict[str, str]) -> None:
     body = {"images": [EXAMPLE_PNG_B64]}
-    for method, path in (("POST", f"/v1/models/{model}/predict"), ("POST", f"/v2/models/{model}/infer"),
-                         ("GET", f"/v1/models/{model}"), ("GET", f"/v2/models/{model}/ready")):  # fmt: skip
+    for method, path in (
+        ("POST", f"/v1/models/{model}/predict"),
+        ("POST", f"/v2/models/{model}/infer"),
+        ("GET", f"/v1/models/{model}"),
+        ("GET", f"/v2/models/{model}/ready"),
+    ):
         try:
             r = client.request(method, path, params=query, json=body if method == "POST" else None)
         except httpx.InvalidURL:

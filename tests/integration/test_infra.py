@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port  # tests/conftest.py
+from support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hostile import (
+from PIL import Image
+from support.hostile import (
     address,
     assert_healthy,
     closed_by_peer,
@@ -32,9 +33,8 @@ from hostile import (
     read_response,
     v2_images,
 )
-from PIL import Image
-from registry_utils import copy_shipped
-from server_utils import start_server, stop_server
+from support.registries import copy_shipped
+from support.server import start_server, stop_server
 
 from digitserve.config import MiB, Settings
 from digitserve.serving.schemas import EXAMPLE_PNG_B64

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from registry_utils import copy_shipped
 from schemathesis import checks
-from server_utils import start_server, stop_server
+from support.registries import copy_shipped
+from support.server import start_server, stop_server
 
 from digitserve.config import Settings
 from digitserve.serving.app import create_app

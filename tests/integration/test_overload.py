@@ -17,10 +17,10 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from hostile import address, proc_kib
-from loadgen import ConnectionPool, Outcome, build_request, closed_loop, open_loop
-from registry_utils import copy_shipped
-from server_utils import start_server, stop_server
+from support.hostile import address, proc_kib
+from support.loadgen import ConnectionPool, Outcome, build_request, closed_loop, open_loop
+from support.registries import copy_shipped
+from support.server import start_server, stop_server
 
 from digitserve.serving.schemas import EXAMPLE_PNG_B64
 

@@ -20,17 +20,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from registry_utils import png_b64, publish_variant, seed_s3, train_smoke
-from server_utils import model_info, start_server, stop_server, wait_until
-from test_cli_registry import digitserve, error_line, succeeded
+from support.cli import digitserve, error_line, succeeded
+from support.registries import png_b64, publish_variant, seed_s3, train_smoke
+from support.server import model_info, start_server, stop_server, wait_until
 
+from digitserve.config import gate_threshold_variable
 from digitserve.data import load_mnist
-from digitserve.gate import threshold_env_var
 from digitserve.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 PROMOTE = REPO / "scripts" / "promote.sh"
-THRESHOLD_VAR = threshold_env_var("cnn")  # DIGITSERVE_GATE_THRESHOLD_CNN
+THRESHOLD_VAR = gate_threshold_variable("cnn")  # DIGITSERVE_GATE_THRESHOLD_CNN
 ACTOR = "github:octocat"  # what the workflow sets DIGITSERVE_ACTOR to
 SERVED_WITHIN_S = 20.0  # a 1 s poll, then fetch, verify and golden-check the new version
 

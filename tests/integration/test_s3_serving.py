@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,15 +21,16 @@ import boto3
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, run_moto_server, set_fake_aws_env  # tests/conftest.py
-from registry_utils import SHIPPED, png_b64, seed_s3
-from server_utils import metric, model_info, start_server, stop_server, wait_until
+from conftest import run_moto_server, set_fake_aws_env  # tests/conftest.py
+from support.net import free_port
+from support.registries import SHIPPED, copy_shipped, png_b64, publish_network, seed_s3
+from support.server import metric, model_info, start_server, stop_server, wait_until
 
 from digitserve.data import load_mnist
-from digitserve.models import config_dict, create_model
+from digitserve.models import create_model
 from digitserve.registry import ModelRegistry, StoreUnavailableError, open_store
 from digitserve.registry.cache import CachedRegistry, cache_folder
-from digitserve.registry.s3 import S3Store
+from digitserve.storage.s3 import S3Store
 
 PREFIX = "registry"
 OUTAGE_TIMEOUT_S = 60.0  # a registry call fails only after boto3's bounded retries
@@ -69,8 +71,11 @@ def assert_answers_with_v1(url: str, digits: tuple[np.ndarray, np.ndarray]) -> N
         assert r.json()["version"] == 1 and r.json()["predictions"][0]["label"] == labels[i]
 
 
-def shipped_production() -> dict[str, object]:
-    return dict(json.loads((SHIPPED / "cnn" / "aliases" / "production.json").read_text()))
+def seeded_production() -> dict[str, object]:
+    """The production alias as seed_s3 wrote it (copy_shipped: v1 is the shipped production version)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_shipped(Path(tmp))
+        return dict(json.loads((Path(tmp) / "cnn" / "aliases" / "production.json").read_text()))
 
 
 @pytest.mark.slow  # real servers
@@ -89,28 +94,28 @@ def test_serves_from_s3_and_fills_the_cache(tmp_path: Path, digits: tuple[np.nda
     finally:
         assert stop_server(process) == 0
 
-    # What was fetched from S3 is on disk: the blob byte for byte, the manifest, the alias.
-    sha = info["serving"]["weights_sha256"]
+    # What was fetched from S3 is on disk: the served (ONNX) blob byte for byte, the manifest, the alias.
+    sha = info["serving"]["onnx_sha256"]
     cached = cache_folder(cache, uri) / "cnn"
-    shipped_blob = SHIPPED / "cnn" / "blobs" / f"{sha}.safetensors"
-    assert (cached / "blobs" / f"{sha}.safetensors").read_bytes() == shipped_blob.read_bytes()
-    assert json.loads((cached / "versions" / "1" / "manifest.json").read_text())["weights"]["sha256"] == sha
-    assert json.loads((cached / "aliases" / "production.json").read_text()) == shipped_production()
+    shipped_blob = SHIPPED / "cnn" / "blobs" / f"{sha}.onnx"
+    assert (cached / "blobs" / f"{sha}.onnx").read_bytes() == shipped_blob.read_bytes()
+    assert json.loads((cached / "versions" / "1" / "manifest.json").read_text())["onnx"]["sha256"] == sha
+    assert json.loads((cached / "aliases" / "production.json").read_text()) == seeded_production()
 
 
 def test_one_cache_dir_never_mixes_up_two_registries(s3_bucket: str, tmp_path: Path) -> None:
     """cnn v1 in one bucket is not cnn v1 in another: servers sharing a cache dir keep them apart."""
     cache = tmp_path / "cache"
     shipped = CachedRegistry(open_store(seed_bucket()), cache)
-    shipped.load_weights("cnn", 1)  # the shipped v1 and production alias are now cached
+    shipped.read_artifact("cnn", 1, "onnx")  # the shipped v1 and production alias are now cached
     assert shipped.resolve_alias("cnn", "production") == 1
 
     other = ModelRegistry.open(f"s3://{s3_bucket}/{PREFIX}")
     small = create_model("cnn", channels=[4, 8, 8], depths=[1, 1, 1])
-    assert other.publish("cnn", "cnn", config_dict(small), small.state_dict(), {}) == 1
+    assert publish_network(other, "cnn", small) == 1
     other.move_alias("cnn", "production", 1)
     cached_other = CachedRegistry(other.store, cache)
-    assert cached_other.load_weights("cnn", 1)[0]["weights"] == other.manifest("cnn", 1)["weights"]
+    assert cached_other.read_artifact("cnn", 1, "onnx")[0].onnx == other.manifest("cnn", 1).onnx
 
     # Unreachable, the other registry has no alias cached: the shipped one's must not stand in for it.
     closed = boto3.session.Session().client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}")

@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from registry_utils import blob_path, copy_shipped, png_b64, png_bytes, publish_variant
-from server_utils import metric, start_server, stop_server
+from support.registries import blob_path, copy_shipped, png_b64, png_bytes, publish_variant
+from support.server import metric, start_server, stop_server
 
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry

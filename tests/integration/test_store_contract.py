@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 import torch
+from support.registries import publish_network
 from torch import nn
 
-from digitserve.models import config_dict, create_model
+from digitserve.models import create_model
+from digitserve.models.checkpoint import load_network
 from digitserve.registry import (
     AliasConflictError,
     AlreadyExistsError,
@@ -31,7 +33,7 @@ from digitserve.registry import (
     Store,
     StoreUnavailableError,
 )
-from digitserve.registry.s3 import S3Store
+from digitserve.storage.s3 import S3Store
 
 MODEL = "digits"
 
@@ -45,7 +47,7 @@ def publish_tiny(registry: ModelRegistry, seed: int = 0, model: str = MODEL) -> 
     net = tiny_model(seed)
     metadata = {"seed": seed, "metrics": {"accuracy": 0.5, "split": "test"}}
     report = {"metrics.json": b'{"accuracy": 0.5}'}
-    return registry.publish(model, "cnn", config_dict(net), net.state_dict(), metadata, report)
+    return publish_network(registry, model, net, metadata, report)
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -116,16 +118,18 @@ def test_publish_list_manifest_and_load(registry_uri: str) -> None:
     assert registry.list_models() == [MODEL, "other"]
     assert registry.list_versions(MODEL) == [1, 2]
     manifest = registry.manifest(MODEL, 2)
-    assert (manifest["model"], manifest["version"], manifest["architecture"], manifest["seed"]) == (
+    assert (manifest.model, manifest.version, manifest.architecture, manifest.extra["seed"]) == (
         MODEL,
         2,
         "cnn",
         2,
     )
-    assert manifest["config"]["channels"] == [4, 8, 8]
-    assert manifest["weights"]["format"] == "safetensors"
+    assert manifest.config["channels"] == [4, 8, 8]
+    assert manifest.weights.format == "safetensors"
+    assert manifest.onnx is not None and manifest.onnx.format == "onnx"
+    assert manifest.metrics == {"accuracy": 0.5, "split": "test"}
     assert registry.read_report(MODEL, 2, "metrics.json") == b'{"accuracy": 0.5}'
-    _, loaded = registry.load_model(MODEL, 2)
+    _, loaded = load_network(registry, MODEL, 2)
     assert same_weights(loaded, tiny_model(2))
     x = torch.rand(3, 1, 28, 28)
     torch.testing.assert_close(loaded(x), tiny_model(2)(x))
@@ -138,7 +142,7 @@ def test_publish_with_a_stale_view_takes_the_next_free_number(registry_uri: str)
     publish_tiny(registry, 1)
     registry.list_versions = lambda model: []  # type: ignore[method-assign]  # as if v1 were unseen
     assert publish_tiny(registry, 2) == 2
-    assert registry.manifest(MODEL, 1)["seed"] == 1  # the existing version was not overwritten
+    assert registry.manifest(MODEL, 1).extra["seed"] == 1  # the existing version was not overwritten
 
 
 def test_aliases_resolve_and_move(registry_uri: str) -> None:
@@ -197,32 +201,62 @@ def test_every_alias_move_is_logged(registry_uri: str, monkeypatch: pytest.Monke
 def test_tampered_weights_are_refused(registry_uri: str) -> None:
     registry = ModelRegistry.open(registry_uri)
     publish_tiny(registry, 1)
-    key = registry.manifest(MODEL, 1)["weights"]["key"]
+    key = registry.manifest(MODEL, 1).weights.key(MODEL)
     data, _ = registry.store.read(key)
     registry.store.put(key, data[:-1] + bytes([data[-1] ^ 0xFF]))  # same size, one byte changed
     with pytest.raises(IntegrityError, match="sha256"):
-        registry.load_model(MODEL, 1)
+        load_network(registry, MODEL, 1)
     registry.store.put(key, data[:-8])
     with pytest.raises(IntegrityError, match="bytes"):
-        registry.load_model(MODEL, 1)
+        load_network(registry, MODEL, 1)
 
 
-def test_missing_weights_are_refused(registry_uri: str) -> None:
+def test_tampered_onnx_is_refused(registry_uri: str) -> None:
     registry = ModelRegistry.open(registry_uri)
     publish_tiny(registry, 1)
-    delete_key(registry.store, registry.manifest(MODEL, 1)["weights"]["key"])
-    with pytest.raises(IntegrityError, match="missing"):
-        registry.load_model(MODEL, 1)
+    onnx = registry.manifest(MODEL, 1).onnx
+    assert onnx is not None
+    data, _ = registry.store.read(onnx.key(MODEL))
+    assert registry.read_artifact(MODEL, 1, "onnx")[1] == data
+    registry.store.put(onnx.key(MODEL), data[:-1] + bytes([data[-1] ^ 0xFF]))
+    with pytest.raises(IntegrityError, match="onnx sha256"):
+        registry.read_artifact(MODEL, 1, "onnx")
+    registry.store.put(onnx.key(MODEL), data + b"\x00")
+    with pytest.raises(IntegrityError, match="bytes"):
+        registry.read_artifact(MODEL, 1, "onnx")
+
+
+@pytest.mark.parametrize("kind", ["weights", "onnx"])
+def test_missing_artifacts_are_refused(registry_uri: str, kind: str) -> None:
+    registry = ModelRegistry.open(registry_uri)
+    publish_tiny(registry, 1)
+    delete_key(registry.store, registry.manifest(MODEL, 1).artifact(kind).key(MODEL))
+    with pytest.raises(IntegrityError, match=f"{kind} blob .* is missing"):
+        registry.read_artifact(MODEL, 1, kind)
+    if kind == "weights":
+        with pytest.raises(IntegrityError, match="missing"):
+            load_network(registry, MODEL, 1)
 
 
 # --- racing OS processes ----------------------------------------------------------------------
 
 
+class _PublishWhenReleased:
+    """A registry whose `publish` first waits at the barrier: the ONNX export happens before it,
+    so the racing processes reach the version-number allocation together."""
+
+    def __init__(self, registry: ModelRegistry, barrier: Any) -> None:
+        self.registry, self.barrier = registry, barrier
+
+    def publish(self, *args: Any, **kwargs: Any) -> int:
+        self.barrier.wait(timeout=120)
+        return self.registry.publish(*args, **kwargs)
+
+
 def _publish_worker(uri: str, seed: int, barrier: Any, results: Any) -> None:
     try:
-        registry = ModelRegistry.open(uri)
-        barrier.wait(timeout=120)
-        results.put((seed, publish_tiny(registry, seed)))
+        registry = _PublishWhenReleased(ModelRegistry.open(uri), barrier)
+        results.put((seed, publish_tiny(registry, seed)))  # type: ignore[arg-type]
     except Exception as exc:
         results.put((seed, f"error: {exc!r}"))
 
@@ -264,8 +298,8 @@ def test_racing_publishers_get_distinct_versions(registry_uri: str) -> None:
     registry = ModelRegistry.open(registry_uri)
     assert registry.list_versions(MODEL) == [1, 2]
     for seed, version in versions.items():
-        manifest, loaded = registry.load_model(MODEL, version)  # sha256-verified
-        assert manifest["seed"] == seed
+        manifest, loaded = load_network(registry, MODEL, version)  # sha256-verified
+        assert manifest.extra["seed"] == seed
         assert same_weights(loaded, tiny_model(seed))
 
 

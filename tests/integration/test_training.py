@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port  # tests/conftest.py
+from support.net import free_port
 
+from digitserve.models.export import OPSET
 from digitserve.registry import ModelRegistry
+from digitserve.runtime import OnnxModel, RuntimeOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -37,10 +39,19 @@ def test_smoke_training_publishes_a_complete_version(smoke_registry: Path) -> No
     registry = ModelRegistry.open(str(smoke_registry))
     assert registry.list_versions("cnn") == [1, 2]
     manifest = registry.manifest("cnn", 1)
-    assert manifest["architecture"] == "cnn" and manifest["config"]["channels"] == [32, 64, 128]
-    assert manifest["training"]["smoke"] is True and manifest["training"]["hardware"]["cpu_count"] >= 1
-    assert len(manifest["data"]["train_sha256"]) == 64 and len(manifest["golden"]["logits"]) == 8
-    assert manifest["preprocessing"]["mean"] == pytest.approx(0.1307)
+    assert manifest.architecture == "cnn" and manifest.config["channels"] == [32, 64, 128]
+    training = manifest.extra["training"]
+    assert training["smoke"] is True and training["hardware"]["cpu_count"] >= 1
+    assert len(manifest.extra["data"]["train_sha256"]) == 64
+    assert manifest.golden is not None and manifest.golden.logits.shape == (8, 10)
+    assert manifest.extra["preprocessing"]["mean"] == pytest.approx(0.1307)
+    # Both artifacts, sha256-verified: the weights and the ONNX graph that reproduces the golden logits.
+    assert manifest.onnx is not None and (manifest.onnx.format, manifest.onnx.opset) == ("onnx", OPSET)
+    registry.read_artifact("cnn", 1, "weights")
+    _, graph = registry.read_artifact("cnn", 1, "onnx")
+    served = OnnxModel(graph, RuntimeOptions(intra_op_threads=1)).logits(manifest.golden.images)
+    assert manifest.golden.worst_difference(served) <= manifest.golden.atol
+    assert manifest.metrics["accuracy"] == json.loads(registry.read_report("cnn", 1, "metrics.json"))["accuracy"]
     metrics = json.loads(registry.read_report("cnn", 1, "metrics.json"))
     assert 0 <= metrics["accuracy"] <= 1 and metrics["num_examples"] == 1000
     assert set(metrics["per_class"]) == {str(d) for d in range(10)}
@@ -54,8 +65,8 @@ def test_smoke_training_publishes_a_complete_version(smoke_registry: Path) -> No
 def test_runs_with_the_same_seed_give_the_same_weights(smoke_registry: Path, tmp_path: Path) -> None:
     proc = run("training/train.py", "--arch", "cnn", "--smoke", "--seed", "0", "--registry", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    again = ModelRegistry.open(str(tmp_path)).manifest("cnn", 1)["weights"]["sha256"]
-    assert again == ModelRegistry.open(str(smoke_registry)).manifest("cnn", 1)["weights"]["sha256"]
+    again = ModelRegistry.open(str(tmp_path)).manifest("cnn", 1).weights.sha256
+    assert again == ModelRegistry.open(str(smoke_registry)).manifest("cnn", 1).weights.sha256
 
 
 def test_data_parallel_training_under_torchrun(tmp_path: Path) -> None:
@@ -86,7 +97,7 @@ def test_data_parallel_training_under_torchrun(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     registry = ModelRegistry.open(str(tmp_path))
     assert registry.list_versions("cnn") == [1]  # only rank 0 publishes
-    assert registry.manifest("cnn", 1)["training"]["world_size"] == 2
+    assert registry.manifest("cnn", 1).extra["training"]["world_size"] == 2
 
 
 def test_evaluate_prints_json_metrics_last(smoke_registry: Path) -> None:
@@ -110,13 +121,13 @@ def test_evaluate_prints_json_metrics_last(smoke_registry: Path) -> None:
 def test_evaluate_refuses_a_tampered_version(smoke_registry: Path, tmp_path: Path) -> None:
     copy = tmp_path / "reg"
     shutil.copytree(smoke_registry, copy)
-    blob = next((copy / "vit" / "blobs").iterdir())
-    blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
+    onnx = ModelRegistry.open(str(copy)).manifest("vit", 1).onnx
+    assert onnx is not None
+    blob = copy / onnx.key("vit")  # evaluate.py measures what serves: the ONNX artifact
+    blob.write_bytes(blob.read_bytes()[:-1] + bytes([blob.read_bytes()[-1] ^ 0xFF]))
     proc = run("training/evaluate.py", "--model", "vit", "--version", "1", "--registry", str(copy))
     assert proc.returncode == 1
-    assert (
-        proc.stderr.strip().startswith("error: vit v1: weights sha256") and len(proc.stderr.strip().splitlines()) == 1
-    )
+    assert proc.stderr.strip().startswith("error: vit v1: onnx sha256") and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_compare_writes_a_report(smoke_registry: Path, tmp_path: Path) -> None:

@@ -24,13 +24,13 @@ import pytest
 import torch
 import tritonclient.http as triton
 from PIL import Image
-from registry_utils import png_bytes
-from server_utils import running_server
+from support.registries import png_bytes
+from support.server import running_server
 from tritonclient.utils import InferenceServerException
 
 from digitserve import __version__
 from digitserve.data import load_mnist
-from digitserve.preprocess import to_model_input
+from digitserve.models.checkpoint import load_network, predict_logits
 from digitserve.registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def base_url(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "DIGITSERVE_ALIAS": "production",
         "DIGITSERVE_MAX_IMAGES": str(MAX_IMAGES),
         "DIGITSERVE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-        "DIGITSERVE_TORCH_THREADS": "1",
+        "DIGITSERVE_RUNTIME_THREADS": "1",
         "DIGITSERVE_CACHE_DIR": str(tmp / "cache"),
         "DIGITSERVE_ADMIN_TOKEN": "",
     }
@@ -90,9 +90,8 @@ def digits() -> np.ndarray:
 
 def reference_probs(registry: Path, model: str, version: int, images: np.ndarray) -> np.ndarray:
     """The probabilities the published weights give for `images`, computed here."""
-    _, module = ModelRegistry.open(str(registry)).load_model(model, version)
-    with torch.inference_mode():
-        return torch.softmax(module.eval()(to_model_input(images)), dim=1).numpy()
+    _, module = load_network(ModelRegistry.open(str(registry)), model, version)
+    return torch.softmax(predict_logits(module, images), dim=1).numpy()
 
 
 def v1_predict(base_url: str, pngs: list[bytes], **extra: Any) -> list[dict[str, Any]]:
@@ -127,7 +126,7 @@ def test_server_and_model_metadata(client: triton.InferenceServerClient) -> None
     assert server["name"] == "digitserve" and server["version"] == __version__
     assert "binary_tensor_data" in server["extensions"]
     cnn = client.get_model_metadata("cnn")
-    assert cnn["name"] == "cnn" and cnn["versions"] == ["1", "2"] and cnn["platform"] == "pytorch"
+    assert cnn["name"] == "cnn" and cnn["versions"] == ["1", "2"] and cnn["platform"] == "onnxruntime_onnx"
     assert cnn["inputs"] == [
         {"name": "pixels", "datatype": "UINT8", "shape": [-1, 28, 28]},
         {"name": "images", "datatype": "BYTES", "shape": [-1]},

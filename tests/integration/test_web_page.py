@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
-from handwriting import handwritten
 from PIL import Image
 from playwright.sync_api import (
     Browser,
@@ -39,10 +38,11 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
-from server_utils import running_server
+from support.handwriting import handwritten
+from support.photolike import make_photo
+from support.server import running_server
 
 from digitserve.data import load_mnist
-from digitserve.photolike import make_photo
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -78,7 +78,7 @@ PHOTO_INDICES = (0, 1, 2, 3)  # MNIST test images 7, 2, 1, 0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = {"DIGITSERVE_MODELS": ",".join(MODELS), "DIGITSERVE_TORCH_THREADS": "1", "DIGITSERVE_POLL_SECONDS": "30"}
+    env = {"DIGITSERVE_MODELS": ",".join(MODELS), "DIGITSERVE_RUNTIME_THREADS": "1", "DIGITSERVE_POLL_SECONDS": "30"}
     with running_server(env, log_path=tmp_path_factory.mktemp("server") / "serve.log") as base_url:
         yield base_url
 

@@ -1,17 +1,23 @@
-"""DynamicBatcher: batching, bounds, deadlines, isolation of failures, draining."""
+"""DynamicBatcher: no idle waiting, batching while busy, bounds, deadlines, isolation of failures, draining."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from digitserve.serving.batching import BatchStats, DynamicBatcher
-from digitserve.serving.errors import DeadlineExceededError, QueueFullError, ShuttingDownError
+from digitserve.serving.batching import (
+    BatchStats,
+    DeadlineExceededError,
+    DynamicBatcher,
+    InferenceSlots,
+    QueueFullError,
+    RetiredError,
+)
 
 
 def images(n: int, value: int = 0) -> np.ndarray:
@@ -23,12 +29,14 @@ class Recorder:
 
     def __init__(self, delay: float = 0.0) -> None:
         self.sizes: list[int] = []
+        self.entered: list[int] = []  # batch sizes as they enter the forward pass (before the gate)
         self.delay = delay
         self.gate = threading.Event()
         self.gate.set()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        self.gate.wait()
+        self.entered.append(len(x))
+        self.gate.wait(timeout=30)
         time.sleep(self.delay)
         if (x[:, 0, 0] == 255).any():
             raise ValueError("poison")
@@ -39,22 +47,35 @@ class Recorder:
 
 
 @pytest.fixture
-def executor() -> ThreadPoolExecutor:
-    with ThreadPoolExecutor(1) as pool:
-        yield pool
+def slots() -> Iterator[InferenceSlots]:
+    pool = InferenceSlots(1)
+    yield pool
+    pool.shutdown()
 
 
-async def _started(forward: Recorder, executor: ThreadPoolExecutor, **kw: float) -> DynamicBatcher:
-    batcher = DynamicBatcher(forward, executor, **kw)  # type: ignore[arg-type]
+async def _started(forward: Recorder, slots: InferenceSlots, **kw: float) -> DynamicBatcher:
+    batcher = DynamicBatcher(forward, slots, **kw)  # type: ignore[arg-type]
     batcher.start()
     return batcher
 
 
-def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(executor: ThreadPoolExecutor) -> None:
+def within(seconds: float) -> float:
+    """A deadline `seconds` from now (the batcher takes absolute monotonic deadlines)."""
+    return time.monotonic() + seconds
+
+
+async def until(check: object, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s}s"
+        await asyncio.sleep(0.005)
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(slots: InferenceSlots) -> None:
     async def scenario() -> None:
         forward = Recorder()
-        batcher = await _started(forward, executor, max_batch_size=16, max_delay_ms=20)
-        futures = [batcher.submit(images(1, value=i), timeout_s=5) for i in range(40)]
+        batcher = await _started(forward, slots, max_batch_size=16, max_delay_ms=20)
+        futures = [batcher.submit(images(1, value=i), within(5)) for i in range(40)]
         results = await asyncio.gather(*futures)
         assert [int(r[0, 0]) for r in results] == list(range(40))
         assert sum(forward.sizes) == 40 and max(forward.sizes) <= 16 and len(forward.sizes) <= 4
@@ -63,27 +84,83 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(exec
     asyncio.run(scenario())
 
 
-def test_a_lone_request_waits_at_most_the_delay(executor: ThreadPoolExecutor) -> None:
+def test_a_request_to_an_idle_runtime_runs_at_once_whatever_the_delay(slots: InferenceSlots) -> None:
     async def scenario() -> None:
-        batcher = await _started(Recorder(), executor, max_batch_size=64, max_delay_ms=30)
-        start = time.perf_counter()
-        await batcher.submit(images(1), timeout_s=5)
-        assert time.perf_counter() - start < 0.5
+        forward = Recorder()
+        # A delay of 60 s: were a lone request to wait for company, it would miss its 5 s deadline.
+        batcher = await _started(forward, slots, max_batch_size=64, max_delay_ms=60_000)
+        for i in range(3):  # one after another: each finds the runtime idle
+            result = await asyncio.wait_for(batcher.submit(images(1, value=i), within(5)), 5)
+            assert int(result[0, 0]) == i
+        assert forward.sizes == [1, 1, 1]
         await batcher.close()
 
     asyncio.run(scenario())
 
 
-def test_full_queue_is_refused_with_queue_full(executor: ThreadPoolExecutor) -> None:
+def test_arrivals_gather_into_the_next_batch_while_one_runs(slots: InferenceSlots) -> None:
     async def scenario() -> None:
         forward = Recorder()
         forward.gate.clear()  # hold the first batch inside the forward pass
-        batcher = await _started(forward, executor, max_batch_size=4, max_delay_ms=0, max_queue=8)
-        first = batcher.submit(images(4), timeout_s=5)
+        batcher = await _started(forward, slots, max_batch_size=4, max_delay_ms=0)
+        first = batcher.submit(images(1, value=0), within(10))
+        await until(lambda: forward.entered == [1], "the first request runs alone, at once")
+        later = [batcher.submit(images(1, value=i), within(10)) for i in range(1, 7)]
+        await asyncio.sleep(0.05)
+        assert forward.entered == [1]  # one slot: nothing else starts while it is busy
+        forward.gate.set()
+        results = await asyncio.gather(first, *later)
+        assert [int(r[0, 0]) for r in results] == list(range(7))
+        assert forward.sizes == [1, 4, 2]  # the six gathered, cut at the batch size
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_with_two_slots_a_gathering_batch_starts_when_full_or_after_the_delay() -> None:
+    async def scenario(slots: InferenceSlots) -> None:
+        forward = Recorder()
+        forward.gate.clear()
+        batcher = await _started(forward, slots, max_batch_size=4, max_delay_ms=60_000)
+        running = [batcher.submit(images(1), within(20))]
+        await until(lambda: forward.entered == [1], "the first request takes a slot at once")
+        running += [batcher.submit(images(1), within(20)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        assert forward.entered == [1]  # 3 of 4 gathered and the delay (60 s) not over: they wait
+        running.append(batcher.submit(images(1), within(20)))
+        await until(lambda: forward.entered == [1, 4], "a full batch takes the second slot")
+        forward.gate.set()
+        await asyncio.gather(*running)
+        await batcher.close()
+
+        forward = Recorder()
+        forward.gate.clear()
+        batcher = await _started(forward, slots, max_batch_size=64, max_delay_ms=20)
+        first = batcher.submit(images(1), within(20))
+        await until(lambda: forward.entered == [1], "the first request takes a slot at once")
+        second = batcher.submit(images(1), within(20))
+        await until(lambda: forward.entered == [1, 1], "after the delay, a partial batch takes the free slot")
+        forward.gate.set()
+        await asyncio.gather(first, second)
+        await batcher.close()
+
+    pool = InferenceSlots(2)
+    try:
+        asyncio.run(scenario(pool))
+    finally:
+        pool.shutdown()
+
+
+def test_full_queue_is_refused_with_queue_full(slots: InferenceSlots) -> None:
+    async def scenario() -> None:
+        forward = Recorder()
+        forward.gate.clear()  # hold the first batch inside the forward pass
+        batcher = await _started(forward, slots, max_batch_size=4, max_delay_ms=0, max_queue=8)
+        first = batcher.submit(images(4), within(5))
         await asyncio.sleep(0.05)  # the first batch is now in the forward pass
-        queued = [batcher.submit(images(4), timeout_s=5) for _ in range(2)]
+        queued = [batcher.submit(images(4), within(5)) for _ in range(2)]
         with pytest.raises(QueueFullError):
-            batcher.submit(images(1), timeout_s=5)
+            batcher.submit(images(1), within(5))
         with pytest.raises(QueueFullError):  # what a route asks before it decodes a request's images
             batcher.check_room(1)
         forward.gate.set()
@@ -93,14 +170,14 @@ def test_full_queue_is_refused_with_queue_full(executor: ThreadPoolExecutor) -> 
     asyncio.run(scenario())
 
 
-def test_requests_past_their_deadline_are_not_computed(executor: ThreadPoolExecutor) -> None:
+def test_requests_past_their_deadline_are_not_computed(slots: InferenceSlots) -> None:
     async def scenario() -> None:
         forward = Recorder()
         forward.gate.clear()
-        batcher = await _started(forward, executor, max_batch_size=1, max_delay_ms=0)
-        first = batcher.submit(images(1, 1), timeout_s=5)
+        batcher = await _started(forward, slots, max_batch_size=1, max_delay_ms=0)
+        first = batcher.submit(images(1, 1), within(5))
         await asyncio.sleep(0.05)
-        late = batcher.submit(images(1, 2), timeout_s=0.01)
+        late = batcher.submit(images(1, 2), within(0.01))
         await asyncio.sleep(0.05)
         forward.gate.set()
         await first
@@ -112,13 +189,13 @@ def test_requests_past_their_deadline_are_not_computed(executor: ThreadPoolExecu
     asyncio.run(scenario())
 
 
-def test_one_bad_item_fails_only_its_own_request(executor: ThreadPoolExecutor) -> None:
+def test_one_bad_item_fails_only_its_own_request(slots: InferenceSlots) -> None:
     async def scenario() -> None:
-        batcher = await _started(Recorder(), executor, max_batch_size=64, max_delay_ms=20)
-        good = [batcher.submit(images(1, value=i), timeout_s=5) for i in range(5)]
+        batcher = await _started(Recorder(), slots, max_batch_size=64, max_delay_ms=20)
+        good = [batcher.submit(images(1, value=i), within(5)) for i in range(5)]
         poison = images(1)
         poison[0, 0, 0] = 255
-        bad = batcher.submit(poison, timeout_s=5)
+        bad = batcher.submit(poison, within(5))
         results = await asyncio.gather(*good, bad, return_exceptions=True)
         assert [int(r[0, 0]) for r in results[:5]] == [0, 1, 2, 3, 4]  # type: ignore[index]
         assert isinstance(results[5], ValueError)
@@ -127,16 +204,16 @@ def test_one_bad_item_fails_only_its_own_request(executor: ThreadPoolExecutor) -
     asyncio.run(scenario())
 
 
-def test_close_answers_everything_queued_then_refuses(executor: ThreadPoolExecutor) -> None:
+def test_close_answers_everything_queued_then_refuses(slots: InferenceSlots) -> None:
     async def scenario() -> None:
         sizes: list[int] = []
-        batcher = await _started(Recorder(delay=0.01), executor, max_batch_size=2, max_delay_ms=0)
+        batcher = await _started(Recorder(delay=0.01), slots, max_batch_size=2, max_delay_ms=0)
         batcher.stats = BatchStats(on_batch=sizes.append)
-        futures = [batcher.submit(images(1, value=i), timeout_s=5) for i in range(7)]
+        futures = [batcher.submit(images(1, value=i), within(5)) for i in range(7)]
         await batcher.close()
         assert all(f.done() and not f.exception() for f in futures)
         assert sum(sizes) == 7
-        with pytest.raises(ShuttingDownError):
-            batcher.submit(images(1), timeout_s=5)
+        with pytest.raises(RetiredError):
+            batcher.submit(images(1), within(5))
 
     asyncio.run(scenario())

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -99,13 +100,12 @@ def test_a_full_queue_refuses_before_the_body_is_read(target: str) -> None:
         hold = threading.Event()
         async with running_app() as app:
             try:
-                app.state.manager.inference.submit(hold.wait)  # the forward thread is busy
+                app.state.manager.slots.executor.submit(hold.wait)  # the forward thread is busy
                 batcher = app.state.manager.current("cnn").batcher
-                futures = [batcher.submit(np.zeros((MAX_BATCH, 28, 28), np.uint8), timeout_s=30)]
+                deadline = time.monotonic() + 30
+                futures = [batcher.submit(np.zeros((MAX_BATCH, 28, 28), np.uint8), deadline)]
                 await asyncio.sleep(0.05)  # that batch has left the queue and waits for the forward thread
-                futures += [
-                    batcher.submit(np.zeros((MAX_QUEUE // 2, 28, 28), np.uint8), timeout_s=30) for _ in range(2)
-                ]
+                futures += [batcher.submit(np.zeros((MAX_QUEUE // 2, 28, 28), np.uint8), deadline) for _ in range(2)]
                 assert batcher.queued_images == MAX_QUEUE
 
                 status, headers, error, asked = await call(app, "POST", target, body=None)
@@ -114,8 +114,8 @@ def test_a_full_queue_refuses_before_the_body_is_read(target: str) -> None:
                 assert not asked, "the app waited for a body it was going to refuse"
 
                 # A pinned version is not judged on arrival: its body is read (and then it is refused
-                # too, since version 1 is the served version and its queue is full).
-                status, _, error, asked = await call(app, "POST", "/v1/models/cnn/predict?version=1", ONE_IMAGE)
+                # too, since version 2 is the served version and its queue is full).
+                status, _, error, asked = await call(app, "POST", "/v1/models/cnn/predict?version=2", ONE_IMAGE)
                 assert asked and status == 503 and error["code"] == "overloaded"
             finally:
                 hold.set()  # never leave the forward thread held, even when an assertion fails
@@ -123,7 +123,7 @@ def test_a_full_queue_refuses_before_the_body_is_read(target: str) -> None:
             results = await asyncio.gather(*futures)
             assert [r.shape for r in results] == [(MAX_BATCH, 10), (MAX_QUEUE // 2, 10), (MAX_QUEUE // 2, 10)]
             status, _, answer, _ = await call(app, "POST", "/v1/models/cnn/predict", ONE_IMAGE)
-            assert status == 200 and answer["version"] == 1, answer
+            assert status == 200 and answer["version"] == 2, answer
 
     asyncio.run(scenario())
 
@@ -133,6 +133,6 @@ def test_room_in_the_queue_reads_the_body_as_usual() -> None:
         async with running_app() as app:
             status, _, answer, asked = await call(app, "POST", "/v1/models/cnn/predict", ONE_IMAGE)
             assert asked and status == 200
-            assert answer["version"] == 1 and answer["predictions"][0]["label"] == 7  # MNIST test image 0
+            assert answer["version"] == 2 and answer["predictions"][0]["label"] == 7  # MNIST test image 0
 
     asyncio.run(scenario())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from digitserve.gate import resolve_threshold, threshold_env_var
+from digitserve.config import gate_threshold_variable
+from digitserve.gate import resolve_threshold
 from digitserve.registry import RegistryError
 
 
@@ -20,7 +21,7 @@ def test_defaults_by_architecture() -> None:
 
 
 def test_environment_overrides_default_and_flag_overrides_both(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert threshold_env_var("my-vit") == "DIGITSERVE_GATE_THRESHOLD_MY_VIT"
+    assert gate_threshold_variable("my-vit") == "DIGITSERVE_GATE_THRESHOLD_MY_VIT"
     monkeypatch.setenv("DIGITSERVE_GATE_THRESHOLD_MY_VIT", "0.98")
     assert resolve_threshold("my-vit", "vit", None) == (0.98, "DIGITSERVE_GATE_THRESHOLD_MY_VIT")
     assert resolve_threshold("my-vit", "vit", 0.5) == (0.5, "--threshold")

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.registries import publish_network
 
-from digitserve.models import UnknownArchitectureError, config_dict, create_model, make_config
+from digitserve.models import UnknownArchitectureError, create_model, make_config
+from digitserve.models.checkpoint import load_network, predict_logits
 from digitserve.models.cnn import CNNConfig
 from digitserve.models.vit import ViTConfig
 from digitserve.registry import ModelRegistry
+from digitserve.runtime import OnnxModel, RuntimeOptions
 
 
 @pytest.mark.parametrize("arch", ["cnn", "vit"])
@@ -49,9 +52,14 @@ def test_rebuilt_from_manifest_gives_bit_identical_outputs(tmp_path: Path, arch:
             module.running_mean.uniform_(-1, 1)
             module.running_var.uniform_(0.5, 2)
     registry = ModelRegistry.open(str(tmp_path))
-    version = registry.publish("m", arch, config_dict(model), model.state_dict(), metadata={})
-    manifest, rebuilt = registry.load_model("m", version)
-    assert manifest["architecture"] == arch
+    version = publish_network(registry, "m", model)
+    manifest, rebuilt = load_network(registry, "m", version)
+    assert manifest.architecture == arch
     x = torch.randn(16, 1, 28, 28)
     with torch.inference_mode():
         assert torch.equal(model(x), rebuilt(x))
+    # The version's ONNX artifact (what serves) takes uint8 pixels and agrees with the rebuilt network.
+    _, graph = registry.read_artifact("m", version, "onnx")
+    pixels = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8).numpy()
+    served = OnnxModel(graph, RuntimeOptions(intra_op_threads=1)).logits(pixels)
+    torch.testing.assert_close(torch.from_numpy(served), predict_logits(rebuilt, pixels), atol=1e-3, rtol=0)

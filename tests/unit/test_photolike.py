@@ -7,8 +7,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-
-from digitserve.photolike import CANVAS_STYLES, make_canvas, make_photo, make_photo_set
+from support.photolike import CANVAS_STYLES, make_canvas, make_photo, make_photo_set
 
 
 def digit() -> np.ndarray:

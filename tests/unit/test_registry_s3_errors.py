@@ -21,7 +21,7 @@ from digitserve.registry import (
     StoreUnavailableError,
     open_store,
 )
-from digitserve.registry.s3 import S3Store
+from digitserve.storage.s3 import S3Store
 
 
 @pytest.fixture

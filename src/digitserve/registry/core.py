@@ -207,7 +207,7 @@ class ModelRegistry:
         current = expected if expected is not None else self.get_alias(model, alias)
         at = now_iso()
         doc = {"version": int(version), "previous": current.version if current else None, "updated_at": at,
-               "reason": reason}  # fmt: skip
+               "reason": reason}
         key = f"{model}/aliases/{check_model_name(alias)}.json"
         try:
             etag = self.store.replace(key, dumps(doc), current.etag if current else None)
@@ -216,7 +216,7 @@ class ModelRegistry:
                 f"alias {model}/{alias} was moved by someone else since it was read; nothing changed"
             ) from None
         event = {"action": action, "model": model, "alias": alias, "from": doc["previous"], "to": int(version),
-                 "actor": actor(), "at": at, "reason": reason, "gate": dict(gate) if gate else None}  # fmt: skip
+                 "actor": actor(), "at": at, "reason": reason, "gate": dict(gate) if gate else None}
         stamp = at.replace(":", "").replace("-", "")
         self.store.create(f"{model}/events/{stamp}-{uuid.uuid4().hex[:8]}.json", dumps(event))
         return AliasState.parse(dumps(doc), etag)

@@ -216,7 +216,7 @@ class AliasState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "previous": self.previous, "updated_at": self.updated_at,
-                "reason": self.reason}  # fmt: skip
+                "reason": self.reason}
 
     @classmethod
     def parse(cls, data: bytes, etag: str, what: str = "the alias") -> AliasState:

@@ -82,8 +82,9 @@ def _fetch(registry: ModelRegistry, model: str, version: int) -> tuple[Manifest,
         raise LoadError("fetch", str(exc)) from exc
 
 
-def load_servable(registry: ModelRegistry, model: str, version: int, options: RuntimeOptions,
-                  warmup_batch: int = 64) -> Servable:  # fmt: skip
+def load_servable(
+    registry: ModelRegistry, model: str, version: int, options: RuntimeOptions, warmup_batch: int = 64
+) -> Servable:
     """Fetch, verify (sha256), build, warm up and golden-check a version. Runs in a thread."""
     manifest, graph = _fetch(registry, model, version)
     try:

@@ -15,6 +15,7 @@ its own request. One batcher serves one model version, so a batch never mixes ve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -179,10 +180,8 @@ class DynamicBatcher:
             if budget is None:
                 await self._wakeup.wait()
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), budget)
-            except TimeoutError:
-                pass
 
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []

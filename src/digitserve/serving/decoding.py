@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from digitserve.config import Settings
-from digitserve.imaging import ImageError, header_pixels
+from digitserve.imaging import ImageError, check_size, header_size
 from digitserve.preprocess import prepare
 from digitserve.serving.batching import DeadlineExceededError
 from digitserve.serving.errors import InvalidInputError, OverloadedError, PayloadTooLargeError
@@ -78,7 +78,7 @@ class ImageDecoder:
 
     async def prepare(self, blobs: Sequence[bytes], names: Sequence[str], deadline: float) -> np.ndarray:
         """Decode and MNIST-normalise every image: (n, 28, 28) uint8, or an error naming the bad one."""
-        pixels = sum(header_pixels(b) for b in blobs)
+        pixels = self._pixels(blobs, names)
         limit = self.settings.max_request_pixels
         if pixels > limit:
             raise PayloadTooLargeError(
@@ -96,6 +96,19 @@ class ImageDecoder:
             return await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise DeadlineExceededError("the images could not be decoded before the deadline") from None
+
+    def _pixels(self, blobs: Sequence[bytes], names: Sequence[str]) -> int:
+        """The pixels decoding will produce, from the headers; an image over the per-image limit is refused here."""
+        total = 0
+        for blob, name in zip(blobs, names, strict=True):
+            width, height = header_size(blob)
+            if width * height > self.settings.max_image_pixels:
+                try:
+                    check_size(width, height, self.settings.max_image_pixels)
+                except ImageError as exc:
+                    raise type(exc)(f"{name}: {exc}") from None
+            total += width * height
+        return total
 
     def _decoded(self, work: asyncio.Future[np.ndarray], pixels: int) -> None:
         self.backlog_pixels -= pixels

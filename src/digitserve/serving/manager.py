@@ -135,7 +135,13 @@ class ModelManager:
     async def _load(self, model: str, version: int) -> LoadedVersion:
         loop = asyncio.get_running_loop()
         servable = await loop.run_in_executor(
-            self.loader, load_servable, self.registry, model, version, self.runtime_options, self.settings.max_batch_size
+            self.loader,
+            load_servable,
+            self.registry,
+            model,
+            version,
+            self.runtime_options,
+            self.settings.max_batch_size,
         )
         batcher = DynamicBatcher(
             servable.probabilities,

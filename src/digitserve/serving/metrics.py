@@ -35,36 +35,49 @@ class ServiceMetrics:
         self._served: dict[tuple[str, str], int] = {}
         r = self.collectors
         self.requests = Counter(
-            "digitserve_requests", "HTTP requests by route, method and status", ["route", "method", "status"],
+            "digitserve_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
             registry=r,
-        )  # fmt: skip
+        )
         self.latency = Histogram(
             "digitserve_request_latency_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.images = Counter("digitserve_images", "images predicted", ["model", "version"], registry=r)
         self.queue_depth = Gauge(
-            "digitserve_queue_depth", "images waiting for a forward pass", ["model", "version"], registry=r,
+            "digitserve_queue_depth",
+            "images waiting for a forward pass",
+            ["model", "version"],
+            registry=r,
             multiprocess_mode="livesum",
-        )  # fmt: skip
+        )
         self.batch_size = Histogram(
             "digitserve_batch_size", "images per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
         self.model_version = Gauge(
-            "digitserve_model_version_info", "1 for the version an alias serves (in any worker)",
-            ["model", "version", "alias"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
+            "digitserve_model_version_info",
+            "1 for the version an alias serves (in any worker)",
+            ["model", "version", "alias"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.reload_failures = Counter(
             "digitserve_model_reload_failures", "versions refused on load", ["model", "step"], registry=r
         )
         self.reload_error = Gauge(
-            "digitserve_model_reload_error", "1 while the last reload attempt failed", ["model"], registry=r,
+            "digitserve_model_reload_error",
+            "1 while the last reload attempt failed",
+            ["model"],
+            registry=r,
             multiprocess_mode="livemax",
-        )  # fmt: skip
+        )
         self.swaps = Counter("digitserve_model_swaps", "hot-swaps to a new version", ["model"], registry=r)
         self.registry_up = Gauge(
-            "digitserve_registry_reachable", "1 if the last registry poll worked", registry=r,
+            "digitserve_registry_reachable",
+            "1 if the last registry poll worked",
+            registry=r,
             multiprocess_mode="livemin",
-        )  # fmt: skip
+        )
 
     def render(self) -> bytes:
         if not self.shared:

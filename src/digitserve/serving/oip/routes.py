@@ -165,7 +165,9 @@ async def model_metadata(model: str, manager: ManagerDep, catalog: CatalogDep) -
     responses=UNKNOWN,
     summary="Model version metadata",
 )
-async def model_version_metadata(model: str, version: VersionPath, manager: ManagerDep, catalog: CatalogDep) -> dict[str, Any]:
+async def model_version_metadata(
+    model: str, version: VersionPath, manager: ManagerDep, catalog: CatalogDep
+) -> dict[str, Any]:
     return metadata(model, [await check_version(catalog, manager, model, version)])
 
 

@@ -12,8 +12,8 @@ import struct
 import numpy as np
 
 from digitserve.config import Settings
-from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError
 from digitserve.serving.decoding import check_count, decode_base64
+from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError
 from digitserve.serving.oip.schemas import IMAGES, PIXEL_DATATYPES, PIXELS, RequestInput
 
 PIXEL_SHAPES = ([28, 28], [1, 28, 28], [784])  # after the batch dimension

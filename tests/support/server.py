@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,15 +23,11 @@ from typing import Any
 
 import httpx
 
+from support.net import free_port
+
 READY_TIMEOUT_S = 180.0  # loading and golden-checking both models on a busy 2-core machine
 STOP_TIMEOUT_S = 40.0  # the server's drain grace plus uvicorn's graceful shutdown
 DIGITSERVE = Path(sys.executable).with_name("digitserve")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _log_tail(log_path: Path, chars: int = 3000) -> str:
@@ -43,7 +38,12 @@ def _log_tail(log_path: Path, chars: int = 3000) -> str:
 
 
 def wait_until_ready(
-    process: subprocess.Popen[bytes], base_url: str, log_path: Path, timeout_s: float, path: str = "/readyz"
+    process: subprocess.Popen[bytes],
+    base_url: str,
+    log_path: Path,
+    timeout_s: float,
+    path: str = "/readyz",
+    poll_s: float = 0.2,
 ) -> None:
     """Poll `path` (/readyz) until it answers 200; raise with the server's log if it exits or times out."""
     deadline = time.monotonic() + timeout_s
@@ -56,8 +56,37 @@ def wait_until_ready(
                     return
         except (urllib.error.URLError, OSError):
             pass  # not listening yet, or 503 while the models load
-        time.sleep(0.2)
+        time.sleep(poll_s)
     raise RuntimeError(f"digitserve at {base_url} was not ready within {timeout_s:.0f}s:\n{_log_tail(log_path)}")
+
+
+def spawn(
+    cmd: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    log_path: Path | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    wait_path: str = "/readyz",
+    poll_s: float = 0.2,
+) -> tuple[subprocess.Popen[bytes], str, float]:
+    """Start any server command on a free loopback port (`cmd` gets `--port N`); returns the process,
+    its base URL and the seconds from spawn to `wait_path` answering 200. The one way the tests and
+    the benchmark start a server."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    if log_path is None:
+        log_path = Path(tempfile.mkstemp(prefix="digitserve-", suffix=".log")[1])
+    with open(log_path, "ab") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [*cmd, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    try:
+        wait_until_ready(process, base_url, log_path, ready_timeout_s, wait_path, poll_s)
+    except BaseException:
+        stop_server(process)
+        raise
+    return process, base_url, time.perf_counter() - started
 
 
 def start_server(
@@ -76,19 +105,9 @@ def start_server(
     server's output goes to `log_path` (a temporary file by default) and is quoted in the
     error if it never gets ready.
     """
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    if log_path is None:
-        log_path = Path(tempfile.mkstemp(prefix="digitserve-", suffix=".log")[1])
     bind = ["--host", host] if host is not None else []
-    cmd = [str(DIGITSERVE), "serve", *bind, "--port", str(port), *extra_args]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    try:
-        wait_until_ready(process, base_url, log_path, ready_timeout_s, wait_path)
-    except BaseException:
-        stop_server(process)
-        raise
+    cmd = [str(DIGITSERVE), "serve", *bind, *extra_args]
+    process, base_url, _ = spawn(cmd, env, log_path=log_path, ready_timeout_s=ready_timeout_s, wait_path=wait_path)
     return process, base_url
 
 
