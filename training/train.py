@@ -22,12 +22,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from augment import AugmentedDigits
 from provenance import git_commit, hardware
 from reports import confusion_matrix_png, curves_png, misclassified_png
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.transforms import v2
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from digitserve.cli import run_reporting_errors
@@ -95,24 +95,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     settings = {**RECIPES[args["arch"]], **(SMOKE if args["smoke"] else {})}
     settings.update({f.name: args[f.name] for f in fields(TrainConfig) if args.get(f.name) is not None})
     return TrainConfig(**settings)
-
-
-class AugmentedDigits(Dataset):
-    """uint8 digits with torchvision v2 augmentation: small rotations, shifts and scaling."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool) -> None:
-        self.images = torch.from_numpy(images).unsqueeze(1)  # (N, 1, 28, 28) uint8
-        self.labels = torch.from_numpy(labels)
-        self.transform = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)) if augment else None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[i]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.labels[i]
 
 
 def setup_distributed() -> tuple[int, int]:
@@ -299,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     version = publish(registry, cfg, model, train_set, test, metrics, report, world)
     name = cfg.name or cfg.arch
     print(
-        f"published {name} v{version} to {registry.uri}: test accuracy {metrics['accuracy']:.4f} in {train_seconds:.0f}s of training"
+        f"published {name} v{version} to {registry.uri}: test accuracy {metrics['accuracy']:.4f} "
+        f"in {train_seconds:.0f}s of training"
     )
     print(json.dumps({"model": name, "version": version, "accuracy": metrics["accuracy"]}), flush=True)
     if world > 1:
