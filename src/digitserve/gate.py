@@ -10,7 +10,7 @@ than `AGREEMENT_ATOL` in any logit. `--force --reason` bypasses it, and the even
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -156,23 +156,16 @@ def measure(registry: ModelRegistry, model: str, version: int) -> Measurement:
     )
 
 
+@dataclass
 class PromotionGate:
     """Judges candidates for one alias against the version it held when the gate was opened."""
 
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        model: str,
-        alias: str,
-        current: AliasState | None,
-        threshold: float | None = None,
-    ) -> None:
-        self.registry = registry
-        self.model = model
-        self.alias = alias
-        self.current_state = current
-        self.threshold_override = threshold
-        self._current: Measurement | None = None
+    registry: ModelRegistry
+    model: str
+    alias: str
+    current_state: AliasState | None
+    threshold_override: float | None = None
+    _current: Measurement | None = field(default=None, init=False)
 
     def current_measurement(self) -> Measurement | None:
         """The alias's present version, measured once however many candidates are judged."""

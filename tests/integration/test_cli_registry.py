@@ -8,14 +8,11 @@ re-measurement can be checked to the last image without any training.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support.cli import digitserve, error_line, succeeded
 from support.registries import publish_network, train_smoke
 from torch import nn
 
@@ -69,25 +66,6 @@ def measured(version: int, label: int, artifact: str = "onnx") -> dict[str, obje
         "onnx_torch_label_disagreements": 0,
         "onnx_torch_max_logit_difference": 0.0,
     }
-
-
-def digitserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    script = Path(sys.executable).with_name("digitserve")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "digitserve.cli"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
-
-
-def error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The failure's stderr, which must be exactly one line starting with 'error: '."""
-    assert result.returncode != 0, result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
-def succeeded(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.fixture

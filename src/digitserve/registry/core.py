@@ -171,10 +171,8 @@ class ModelRegistry:
             data, etag = self.store.read(f"{check_model_name(model)}/aliases/{check_model_name(alias)}.json")
         except NotFoundError:
             return None
-        try:
-            return AliasState.parse(data, etag, f"alias {model}/{alias}")
-        except ManifestError as exc:  # hand-edited or damaged: say so, do not crash
-            raise ManifestError(f"alias {model}/{alias} is unreadable: {exc}") from None
+        # hand-edited or damaged: a ManifestError that says so, never a crash
+        return AliasState.parse(data, etag, f"alias {model}/{alias} is unreadable:")
 
     def resolve_alias(self, model: str, alias: str) -> int:
         state = self.get_alias(model, alias)

@@ -219,10 +219,10 @@ class AliasState:
                 "reason": self.reason}
 
     @classmethod
-    def parse(cls, data: bytes, etag: str, what: str = "the alias") -> AliasState:
+    def parse(cls, data: bytes, etag: str, what: str = "the alias:") -> AliasState:
         doc = loads_object(data, what)
-        version = check_version(doc.get("version"), f"{what}: 'version'")
+        version = check_version(doc.get("version"), f"{what} 'version'")
         previous = doc.get("previous")
         if previous is not None:
-            previous = check_version(previous, f"{what}: 'previous'")
+            previous = check_version(previous, f"{what} 'previous'")
         return cls(version, previous, str(doc.get("updated_at", ""))[:64], str(doc.get("reason", ""))[:1000], etag)

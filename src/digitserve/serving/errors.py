@@ -37,41 +37,59 @@ class ServiceError(Exception):
 
 
 class InvalidInputError(ServiceError):
+    """The request is well formed but its content cannot be used (bad base64, wrong shape, ...)."""
+
     status_code, code = 422, "invalid_input"
 
 
 class PayloadTooLargeError(ServiceError):
+    """Too many images, bytes or pixels: split the request or send smaller images."""
+
     status_code, code = 413, "payload_too_large"
 
 
 class UnsupportedMediaTypeError(ServiceError):
+    """A body or file type the endpoint does not take."""
+
     status_code, code = 415, "unsupported_media_type"
 
 
 class UnknownModelError(ServiceError):
+    """The server does not serve a model of that name."""
+
     status_code, code = 404, "unknown_model"
 
 
 class UnknownVersionError(ServiceError):
+    """The registry has no such version or alias of the model."""
+
     status_code, code = 404, "unknown_version"
 
 
 class UnauthorizedError(ServiceError):
+    """An admin route without the right bearer token."""
+
     status_code, code = 401, "unauthorized"
     headers = {"WWW-Authenticate": "Bearer"}
 
 
 class OverloadedError(ServiceError):
+    """Too much work in progress right now; retry after a second."""
+
     status_code, code = 503, "overloaded"
     headers = {"Retry-After": "1"}
 
 
 class ShuttingDownError(ServiceError):
+    """The server received SIGTERM: retry on another replica (the connection is closed)."""
+
     status_code, code = 503, "shutting_down"
     headers = {"Retry-After": "1", "Connection": "close"}
 
 
 class ModelNotReadyError(ServiceError):
+    """No verified version of the model is loaded yet, or the registry cannot be read."""
+
     status_code, code = 503, "model_not_ready"
     headers = {"Retry-After": "5"}
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from digitserve.storage.base import (
+from digitserve.storage.base import Store
+from digitserve.storage.errors import (
     AlreadyExistsError,
     ConflictError,
     NotFoundError,
     RegistryError,
-    Store,
     StoreUnavailableError,
 )
 from digitserve.storage.local import LocalStore

@@ -5,8 +5,6 @@ a version is created by creating its manifest) and `replace` (compare-and-swap o
 an alias moves only if nobody moved it since it was read). A local folder implements them
 with hard links and a file lock (`local.py`); S3 with `If-None-Match: *` and `If-Match` (`s3.py`).
 
-The errors here are the base of every registry failure: the registry layer raises the same
-types, so callers catch one family.
 """
 
 from __future__ import annotations
@@ -15,25 +13,7 @@ import builtins
 import hashlib
 from abc import ABC, abstractmethod
 
-
-class RegistryError(RuntimeError):
-    """Base class of every registry failure; messages are one line a person can act on."""
-
-
-class NotFoundError(RegistryError):
-    pass
-
-
-class AlreadyExistsError(RegistryError):
-    pass
-
-
-class ConflictError(RegistryError):
-    """A compare-and-swap lost: somebody else changed the key since it was read."""
-
-
-class StoreUnavailableError(RegistryError):
-    """The store could not be reached or refused access (network, credentials, bucket)."""
+from digitserve.storage.errors import NotFoundError
 
 
 class Store(ABC):

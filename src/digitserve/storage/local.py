@@ -10,15 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from digitserve.storage.base import (
-    AlreadyExistsError,
-    ConflictError,
-    NotFoundError,
-    RegistryError,
-    Store,
-    StoreUnavailableError,
-    content_etag,
-)
+from digitserve.storage import errors
+from digitserve.storage.base import Store, content_etag
 
 
 class LocalStore(Store):
@@ -26,7 +19,7 @@ class LocalStore(Store):
 
     A publisher may start from a folder that does not exist yet (it is created on the first
     write). A server opens the store with `must_exist`: then a missing root folder is the
-    registry being unreachable (StoreUnavailableError), as a missing bucket is on S3, not an
+    registry being unreachable (errors.StoreUnavailableError), as a missing bucket is on S3, not an
     empty registry. A folder the process may not read is unreachable either way.
     """
 
@@ -37,12 +30,12 @@ class LocalStore(Store):
 
     def _check_root(self) -> None:
         if self.must_exist and not self.root.is_dir():
-            raise StoreUnavailableError(f"registry folder {self.uri} does not exist or is not a folder")
+            raise errors.StoreUnavailableError(f"registry folder {self.uri} does not exist or is not a folder")
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if self.root != path and self.root not in path.parents:
-            raise RegistryError(f"key {key!r} escapes the registry root")
+            raise errors.RegistryError(f"key {key!r} escapes the registry root")
         return path
 
     def read(self, key: str) -> tuple[bytes, str]:
@@ -50,9 +43,9 @@ class LocalStore(Store):
             data = self._path(key).read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             self._check_root()
-            raise NotFoundError(f"{key} not found in {self.uri}") from None
+            raise errors.NotFoundError(f"{key} not found in {self.uri}") from None
         except PermissionError as exc:
-            raise StoreUnavailableError(f"cannot read {key} in {self.uri}: {exc.strerror}") from None
+            raise errors.StoreUnavailableError(f"cannot read {key} in {self.uri}: {exc.strerror}") from None
         return data, content_etag(data)
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
@@ -70,7 +63,7 @@ class LocalStore(Store):
         try:
             os.link(tmp, path)  # atomic, and fails if the name exists
         except FileExistsError:
-            raise AlreadyExistsError(f"{key} already exists in {self.uri}") from None
+            raise errors.AlreadyExistsError(f"{key} already exists in {self.uri}") from None
         finally:
             tmp.unlink()
         return content_etag(data)
@@ -93,7 +86,7 @@ class LocalStore(Store):
             except FileNotFoundError:
                 current = None
             if current != etag:
-                raise ConflictError(f"{key} was changed by someone else since it was read; re-read and retry")
+                raise errors.ConflictError(f"{key} was changed by someone else since it was read; re-read and retry")
             os.replace(self._write_temp(path, data), path)
         return content_etag(data)
 
@@ -109,7 +102,7 @@ class LocalStore(Store):
         try:
             keys = [p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file()]
         except PermissionError as exc:
-            raise StoreUnavailableError(f"cannot list {prefix} in {self.uri}: {exc.strerror}") from None
+            raise errors.StoreUnavailableError(f"cannot list {prefix} in {self.uri}: {exc.strerror}") from None
         return sorted(k for k in keys if not Path(k).name.startswith("."))
 
     def children(self, prefix: str) -> builtins.list[str]:
@@ -120,4 +113,4 @@ class LocalStore(Store):
         try:
             return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
         except PermissionError as exc:
-            raise StoreUnavailableError(f"cannot list {prefix} in {self.uri}: {exc.strerror}") from None
+            raise errors.StoreUnavailableError(f"cannot list {prefix} in {self.uri}: {exc.strerror}") from None

@@ -2,8 +2,8 @@
 
 The endpoint comes from the standard `AWS_ENDPOINT_URL` and credentials from the usual boto3
 chain (environment, profile, instance role); boto3 reads both itself. Failures become the typed
-exceptions of `store.py` with one line a person can act on: a missing bucket, refused
-credentials and an unreachable endpoint are `StoreUnavailableError`, never a traceback.
+exceptions of `errors.py` with one line a person can act on: a missing bucket, refused
+credentials and an unreachable endpoint are `errors.StoreUnavailableError`, never a traceback.
 """
 
 from __future__ import annotations
@@ -25,14 +25,8 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from digitserve.storage.base import (
-    AlreadyExistsError,
-    ConflictError,
-    NotFoundError,
-    RegistryError,
-    Store,
-    StoreUnavailableError,
-)
+from digitserve.storage import errors
+from digitserve.storage.base import Store
 
 # Bounded retries with jittered backoff for throttling and transient errors (5xx, dropped
 # connections); short timeouts so an unreachable endpoint fails in seconds, not minutes.
@@ -62,7 +56,7 @@ class S3Store(Store):
 
     def __init__(self, bucket: str, prefix: str = "", *, client: Any | None = None, page_size: int = 1000) -> None:
         if not bucket:
-            raise RegistryError("an S3 registry URI needs a bucket: s3://bucket/prefix")
+            raise errors.RegistryError("an S3 registry URI needs a bucket: s3://bucket/prefix")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -74,7 +68,7 @@ class S3Store(Store):
 
     def _key(self, key: str) -> str:
         if key.startswith("/") or ".." in key.split("/"):
-            raise RegistryError(f"key {key!r} escapes the registry root")
+            raise errors.RegistryError(f"key {key!r} escapes the registry root")
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _relative(self, full_key: str) -> str:
@@ -85,8 +79,8 @@ class S3Store(Store):
         self,
         key: str,
         *,
-        precondition: type[RegistryError] = ConflictError,
-        missing: type[RegistryError] = NotFoundError,
+        precondition: type[errors.RegistryError] = errors.ConflictError,
+        missing: type[errors.RegistryError] = errors.NotFoundError,
     ) -> Iterator[None]:
         """Turn botocore failures into the store's typed exceptions, with one clear line."""
         try:
@@ -95,47 +89,47 @@ class S3Store(Store):
             raise self._client_error(exc, key, precondition, missing) from exc
         except (BotoConnectionError, HTTPClientError) as exc:
             endpoint = self.client.meta.endpoint_url
-            raise StoreUnavailableError(
+            raise errors.StoreUnavailableError(
                 f"cannot reach S3 endpoint {endpoint} for {self.uri}: {type(exc).__name__} "
                 "(check AWS_ENDPOINT_URL and the network)"
             ) from exc
         except NoCredentialsError as exc:
-            raise StoreUnavailableError(
+            raise errors.StoreUnavailableError(
                 f"no AWS credentials for {self.uri}: set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or use an instance role"
             ) from exc
         except BotoCoreError as exc:
-            raise StoreUnavailableError(f"S3 request for {self.uri}/{key} failed: {exc}") from exc
+            raise errors.StoreUnavailableError(f"S3 request for {self.uri}/{key} failed: {exc}") from exc
 
     def _client_error(
         self,
         exc: ClientError,
         key: str,
-        precondition: type[RegistryError],
-        missing: type[RegistryError],
-    ) -> RegistryError:
+        precondition: type[errors.RegistryError],
+        missing: type[errors.RegistryError],
+    ) -> errors.RegistryError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         where = f"s3://{self.bucket}/{self._key(key)}"
         if code == "NoSuchBucket":
-            return StoreUnavailableError(f"bucket {self.bucket!r} does not exist (registry {self.uri})")
+            return errors.StoreUnavailableError(f"bucket {self.bucket!r} does not exist (registry {self.uri})")
         if code in ACCESS_DENIED_CODES:
-            return StoreUnavailableError(
+            return errors.StoreUnavailableError(
                 f"access denied to {where} ({code}): check the AWS credentials and the bucket policy"
             )
         if code in MISSING_KEY_CODES or status == 404:
             return missing(f"{key} not found in {self.uri}")
         if code == "PreconditionFailed" or status == 412:
-            if precondition is AlreadyExistsError:
-                return AlreadyExistsError(f"{key} already exists in {self.uri}")
+            if precondition is errors.AlreadyExistsError:
+                return errors.AlreadyExistsError(f"{key} already exists in {self.uri}")
             return precondition(f"{key} was changed by someone else since it was read; re-read and retry")
         if code == "ConditionalRequestConflict" or status == 409:
-            if precondition is AlreadyExistsError:  # a concurrent create of the same key: it is taken
-                return AlreadyExistsError(f"{key} is being created by someone else; use another key")
-            return ConflictError(f"{key} is being written by someone else at the same time; re-read and retry")
+            if precondition is errors.AlreadyExistsError:  # a concurrent create of the same key: it is taken
+                return errors.AlreadyExistsError(f"{key} is being created by someone else; use another key")
+            return errors.ConflictError(f"{key} is being written by someone else at the same time; re-read and retry")
         message = error.get("Message", "")
-        return StoreUnavailableError(f"S3 refused the request for {where}: {code or status} {message}".strip())
+        return errors.StoreUnavailableError(f"S3 refused the request for {where}: {code or status} {message}".strip())
 
     # --- the Store operations ---------------------------------------------------------------
 
@@ -149,18 +143,18 @@ class S3Store(Store):
         try:
             with self._errors(key):
                 self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except NotFoundError:
+        except errors.NotFoundError:
             return False
         return True
 
     def create(self, key: str, data: bytes) -> str:
-        with self._errors(key, precondition=AlreadyExistsError):
+        with self._errors(key, precondition=errors.AlreadyExistsError):
             response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
             return str(response["ETag"])
 
     def replace(self, key: str, data: bytes, etag: str | None) -> str:
         # A 404 on If-Match means the key was deleted since it was read: also a lost race.
-        with self._errors(key, precondition=ConflictError, missing=ConflictError):
+        with self._errors(key, precondition=errors.ConflictError, missing=errors.ConflictError):
             if etag is None:
                 response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
             else:

@@ -189,28 +189,22 @@ async def infer_with(
     return render_response(decoded, result)
 
 
-@router.post(
-    "/models/{model}/infer",
-    response_model=InferResponse,
-    openapi_extra=INFER_BODY,
-    responses=ERROR_RESPONSES,
-    dependencies=[Depends(accepting)],
-    summary="Infer with the version the alias serves",
-)
+INFER_ROUTE: dict[str, Any] = {
+    "response_model": InferResponse,
+    "openapi_extra": INFER_BODY,
+    "responses": ERROR_RESPONSES,
+    "dependencies": [Depends(accepting)],
+}
+
+
+@router.post("/models/{model}/infer", summary="Infer with the version the alias serves", **INFER_ROUTE)
 async def infer(model: str, request: Request, pipeline: PipelineDep, deadline: DeadlineDep) -> Response:
     """Classify digits. Send one input, `pixels` or `images` (see the model metadata); outputs are
     `probabilities` (FP32 `[N, 10]`) and `label` (INT64 `[N]`), JSON or binary as asked."""
     return await infer_with(request, pipeline, model, Selector(), deadline)
 
 
-@router.post(
-    "/models/{model}/versions/{version}/infer",
-    response_model=InferResponse,
-    openapi_extra=INFER_BODY,
-    responses=ERROR_RESPONSES,
-    dependencies=[Depends(accepting)],
-    summary="Infer with a pinned registry version",
-)
+@router.post("/models/{model}/versions/{version}/infer", summary="Infer with a pinned registry version", **INFER_ROUTE)
 async def infer_version(
     model: str, version: VersionPath, request: Request, pipeline: PipelineDep, deadline: DeadlineDep
 ) -> Response:

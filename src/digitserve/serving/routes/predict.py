@@ -29,6 +29,14 @@ AliasQuery = Annotated[
 TopKQuery = Annotated[int, Query(ge=1, le=10, description="how many top classes to return")]
 
 
+async def selector(version: VersionQuery = None, alias: AliasQuery = None) -> Selector:
+    """Which version answers: `?version=` pins one, `?alias=` follows another alias (not both)."""
+    return Selector(version, alias)
+
+
+SelectorDep = Annotated[Selector, Depends(selector)]
+
+
 def _png_b64(image: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
@@ -61,15 +69,9 @@ def render_predictions(result: PredictionResult, top_k: int, return_input: bool)
 
 @router.post("/{model}/predict", response_model=PredictResponse, summary="Predict digits (JSON, base64)")
 async def predict_json(
-    model: str,
-    body: PredictRequest,
-    pipeline: PipelineDep,
-    deadline: DeadlineDep,
-    version: VersionQuery = None,
-    alias: AliasQuery = None,
+    model: str, body: PredictRequest, pipeline: PipelineDep, deadline: DeadlineDep, selector: SelectorDep
 ) -> JSONResponse:
     """Classify one or more base64-encoded images. The answer names the version that computed it."""
-    selector = Selector(version, alias)
     pipeline.admit(model, len(body.images), selector)
     max_bytes = pipeline.settings.max_image_bytes
     blobs = [decode_base64(s, i, max_bytes) for i, s in enumerate(body.images)]
@@ -129,13 +131,11 @@ async def predict_upload(
     request: Request,
     pipeline: PipelineDep,
     deadline: DeadlineDep,
-    version: VersionQuery = None,
-    alias: AliasQuery = None,
+    selector: SelectorDep,
     top_k: TopKQuery = 3,
     return_input: bool = False,
 ) -> JSONResponse:
     """Classify uploaded image files (form field `files`, repeatable)."""
-    selector = Selector(version, alias)
     pipeline.manager.state(model)  # unknown model: 404 before reading the body
     blobs, names = await _read_uploads(request, pipeline.settings)
     pipeline.admit(model, len(blobs), selector, "files")

@@ -1,0 +1,120 @@
+"""The shape of the package (docs/architecture.md): layers that point one way, no import circles,
+no torch where it is not needed."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+PACKAGE = SRC / "digitserve"
+
+# A module may import from its own layer and the layers listed for it; never from a higher one.
+LAYERS: dict[str, set[str]] = {
+    "config": set(),
+    "storage": {"config"},
+    "registry": {"config", "storage"},
+    "imaging": set(),
+    "ink": {"imaging"},
+    "preprocess": {"imaging", "ink"},
+    "data": {"config"},
+    "runtime": {"config", "storage", "registry"},
+    "models": {"config", "storage", "registry", "runtime", "preprocess", "imaging", "ink", "data"},
+    "evaluation": {"config", "storage", "registry", "runtime", "data"},
+    "gate": {"config", "storage", "registry", "runtime", "data", "evaluation", "models"},
+    "serving": {"config", "storage", "registry", "runtime", "preprocess", "imaging", "ink"},
+    "cli": {"config", "storage", "registry", "runtime", "data", "evaluation", "gate", "cli_registry", "serving"},
+    "cli_registry": {"config", "storage", "registry", "runtime", "data", "evaluation", "gate"},
+}
+TORCH = ("torch", "torchvision", "timm", "safetensors")
+
+
+def modules() -> list[str]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return found
+
+
+def layer(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else "__init__"
+
+
+def imports(module: str) -> set[str]:
+    """Every module name `module` imports, at any depth of its code (function-level imports too)."""
+    path = SRC / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = SRC / module.replace(".", "/") / "__init__.py"
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("module", [m for m in modules() if layer(m) in LAYERS])
+def test_layers_point_one_way(module: str) -> None:
+    own = layer(module)
+    for name in imports(module):
+        if name.startswith("digitserve.") and name.count("."):
+            target = name.split(".")[1]
+            assert target == own or target in LAYERS[own], f"{module} ({own}) imports {name} ({target})"
+        if own not in ("models", "gate"):  # gate imports torch only inside its agreement check
+            assert name.split(".")[0] not in TORCH, f"{module} imports {name}: only models/ and training may"
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """In a fresh interpreter each: an import circle fails the module that starts it."""
+
+    def import_alone(module: str) -> tuple[str, int, str]:
+        done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+        return module, done.returncode, done.stderr[-800:]
+
+    with ThreadPoolExecutor(2) as pool:
+        failed = [r for r in pool.map(import_alone, modules()) if r[1] != 0]
+    assert not failed, failed
+
+
+def test_help_and_the_server_import_no_torch() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from digitserve.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['--help'])\n"
+        "import digitserve.serving.app, digitserve.cli_registry\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchvision', 'timm'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_server_serving_onnx_never_imports_torch(tmp_path: Path) -> None:
+    """The whole app, both shipped models loaded, a prediction answered: torch never imported."""
+    code = (
+        "import asyncio, sys, httpx\n"
+        "from digitserve.config import Settings\n"
+        "from digitserve.serving.app import create_app\n"
+        "from digitserve.serving.schemas import EXAMPLE_PNG_B64\n"
+        "async def main():\n"
+        "    app = create_app(Settings(poll_seconds=3600, shutdown_grace_s=0))\n"
+        "    async with app.router.lifespan_context(app):\n"
+        "        transport = httpx.ASGITransport(app=app)\n"
+        "        async with httpx.AsyncClient(transport=transport, base_url='http://t') as client:\n"
+        "            for model in ('cnn', 'vit'):\n"
+        "                r = await client.post(f'/v1/models/{model}/predict', json={'images': [EXAMPLE_PNG_B64]})\n"
+        "                assert r.status_code == 200 and r.json()['predictions'][0]['label'] == 7, r.text\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchvision', 'timm'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
