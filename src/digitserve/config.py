@@ -125,6 +125,11 @@ class Settings(BaseSettings):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
 
+    @field_validator("registry", mode="before")
+    @classmethod
+    def _empty_registry_is_the_default(cls, value: object) -> object:
+        return value if value else default_registry_uri()
+
     @field_validator("admin_token", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:

@@ -68,6 +68,7 @@ def spawn(
     ready_timeout_s: float = READY_TIMEOUT_S,
     wait_path: str = "/readyz",
     poll_s: float = 0.2,
+    cwd: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], str, float]:
     """Start any server command on a free loopback port (`cmd` gets `--port N`); returns the process,
     its base URL and the seconds from spawn to `wait_path` answering 200. The one way the tests and
@@ -79,7 +80,11 @@ def spawn(
     with open(log_path, "ab") as log:
         started = time.perf_counter()
         process = subprocess.Popen(
-            [*cmd, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            [*cmd, "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
     try:
         wait_until_ready(process, base_url, log_path, ready_timeout_s, wait_path, poll_s)
