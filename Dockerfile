@@ -1,37 +1,31 @@
-# digitserve: the FastAPI server with the shipped baseline models, CPU-only by default.
+# digitserve: the FastAPI server with the shipped baseline models: ONNX Runtime, no torch.
 #
 #   docker build -t digitserve .
-#   docker run --rm -p 8000:8000 digitserve                # serves /app/registry
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 -t digitserve:cuda .
-#     (any CUDA index that lists TORCH_VERSION; the GPU then needs the NVIDIA container runtime)
+#   docker run --rm -p 8000:8000 digitserve                # serves the shipped baselines
+#   GPU: see docs/deploy.md (onnxruntime-gpu in place of onnxruntime, DIGITSERVE_ONNX_PROVIDERS).
 #
 # Configuration is only through environment variables (DIGITSERVE_*, AWS_*): see docs/deploy.md.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: a virtual environment with CPU torch and the project -------------------------------
+# ---- build: a virtual environment with the serving install (no torch) ---------------------------
 FROM ${PYTHON_IMAGE} AS build
 
-# The torch wheel index decides the variant: /whl/cpu keeps the image ~1 GB instead of ~6 GB.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG TORCH_VERSION=2.15.0
-ARG TORCHVISION_VERSION=0.29.2
+# The server runs each version's ONNX artifact with ONNX Runtime: torch is not installed at all.
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv
 RUN python -m venv "$VIRTUAL_ENV"
 ENV PATH="/opt/venv/bin:$PATH"
 
-# torch first, from its own index, in its own layer: it is most of the image and changes least.
-RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" \
-        "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
-
-# The project itself; torch>=... in its dependencies is already met, so PyPI's CUDA build is not pulled.
+# The project: src/ and the shipped registry/ (installed as the package digitserve.baselines).
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src/ ./src/
+COPY registry/ ./registry/
 RUN pip install --no-cache-dir . \
-    && python -c "import digitserve, torch, torchvision, timm; print('torch', torch.__version__)"
+    && python -c "import digitserve.serving.app, onnxruntime; from digitserve.config import shipped_registry; print(shipped_registry())" \
+    && ! python -c "import torch" 2>/dev/null
 
 # ---- runtime: the venv, the shipped registry, a non-root user -----------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -48,17 +42,14 @@ RUN groupadd --system --gid 10001 digitserve \
     && chown 10001:10001 /var/cache/digitserve \
     && chmod 0700 /var/cache/digitserve
 
+# The venv holds the shipped baselines (digitserve.baselines): the image serves them without S3.
 COPY --from=build /opt/venv /opt/venv
-# The embedded default registry: the image serves the shipped baselines without S3.
-COPY registry/ /app/registry/
 
 ENV VIRTUAL_ENV=/opt/venv \
     PATH="/opt/venv/bin:$PATH" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    MPLCONFIGDIR=/tmp/matplotlib \
     XDG_CACHE_HOME=/tmp/.cache \
-    DIGITSERVE_REGISTRY=/app/registry \
     DIGITSERVE_CACHE_DIR=/var/cache/digitserve \
     DIGITSERVE_MODELS=cnn,vit \
     DIGITSERVE_ALIAS=production
