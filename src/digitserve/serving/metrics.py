@@ -72,6 +72,13 @@ class ServiceMetrics:
             multiprocess_mode="livemax",
         )
         self.swaps = Counter("digitserve_model_swaps", "hot-swaps to a new version", ["model"], registry=r)
+        self.workers = Gauge(
+            "digitserve_workers",
+            "server processes answering (summed over workers)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.workers.set(1)
         self.registry_up = Gauge(
             "digitserve_registry_reachable",
             "1 if the last registry poll worked",
