@@ -89,11 +89,15 @@ class Settings(BaseSettings):
     onnx_providers: Annotated[list[str], NoDecode] = Field(
         default=["CPUExecutionProvider"], description="ONNX Runtime execution providers, in order of preference"
     )
-    runtime_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (default: all cores)")
+    runtime_threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime intra-op threads per worker (default: the cores shared by the workers)"
+    )
     inference_slots: int = Field(1, ge=1, le=64, description="forward passes that may run at once per process")
     decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images too large to decode inline")
     registry_threads: int = Field(2, ge=1, le=16, description="threads reading the registry (loads, listings)")
-    workers: str = Field("1", pattern=r"^(auto|[1-9][0-9]?)$", description="server processes: a number or auto")
+    workers: str = Field(
+        "auto", pattern=r"^(auto|[1-9][0-9]?)$", description="server processes: a number, or auto (one per core)"
+    )
 
     max_images: int = Field(256, ge=1, description="images per request")
     max_body_bytes: int = Field(8 * MiB, ge=1024)

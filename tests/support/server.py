@@ -103,7 +103,8 @@ def start_server(
     wait_path: str = "/readyz",
     host: str | None = "127.0.0.1",
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `digitserve serve` on 127.0.0.1 and a free port; `env` adds to this process's environment.
+    """Start `digitserve serve` on 127.0.0.1 and a free port; `env` adds to this process's environment
+    (with one worker process unless `env` or `extra_args` say otherwise).
 
     Returns the process and its base URL once `wait_path` (/readyz; /healthz for a server that
     is meant to start unready) is 200. `host=None` passes no --host (the default bind). The
@@ -112,6 +113,7 @@ def start_server(
     """
     bind = ["--host", host] if host is not None else []
     cmd = [str(DIGITSERVE), "serve", *bind, *extra_args]
+    env = {"DIGITSERVE_WORKERS": "1", **(env or {})}  # one process unless a test asks for more
     process, base_url, _ = spawn(cmd, env, log_path=log_path, ready_timeout_s=ready_timeout_s, wait_path=wait_path)
     return process, base_url
 

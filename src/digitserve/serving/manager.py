@@ -22,6 +22,7 @@ from digitserve.runtime import LoadError, RuntimeOptions, Servable, load_servabl
 from digitserve.serving.batching import BatchStats, DynamicBatcher, InferenceSlots
 from digitserve.serving.errors import ModelNotReadyError, UnknownModelError, UnknownVersionError
 from digitserve.serving.metrics import ServiceMetrics
+from digitserve.serving.workers import runtime_threads
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class ModelManager:
         self.metrics = metrics
         self.slots = slots
         self.loader = loader
-        self.runtime_options = RuntimeOptions(tuple(settings.onnx_providers), settings.runtime_threads)
+        self.runtime_options = RuntimeOptions(tuple(settings.onnx_providers), runtime_threads(settings.runtime_threads))
         self.states = {name: ModelState(name) for name in settings.models}
         self.pinned: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
         self._pending: dict[tuple[str, int], asyncio.Future[LoadedVersion]] = {}

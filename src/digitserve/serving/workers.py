@@ -31,10 +31,11 @@ WATCH_INTERVAL_S = 0.2
 
 
 def worker_count(setting: str) -> int:
-    """Worker processes for a `--workers` value. `auto` is one process for every two cores:
-    the event loop and ONNX Runtime's threads of one process keep two cores busy (bench/README.md)."""
+    """Worker processes for a `--workers` value. `auto` is one process per core, each with one
+    ONNX Runtime thread: measured best on 2 cores at every load but a single client, where it
+    ties (bench/README.md -> layout). One event loop per core is what the HTTP work needs."""
     if setting == "auto":
-        return max(1, (os.cpu_count() or 1) // 2)
+        return max(1, os.cpu_count() or 1)
     try:
         count = int(setting)
     except ValueError:
@@ -59,6 +60,13 @@ def prepare_workers(settings: Settings, workers: int) -> Iterator[Path]:
     finally:
         if made:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def runtime_threads(setting: int | None) -> int:
+    """ONNX Runtime threads for this process: the setting, else the cores divided among the workers."""
+    if setting is not None:
+        return setting
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get(WORKERS_ENV, "1")))
 
 
 class ReloadBroadcast:
