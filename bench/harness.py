@@ -136,11 +136,13 @@ def http_text(url: str, data: bytes | None = None, headers: Mapping[str, str] | 
         return str(r.read().decode())
 
 
-def digitserve_cmd(src: Path | None = None, workers: int = 1) -> list[str]:
-    """`digitserve serve`, from this checkout or from another tree's `src` (an older commit)."""
+def digitserve_cmd(src: Path | None = None, workers: int = 0) -> list[str]:
+    """`digitserve serve` (`workers` 0: the default layout), from this checkout or from another
+    tree's `src` (an older commit)."""
+    count = ["--workers", str(workers)] if workers else []
     if src is None:
-        return [str(Path(PYTHON).with_name("digitserve")), "serve", "--workers", str(workers)]
-    return [PYTHON, "-m", "digitserve.cli", "serve", "--workers", str(workers)]
+        return [str(Path(PYTHON).with_name("digitserve")), "serve", *count]
+    return [PYTHON, "-m", "digitserve.cli", "serve", *(count or ["--workers", "1"])]
 
 
 def server_env(
@@ -224,3 +226,26 @@ def metric_sum(url: str, name: str) -> dict[str, float]:
             labels, _, value = line.rpartition(" ")
             out[labels.removeprefix(name)] = float(value)
     return out
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its children (workers, LitServe's processes)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def litserve_cmd(registry: ModelRegistry, model: str = "cnn") -> list[str]:
+    return [PYTHON, str(BENCH / "litserve_app.py"), "--registry", registry.uri, "--model", model]

@@ -8,7 +8,6 @@ and its API server in another; /health answers once the model is loaded.
     .venv/bin/python bench/litserve_app.py --registry /tmp/reg --model cnn --port 8002
 """
 
-
 import argparse
 import base64
 from typing import Any  # no `from __future__ import annotations`: LitServe reads the real annotations

@@ -1,13 +1,14 @@
-"""The load benchmark: digitserve against its limits, in one run, written to bench/results.md.
+"""The load benchmark: digitserve against its limits and a peer, in one run, to bench/results.md.
 
     make bench                                   # = .venv/bin/python bench/run.py
     .venv/bin/python bench/run.py --smoke --out /tmp/r.md   # seconds per scenario: checks it runs
 
-Limits measured in the same run: the HTTP limit (bench/bare_app.py, a FastAPI endpoint that only
-base64-decodes), the compute limit (bench/compute.py, the forward pass in-process) and the
-server with batching off (DIGITSERVE_MAX_BATCH_SIZE=1). Servers are real processes on loopback;
-wrk drives them (bench/lua/post.lua). Older commits named in HISTORY (or --ref) run the same
-headline scenarios from a `git archive` of their src/, so each change is measured before/after.
+Measured in the same run: the HTTP limit (bench/bare_app.py, a FastAPI endpoint that only
+base64-decodes), the compute limit (bench/compute.py, the ONNX artifact in-process), the peer
+(bench/litserve_app.py: LitServe serving the same registry version, same body, batching 64 / 2 ms),
+digitserve in its default layout and with one worker, and the commit before the ONNX serving core
+(HISTORY, from a `git archive` of its src/). Servers are real processes on loopback; wrk drives
+them (bench/lua/post.lua); each run also records the server's CPU seconds (all its processes).
 """
 
 from __future__ import annotations
@@ -27,13 +28,7 @@ import report
 
 # Commits the headline scenarios are re-run at, oldest first: (label, git ref).
 HISTORY: list[tuple[str, str]] = [
-    ("before issue 6", "ea7b2c8"),
-    ("+ async dependencies", "faa8bd0"),
-    ("+ cheaper framing check and rendering", "f277623"),
-    ("+ timm imported only for a ViT", "9aa3350"),
-    ("+ queue checked before decoding", "72f75db"),
-    ("+ channels-last forward pass", "fa59df3"),
-    ("last before the refusal on arrival", "2562de5"),
+    ("before the ONNX serving core (torch, 1 worker)", "c547d31"),
 ]
 MAX_START_LOAD = 0.5  # 1-minute load average above which a full run waits (other work on the box)
 
@@ -44,7 +39,7 @@ class Plan:
     warmup: float  # a wrk run before each server's first measurement (not recorded)
     startup_runs: int
     compute_seconds: float
-    extras: bool  # --workers 2, torch thread counts, history
+    extras: bool  # one-worker layout, batching off, history
     repeats: int  # runs of the headline scenario (1 image, 64 connections)
 
 
@@ -86,8 +81,12 @@ class Bench:
         images = 64 if body == "batch" else 1
         content_type = f"multipart/form-data; boundary={h.BOUNDARY}" if body == "upload" else h.JSON
         url = self.predict_url(server, model, upload=body == "upload")
+        cpu_before = h.process_cpu_seconds(server.process.pid)
         figures = h.wrk(url, self.bodies[body], connections, self.plan.seconds, content_type, images)
         h.settle(server.url)
+        cpu = h.process_cpu_seconds(server.process.pid) - cpu_before
+        answered = figures["rps"] * self.plan.seconds
+        figures["cpu_s_per_1000"] = 1000 * cpu / answered if answered else None
         row = {"server": server.name, "model": model, "body": body, "images": images, "connections": connections}
         row.update(extra, **figures)
         self.results["runs"].append(row)
@@ -106,28 +105,29 @@ class Bench:
             print(f"compute {model}: {self.results['compute'][model]}", flush=True)
 
     def startup(self) -> None:
-        """Spawn `digitserve serve` and time it to /readyz 200, a few times."""
-        for models in ("cnn", "cnn,vit") if self.plan.extras else ("cnn",):
-            runs = self.plan.startup_runs if models == "cnn" else max(1, self.plan.startup_runs // 2)
-            for _ in range(runs):
-                with h.start(
-                    f"startup-{models}", h.digitserve_cmd(), h.server_env(self.registry, models), self.logs
-                ) as s:
-                    self.results["startup"].append({"models": models, "seconds": s.ready_s})
-                print(f"startup {models}: {s.ready_s:.2f}s", flush=True)
+        """Spawn `digitserve serve` (one model; the default layout, then one worker) and time it to /readyz 200."""
+        for workers, label in ((0, "cnn"), (1, "cnn, --workers 1")):
+            for _ in range(self.plan.startup_runs):
+                cmd = h.digitserve_cmd(workers=workers)
+                with h.start(f"startup-{workers}", cmd, h.server_env(self.registry, "cnn"), self.logs) as s:
+                    self.results["startup"].append({"models": label, "seconds": s.ready_s})
+                print(f"startup {label}: {s.ready_s:.2f}s", flush=True)
 
-    def bare(self, workers: int = 1) -> None:
-        name = "bare" if workers == 1 else f"bare --workers {workers}"
-        with self.serve(name, h.bare_cmd(workers), {}) as s:
-            for c in (1, 16, 64) if workers == 1 else (64,):
+    def bare(self) -> None:
+        with self.serve("bare", h.bare_cmd(), {}) as s:
+            for c in (1, 4, 16, 64):
                 self.load(s, "one", c)
-            if workers == 1:
-                self.load(s, "batch", 64)
+
+    def litserve(self) -> None:
+        """The peer. Its API takes one image per request as a new user writes it: single-image runs only."""
+        with self.serve("LitServe", h.litserve_cmd(self.registry), {}) as s:
+            for c in (1, 4, 16, 64):
+                self.load(s, "one", c)
 
     def digitserve(self) -> None:
-        """The server as shipped (both models loaded), then the alias move on the same server."""
-        with self.server("digitserve", models="cnn,vit") as s:
-            for c in (1, 16):
+        """The server as shipped (--workers auto, both models loaded), then the alias move on it."""
+        with self.server("digitserve", models="cnn,vit", workers=0) as s:
+            for c in (1, 4, 16):
                 self.load(s, "one", c)
             for _ in range(self.plan.repeats):  # the headline: the report takes the median run
                 self.load(s, "one", 64)
@@ -137,6 +137,13 @@ class Bench:
             self.load(s, "one", 64, model="vit")
             self.load(s, "batch", 16, model="vit")
             self.alias_move(s)
+
+    def one_worker(self) -> None:
+        """The other layout on 2 cores: one process, two ONNX Runtime threads."""
+        with self.server("digitserve --workers 1", workers=1) as s:
+            for c in (1, 4, 16, 64):
+                self.load(s, "one", c)
+            self.load(s, "batch", 16)
 
     def no_batching(self) -> None:
         with self.server("digitserve, batching off", max_batch_size=1) as s:
@@ -164,30 +171,6 @@ class Bench:
         answer = h.http_text(f"{server.url}/v1/admin/reload", b"", {"Authorization": f"Bearer {h.ADMIN_TOKEN}"})
         return {"to": version, "reload_s": round(time.perf_counter() - started, 3), "answer": json.loads(answer)}
 
-    def two_workers(self) -> None:
-        """Two processes, each with its own event loop, GIL and (default) two torch threads."""
-        with self.server("digitserve --workers 2", workers=2) as s:
-            self.load(s, "one", 64)
-            self.load(s, "batch", 16)
-            self.load(s, "batch", 64)
-        with self.server("digitserve --workers 2, 1 torch thread each", workers=2, torch_threads=1) as s:
-            self.load(s, "one", 64)
-            self.load(s, "batch", 64)
-        self.bare(workers=2)
-
-    def settings_sweep(self) -> None:
-        """The knobs that trade the two cores between the event loop and the forward pass."""
-        for name, settings in [
-            ("digitserve, 1 torch thread", {"torch_threads": 1}),
-            ("digitserve, 2 torch threads", {"torch_threads": 2}),
-        ]:
-            with self.server(name, **settings) as s:
-                self.load(s, "one", 64)
-                self.load(s, "batch", 64)
-        with self.server("digitserve, batch delay 0 ms", max_batch_delay_ms=0) as s:
-            self.load(s, "one", 1)
-            self.load(s, "one", 64)
-
     def history(self, refs: list[tuple[str, str]]) -> None:
         """Each earlier commit: its start-up time (three starts) and the two headline loads."""
         for label, ref in refs:
@@ -201,8 +184,9 @@ class Bench:
                     self.results["startup"].append({"models": "cnn", "seconds": s.ready_s, "ref": ref, "label": label})
             with self.server(f"@{ref[:10]} {label}", src=src) as s:
                 self.results["startup"].append({"models": "cnn", "seconds": s.ready_s, "ref": ref, "label": label})
-                self.load(s, "one", 64, ref=ref, label=label)
-                self.load(s, "batch", 64, ref=ref, label=label)
+                for c in (1, 4, 16, 64):
+                    self.load(s, "one", c, ref=ref, label=label)
+                self.load(s, "batch", 16, ref=ref, label=label)
 
 
 def wait_for_quiet(max_load: float, patience_s: float) -> float:
@@ -227,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="digitserve-bench-") as tmp:
         bench = Bench(plan, Path(tmp))
-        steps = [bench.compute_limits, bench.startup, bench.bare, bench.digitserve, bench.no_batching]
+        steps = [bench.compute_limits, bench.startup, bench.bare, bench.litserve, bench.digitserve]
         if plan.extras:
-            steps += [bench.two_workers, bench.settings_sweep, lambda: bench.history(refs)]
+            steps += [bench.one_worker, bench.no_batching, lambda: bench.history(refs)]
         for step in steps:
             step()
     bench.results.update(

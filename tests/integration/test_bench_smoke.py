@@ -7,6 +7,7 @@ written), not how fast anything is: the machine may be busy with other tests.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,15 @@ def test_smoke_run_writes_its_report(tmp_path: Path) -> None:
 
     report = out.read_text()
     assert "Smoke run" in report
-    for section in ("## Targets", "## Every run", "## Compute limit", "## Process start to ready", "## Alias move"):
+    sections = (
+        "## Servers",
+        "## Targets",
+        "## Every run",
+        "## Compute limit",
+        "## Process start to ready",
+        "## Alias move",
+    )
+    for section in sections:
         assert section in report
     results = json.loads(out.with_suffix(".json").read_text())
     scenarios = {(r["server"], r["model"], r["body"]) for r in results["runs"]}
@@ -44,9 +53,13 @@ def test_smoke_run_writes_its_report(tmp_path: Path) -> None:
         ("digitserve", "cnn", "batch"),
         ("digitserve", "cnn", "upload"),
         ("digitserve", "vit", "one"),
-        ("digitserve, batching off", "cnn", "one"),
+        ("LitServe", "cnn", "one"),
         ("digitserve, alias moving", "cnn", "one"),
     } <= scenarios
+    assert all(r.get("cpu_s_per_1000") is None or r["cpu_s_per_1000"] > 0 for r in results["runs"])
+    moving = next(r for r in results["runs"] if r["server"] == "digitserve, alias moving")
+    workers = os.cpu_count()  # the default layout: one worker per core, each reloaded
+    assert moving["moves"][0]["answer"]["workers"] == {"expected": workers, "reloaded": workers}
     assert set(results["compute"]) == {"cnn", "vit"}
     assert results["startup"] and all(s["seconds"] > 0 for s in results["startup"])
     moving = next(r for r in results["runs"] if r["server"] == "digitserve, alias moving")
