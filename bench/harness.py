@@ -247,5 +247,23 @@ def process_cpu_seconds(pid: int) -> float:
     return total
 
 
+def process_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its children, MiB."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
+
+
 def litserve_cmd(registry: ModelRegistry, model: str = "cnn") -> list[str]:
     return [PYTHON, str(BENCH / "litserve_app.py"), "--registry", registry.uri, "--model", model]

@@ -260,6 +260,8 @@ def markdown(r: dict[str, Any]) -> str:
         [s["models"], f"{s['seconds']:.2f}", f"{s['ref']} {s['label']}" if "ref" in s else "now"] for s in r["startup"]
     ]
     lines += _table(["models", "seconds", "commit"], rows)
+    lines += ["", "## Memory (resident, all of a server's processes, after its warm-up run)", ""]
+    lines += _table(["server", "MiB"], [[k, f"{v:.0f}"] for k, v in r.get("memory", {}).items()])
     lines += _alias_section(r) + _history_section(r)
     return "\n".join(lines) + "\n"
 

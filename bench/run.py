@@ -66,6 +66,7 @@ class Bench:
         if self.plan.warmup:
             h.wrk(self.predict_url(server, model), self.bodies["one"], 16, self.plan.warmup)
             h.settle(server.url)
+        self.results.setdefault("memory", {})[name] = round(h.process_rss_mib(server.process.pid), 1)
         return server
 
     def server(self, name: str, models: str = "cnn", workers: int = 1, src: Path | None = None, **kw: Any) -> h.Server:

@@ -134,6 +134,7 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 def watched(context: BrowserContext, server: str) -> tuple[Page, PageWatch]:
     """The page, open and with the served versions shown, and what watches it."""
     page = context.new_page()
+    page.bring_to_front()  # the page a person is looking at: focused, so keys can open the file chooser
     watch = PageWatch(urlsplit(server).netloc)
     watch.attach(page)
     page.goto(server + "/")
@@ -382,6 +383,9 @@ def test_keyboard_reaches_every_control_with_visible_focus(watched: tuple[Page, 
 
     photo, label = photo_of_test_digit(PHOTO_INDICES[2], tmp_path)
     page.focus("#file")
+    # The file chooser opens only for a focused document; record it if that is what fails.
+    state = page.evaluate("() => ({focused: document.hasFocus(), active: document.activeElement.id})")
+    assert state == {"focused": True, "active": "file"}, state
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Space")
     chooser.value.set_files(str(photo))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -27,26 +28,26 @@ async def get_manager(request: Request) -> ModelManager:
     return request.app.state.manager
 
 
-async def get_pipeline(request: Request) -> PredictionPipeline:
-    return request.app.state.pipeline
-
-
 async def get_catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
-async def get_deadline(request: Request) -> float:
-    """The prediction's deadline, stamped on arrival by the admission middleware."""
-    deadline = request.scope.get("state", {}).get("deadline")
-    if isinstance(deadline, float):
-        return deadline
-    return time.monotonic() + request.app.state.settings.request_timeout_s
+@dataclass(frozen=True)
+class PredictionContext:
+    pipeline: PredictionPipeline
+    deadline: float  # time.monotonic(): stamped on arrival by the admission middleware
 
 
-async def accepting(request: Request) -> None:
-    """Refuse new work once SIGTERM has been received."""
-    if request.app.state.draining:
+async def prediction_context(request: Request) -> PredictionContext:
+    """What a prediction route needs, in one dependency (each one FastAPI resolves costs time on
+    every request); refuses new work once SIGTERM has been received."""
+    state = request.app.state
+    if state.draining:
         raise ShuttingDownError("the server is shutting down; retry on another replica")
+    deadline = request.scope.get("state", {}).get("deadline")
+    if not isinstance(deadline, float):
+        deadline = time.monotonic() + state.settings.request_timeout_s
+    return PredictionContext(state.pipeline, deadline)
 
 
 async def require_admin(request: Request) -> None:
@@ -64,6 +65,5 @@ async def require_admin(request: Request) -> None:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[ModelManager, Depends(get_manager)]
-PipelineDep = Annotated[PredictionPipeline, Depends(get_pipeline)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
-DeadlineDep = Annotated[float, Depends(get_deadline)]
+PredictionDep = Annotated[PredictionContext, Depends(prediction_context)]

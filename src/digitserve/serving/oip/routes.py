@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from digitserve import __version__
 from digitserve.serving.catalog import Catalog
-from digitserve.serving.deps import CatalogDep, DeadlineDep, ManagerDep, PipelineDep, accepting
+from digitserve.serving.deps import CatalogDep, ManagerDep, PredictionDep
 from digitserve.serving.errors import ModelNotReadyError, UnknownVersionError, error_response
 from digitserve.serving.manager import ModelManager
 from digitserve.serving.oip.codec import read_request, render_response
@@ -193,19 +193,17 @@ INFER_ROUTE: dict[str, Any] = {
     "response_model": InferResponse,
     "openapi_extra": INFER_BODY,
     "responses": ERROR_RESPONSES,
-    "dependencies": [Depends(accepting)],
 }
 
 
 @router.post("/models/{model}/infer", summary="Infer with the version the alias serves", **INFER_ROUTE)
-async def infer(model: str, request: Request, pipeline: PipelineDep, deadline: DeadlineDep) -> Response:
+async def infer(model: str, request: Request, context: PredictionDep) -> Response:
     """Classify digits. Send one input, `pixels` or `images` (see the model metadata); outputs are
     `probabilities` (FP32 `[N, 10]`) and `label` (INT64 `[N]`), JSON or binary as asked."""
-    return await infer_with(request, pipeline, model, Selector(), deadline)
+    return await infer_with(request, context.pipeline, model, Selector(), context.deadline)
 
 
 @router.post("/models/{model}/versions/{version}/infer", summary="Infer with a pinned registry version", **INFER_ROUTE)
-async def infer_version(
-    model: str, version: VersionPath, request: Request, pipeline: PipelineDep, deadline: DeadlineDep
-) -> Response:
-    return await infer_with(request, pipeline, model, Selector(version=parse_version(model, version)), deadline)
+async def infer_version(model: str, version: VersionPath, request: Request, context: PredictionDep) -> Response:
+    selector = Selector(version=parse_version(model, version))
+    return await infer_with(request, context.pipeline, model, selector, context.deadline)

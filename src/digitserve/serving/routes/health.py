@@ -11,9 +11,14 @@ from digitserve.serving.responses import JSONResponse
 router = APIRouter(tags=["health"])
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")
+@router.get("/healthz", summary="Liveness")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.head("/healthz", include_in_schema=False)
+async def healthz_head() -> Response:
+    return Response(status_code=200)
 
 
 @router.get("/readyz", summary="Readiness: every model has a verified version loaded")

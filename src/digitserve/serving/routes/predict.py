@@ -14,13 +14,13 @@ from starlette.datastructures import UploadFile
 from digitserve.config import Settings
 from digitserve.registry.records import MAX_VERSION
 from digitserve.serving.decoding import decode_base64
-from digitserve.serving.deps import DeadlineDep, PipelineDep, accepting
+from digitserve.serving.deps import PredictionDep
 from digitserve.serving.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from digitserve.serving.pipeline import PredictionResult, Selector
 from digitserve.serving.responses import JSONResponse
 from digitserve.serving.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
 
-router = APIRouter(prefix="/v1/models", tags=["predict"], dependencies=[Depends(accepting)], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/models", tags=["predict"], responses=ERROR_RESPONSES)
 
 VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="pin a registry version")]
 AliasQuery = Annotated[
@@ -68,10 +68,9 @@ def render_predictions(result: PredictionResult, top_k: int, return_input: bool)
 
 
 @router.post("/{model}/predict", response_model=PredictResponse, summary="Predict digits (JSON, base64)")
-async def predict_json(
-    model: str, body: PredictRequest, pipeline: PipelineDep, deadline: DeadlineDep, selector: SelectorDep
-) -> JSONResponse:
+async def predict_json(model: str, body: PredictRequest, context: PredictionDep, selector: SelectorDep) -> JSONResponse:
     """Classify one or more base64-encoded images. The answer names the version that computed it."""
+    pipeline, deadline = context.pipeline, context.deadline
     pipeline.admit(model, len(body.images), selector)
     max_bytes = pipeline.settings.max_image_bytes
     blobs = [decode_base64(s, i, max_bytes) for i, s in enumerate(body.images)]
@@ -129,13 +128,13 @@ async def _read_uploads(request: Request, settings: Settings) -> tuple[list[byte
 async def predict_upload(
     model: str,
     request: Request,
-    pipeline: PipelineDep,
-    deadline: DeadlineDep,
+    context: PredictionDep,
     selector: SelectorDep,
     top_k: TopKQuery = 3,
     return_input: bool = False,
 ) -> JSONResponse:
     """Classify uploaded image files (form field `files`, repeatable)."""
+    pipeline, deadline = context.pipeline, context.deadline
     pipeline.manager.state(model)  # unknown model: 404 before reading the body
     blobs, names = await _read_uploads(request, pipeline.settings)
     pipeline.admit(model, len(blobs), selector, "files")
