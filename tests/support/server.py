@@ -8,6 +8,7 @@ answers 200; `stop_server` sends SIGTERM (the production stop signal) and waits 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -119,7 +120,16 @@ def start_server(
 
 
 def stop_server(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> int:
-    """SIGTERM, wait for a clean exit (killed past `timeout_s`); returns the exit status."""
+    """SIGTERM, wait for a clean exit (killed past `timeout_s`); returns the exit status.
+
+    Then no process it started may outlive it: a server whose own shutdown leaves its children
+    running (LitServe's inference workers do) would take CPU from every later test and run."""
+    import psutil
+
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -127,6 +137,13 @@ def stop_server(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOU
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
     return process.returncode
 
 
