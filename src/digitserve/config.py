@@ -64,6 +64,30 @@ def actor() -> str:
         return "unknown"
 
 
+# A multi-worker server's shared state, set by `digitserve serve` for its worker processes.
+RUNTIME_DIR_ENV = f"{ENV_PREFIX}RUNTIME_DIR"
+WORKER_COUNT_ENV = f"{ENV_PREFIX}WORKER_COUNT"
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it itself
+
+
+def worker_group() -> tuple[Path | None, int]:
+    """(the shared runtime folder, the number of workers) of the server this process is a worker of."""
+    root = os.environ.get(RUNTIME_DIR_ENV)
+    return (Path(root) if root else None), int(os.environ.get(WORKER_COUNT_ENV, "1") or 1)
+
+
+def join_worker_group(root: Path, workers: int) -> None:
+    """Export the group to the environment the worker processes inherit."""
+    os.environ.update(
+        {RUNTIME_DIR_ENV: str(root), WORKER_COUNT_ENV: str(workers), METRICS_DIR_ENV: str(root / "metrics")}
+    )
+
+
+def metrics_shared() -> bool:
+    """Whether Prometheus samples go to the multiprocess folder (several workers)."""
+    return bool(os.environ.get(METRICS_DIR_ENV))
+
+
 class Settings(BaseSettings):
     """Every knob of the server. Each field is `DIGITSERVE_<NAME>` in the environment."""
 

@@ -118,3 +118,28 @@ def test_a_server_serving_onnx_never_imports_torch(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_modules_and_functions_stay_short() -> None:
+    """No module over 300 lines and no function over 50, in src/ and training/ (CONVENTIONS.md)."""
+    long = []
+    for root in (PACKAGE, SRC.parent / "training"):
+        for path in sorted(root.rglob("*.py")):
+            text = path.read_text()
+            if len(text.splitlines()) > 300:
+                long.append(f"{path.name}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno:
+                    length = node.end_lineno - node.lineno + 1
+                    if length > 50:
+                        long.append(f"{path.name}:{node.name}: {length} lines")
+    assert not long, long
+
+
+def test_only_config_reads_the_environment() -> None:
+    readers = [
+        str(path.relative_to(SRC))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "config.py" and ("os.environ" in path.read_text() or "getenv(" in path.read_text())
+    ]
+    assert not readers, readers

@@ -11,7 +11,6 @@ the raw path, so a client cannot grow the label set.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -19,21 +18,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from digitserve.config import metrics_shared
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def multiprocess_mode() -> bool:
-    return bool(os.environ.get(MULTIPROCESS_DIR))
 
 
 class ServiceMetrics:
     def __init__(self) -> None:
         self.collectors = CollectorRegistry()
-        self.shared = multiprocess_mode()
+        self.shared = metrics_shared()
         self._served: dict[tuple[str, str], int] = {}
-        r = self.collectors
+        self._http_metrics(self.collectors)
+        self._model_metrics(self.collectors)
+
+    def _http_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "digitserve_requests",
             "HTTP requests by route, method and status",
@@ -43,6 +42,15 @@ class ServiceMetrics:
         self.latency = Histogram(
             "digitserve_request_latency_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
+        self.workers = Gauge(
+            "digitserve_workers",
+            "server processes answering (summed over workers)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.workers.set(1)
+
+    def _model_metrics(self, r: CollectorRegistry) -> None:
         self.images = Counter("digitserve_images", "images predicted", ["model", "version"], registry=r)
         self.queue_depth = Gauge(
             "digitserve_queue_depth",
@@ -72,13 +80,6 @@ class ServiceMetrics:
             multiprocess_mode="livemax",
         )
         self.swaps = Counter("digitserve_model_swaps", "hot-swaps to a new version", ["model"], registry=r)
-        self.workers = Gauge(
-            "digitserve_workers",
-            "server processes answering (summed over workers)",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.workers.set(1)
         self.registry_up = Gauge(
             "digitserve_registry_reachable",
             "1 if the last registry poll worked",

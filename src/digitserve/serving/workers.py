@@ -22,11 +22,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from digitserve.config import Settings
+from digitserve.config import Settings, join_worker_group, worker_group
 
-RUNTIME_DIR_ENV = "DIGITSERVE_RUNTIME_DIR"
-WORKERS_ENV = "DIGITSERVE_WORKER_COUNT"
-METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 WATCH_INTERVAL_S = 0.2
 
 
@@ -54,7 +51,7 @@ def prepare_workers(settings: Settings, workers: int) -> Iterator[Path]:
     (root / "acks").mkdir(exist_ok=True)
     for stale in (root / "metrics").glob("*.db"):
         stale.unlink()
-    os.environ.update({RUNTIME_DIR_ENV: str(root), WORKERS_ENV: str(workers), METRICS_ENV: str(root / "metrics")})
+    join_worker_group(root, workers)
     try:
         yield root
     finally:
@@ -66,7 +63,7 @@ def runtime_threads(setting: int | None) -> int:
     """ONNX Runtime threads for this process: the setting, else the cores divided among the workers."""
     if setting is not None:
         return setting
-    return max(1, (os.cpu_count() or 1) // int(os.environ.get(WORKERS_ENV, "1")))
+    return max(1, (os.cpu_count() or 1) // worker_group()[1])
 
 
 class ReloadBroadcast:
@@ -80,8 +77,8 @@ class ReloadBroadcast:
 
     @classmethod
     def from_env(cls) -> ReloadBroadcast | None:
-        root = os.environ.get(RUNTIME_DIR_ENV)
-        return cls(Path(root), int(os.environ.get(WORKERS_ENV, "1"))) if root else None
+        root, workers = worker_group()
+        return cls(root, workers) if root else None
 
     def generation(self) -> int:
         try:
