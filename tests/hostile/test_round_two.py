@@ -3,9 +3,11 @@ real server. Every test here failed on the server before the fix it names."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import signal
 import socket
 import threading
 import time
@@ -169,3 +171,48 @@ def test_a_damaged_alias_is_a_load_error_not_a_500(server: str, registry: ModelR
 
 def test_head_healthz_answers(server: str) -> None:
     assert httpx.head(f"{server}/healthz").status_code == 200
+
+
+def sigterm_under_load(registry: ModelRegistry, log: Path) -> list[str]:
+    """The scenario of test_server.py's SIGTERM test: 400 requests over ~2 s, SIGTERM after 150."""
+    process, url = start_server(
+        {"DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_MODELS": "cnn", "DIGITSERVE_SHUTDOWN_GRACE_S": "0.5"},
+        log_path=log,
+    )
+    outcomes: list[str] = []
+
+    async def one(client: httpx.AsyncClient) -> None:
+        try:
+            r = await client.post("/v1/models/cnn/predict", json={"images": [EXAMPLE_PNG_B64] * 4})
+        except httpx.ConnectError:
+            outcomes.append("not accepted")  # the listener had closed: the request was never sent
+            return
+        except httpx.HTTPError as exc:
+            outcomes.append(f"dropped: {type(exc).__name__}")
+            return
+        outcomes.append("ok" if r.status_code == 200 else f"{r.status_code} {r.json()['code']}")
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            tasks = []
+            for i in range(400):
+                tasks.append(asyncio.create_task(one(client)))
+                if i == 150:
+                    process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.005)
+            await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+    assert process.wait(timeout=60) == 0
+    return outcomes
+
+
+def test_no_request_is_reset_at_shutdown_in_twenty_runs(registry: ModelRegistry, tmp_path: Path) -> None:
+    """Fix: after SIGTERM every answer closes its connection, so no request is written on a
+    keep-alive connection the server is closing."""
+    dropped = []
+    for run in range(20):
+        outcomes = sigterm_under_load(registry, tmp_path / f"run{run}.log")
+        assert set(outcomes) <= {"ok", "503 shutting_down", "not accepted"} | {o for o in outcomes if "dropped" in o}
+        dropped += [f"run {run}: {o}" for o in outcomes if o.startswith("dropped")]
+    assert not dropped, dropped

@@ -28,11 +28,12 @@ from digitserve.serving.decoding import ImageDecoder
 from digitserve.serving.errors import install_error_handlers
 from digitserve.serving.manager import ModelManager
 from digitserve.serving.metrics import MetricsMiddleware, ServiceMetrics
-from digitserve.serving.middleware import AdmissionMiddleware, BodySizeLimitMiddleware
+from digitserve.serving.middleware import AdmissionMiddleware, BodySizeLimitMiddleware, DrainMiddleware
 from digitserve.serving.oip import routes as oip
 from digitserve.serving.pipeline import PredictionPipeline
 from digitserve.serving.responses import JSONResponse
 from digitserve.serving.routes import admin, health, listing, predict
+from digitserve.serving.shutdown import ANSWER_ACCEPTED_S, close_listeners
 from digitserve.serving.workers import ReloadBroadcast
 
 log = logging.getLogger(__name__)
@@ -40,18 +41,23 @@ STATIC = files("digitserve") / "static"
 
 
 def _install_sigterm_drain(app: FastAPI, loop: asyncio.AbstractEventLoop, grace_s: float) -> None:
-    """On SIGTERM: /readyz turns 503 and new predictions are refused at once; after `grace_s`
-    the server's own handler runs (uvicorn stops accepting, answers in-flight requests, exits)."""
+    """On SIGTERM: /readyz turns 503, new predictions are refused at once and every answer closes
+    its connection; after `grace_s` the listener closes without resetting queued connections
+    (shutdown.py), then the server's own handler runs (answers in-flight requests, exits)."""
     previous = signal.getsignal(signal.SIGTERM)
     if not callable(previous):
         return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        close_listeners(getattr(previous, "__self__", None))  # uvicorn's handler is a bound method
+        loop.call_later(ANSWER_ACCEPTED_S, previous, signum, frame)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if app.state.draining:
             return
         app.state.draining = True
         log.info("SIGTERM: draining for %.1fs, then shutting down", grace_s)
-        loop.call_soon_threadsafe(loop.call_later, grace_s, previous, signum, frame)
+        loop.call_soon_threadsafe(loop.call_later, grace_s, stop, signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -134,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         check_room=lambda model, n: _check_room(app, model, n),
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app.router)
+    app.add_middleware(DrainMiddleware, draining=lambda: bool(app.state.draining))
     return app
 
 

@@ -134,3 +134,26 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.in_progress -= 1
+
+
+class DrainMiddleware:
+    """After SIGTERM every response carries `Connection: close`: a client's next request opens a
+    new connection (answered 503, or refused once the listener closes) instead of being written
+    on a keep-alive connection the server is about to close, where it would be reset unanswered."""
+
+    def __init__(self, app: ASGIApp, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.draining():
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing_send)
