@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from digitserve.serving.app import create_app
+    from digitserve.serving.connections import ConnectionLimits, LimitedHttpProtocol
     from digitserve.serving.workers import prepare_workers, worker_count
 
     settings = Settings()
@@ -45,7 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "access_log": False,
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
         "timeout_keep_alive": settings.keep_alive_s,
+        "http": LimitedHttpProtocol,
     }
+    LimitedHttpProtocol.limits = ConnectionLimits.from_settings(settings)
     workers = worker_count(args.workers or settings.workers)
     if workers > 1:
         with prepare_workers(settings, workers):  # shared metrics folder and reload requests

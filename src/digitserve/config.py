@@ -117,7 +117,9 @@ class Settings(BaseSettings):
         None, ge=1, description="ONNX Runtime intra-op threads per worker (default: the cores shared by the workers)"
     )
     inference_slots: int = Field(1, ge=1, le=64, description="forward passes that may run at once per process")
-    decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images too large to decode inline")
+    decode_processes: int = Field(
+        1, ge=1, le=64, description="processes decoding images too large to decode on the event loop"
+    )
     registry_threads: int = Field(2, ge=1, le=16, description="threads reading the registry (loads, listings)")
     workers: str = Field(
         "auto", pattern=r"^(auto|[1-9][0-9]?)$", description="server processes: a number, or auto (one per core)"
@@ -129,9 +131,17 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(16_000_000, ge=784, description="width x height, read from the header")
     max_request_pixels: int = Field(32_000_000, ge=784, description="pixels of all a request's images together")
     max_decode_backlog_pixels: int = Field(
-        32_000_000, ge=784, description="pixels waiting for the decode threads before new decode work gets 503"
+        32_000_000, ge=784, description="pixels waiting for the decode processes before new decode work gets 503"
     )
     max_upload_files: int = Field(256, ge=1)
+
+    max_connections: int = Field(
+        1024, ge=1, description="open connections per process; past it 503 (kept below the file-descriptor limit)"
+    )
+    head_timeout_s: float = Field(10.0, gt=0, description="time to send a request line and headers (then 408)")
+    body_timeout_s: float = Field(20.0, gt=0, description="time to send a request body once its headers arrived")
+    max_head_bytes: int = Field(32 * 1024, ge=1024, description="request line and headers together (then 431)")
+    max_url_bytes: int = Field(8 * 1024, ge=256, description="the request target, path and query (then 414)")
 
     admin_token: SecretStr | None = None
     shutdown_grace_s: float = Field(1.0, ge=0, description="after SIGTERM: /readyz is 503 this long first")

@@ -13,6 +13,8 @@ checked from the header, before any pixel is decoded, and is what callers should
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from collections.abc import Collection
 
 import numpy as np
@@ -23,6 +25,8 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 # JPEGs are decoded at a reduced scale (DCT scaling, nearly free) when both sides exceed this:
 # a digit needs a few hundred pixels, not a 12-megapixel photo.
 JPEG_DRAFT_SIDE = 1024
+EXIF_ORIENTATION = 0x0112
+_EXIF_WARNING = re.compile(r"EXIF|Tag data|tag \d+", re.IGNORECASE)
 _FORMAT_NAMES = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "GIF": "GIF"}
 
 
@@ -67,15 +71,15 @@ def _open(data: bytes, allowed: Collection[str]) -> Image.Image:
         raise InvalidImageError("the image is empty (0 bytes); send a PNG, JPEG, WebP, BMP or GIF file")
     try:
         return Image.open(io.BytesIO(data), formats=list(allowed))
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"the image has too many pixels ({exc}); send a smaller image") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(_bomb_message()) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
         refused = _identify_any(data)
         if refused is not None and refused not in allowed:  # an allowed format that fails to parse is corrupt
             raise UnsupportedFormatError(f"{refused} is not accepted; send {_format_list(allowed)}") from None
         raise InvalidImageError(
-            f"the bytes are not a {_format_list(allowed)} image ({type(exc).__name__}); "
-            "send the image file itself, not a path, URL or text"
+            f"the bytes are not a {_format_list(allowed)} image; "
+            "send the image file itself (not a path or URL), or a 28x28 CSV of pixel values"
         ) from None
 
 
@@ -98,6 +102,14 @@ def _identify_any(data: bytes) -> str | None:
     return None
 
 
+def _bomb_message() -> str:
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return (
+        f"the image's header declares more than {limit:,} pixels, far more than a digit needs; "
+        "scale it down (a few hundred pixels a side is plenty)"
+    )
+
+
 def check_size(width: int, height: int, max_pixels: int) -> None:
     """InvalidImageError for an image without pixels, ImageTooLargeError above `max_pixels`."""
     if width < 1 or height < 1:
@@ -115,15 +127,31 @@ def _load_first_frame(im: Image.Image) -> Image.Image:
         if im.format in ("JPEG", "MPO") and min(im.size) > 2 * JPEG_DRAFT_SIDE:
             im.draft(im.mode, (JPEG_DRAFT_SIDE, JPEG_DRAFT_SIDE))
         im.load()
-        return ImageOps.exif_transpose(im) or im
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"the image has too many pixels ({exc}); send a smaller image") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(_bomb_message()) from None
     except MemoryError:
         raise
-    except Exception as exc:  # hostile bytes can fail inside any plugin: all mean "corrupt"
+    except Exception:  # hostile bytes can fail inside any plugin: all mean "corrupt"
         raise InvalidImageError(
-            f"the {im.format} image is truncated or corrupt ({type(exc).__name__}: {exc}); send the complete file"
+            f"the {_FORMAT_NAMES.get(im.format or '', im.format)} image is truncated or corrupt: its pixels "
+            "could not be read; send the complete file"
         ) from None
+    return im
+
+
+def _upright(im: Image.Image, exif_damaged: bool) -> Image.Image:
+    """Rotated as its EXIF orientation says. An image whose EXIF block cannot be read is refused:
+    its orientation is unknown, and a digit read sideways is a confident wrong answer."""
+    raw = im.info.get("exif")
+    if isinstance(raw, bytes) and raw and raw.removeprefix(b"Exif\x00\x00")[:4] not in (b"II*\x00", b"MM\x00*"):
+        exif_damaged = True  # not a TIFF structure at all: Pillow ignores it without a warning
+    orientation = 1 if exif_damaged else im.getexif().get(EXIF_ORIENTATION, 1)
+    if exif_damaged or orientation not in range(1, 9):
+        raise InvalidImageError(
+            f"the {_FORMAT_NAMES.get(im.format or '', im.format)} image's EXIF metadata block is corrupt, "
+            "so which way up it is cannot be known; re-save the image without EXIF metadata"
+        )
+    return ImageOps.exif_transpose(im) or im
 
 
 def _to_gray(im: Image.Image) -> Image.Image:
@@ -155,10 +183,14 @@ def decode_image(
     bomb is refused before its pixels are allocated. GIFs give their first frame. JPEGs more
     than 2048 px on both sides come back reduced 2-8x by DCT scaling (at least 1024 px a side).
     """
-    im = _open(data, allowed_formats)
-    with im:
-        check_size(*im.size, max_pixels)
-        return _to_gray(_load_first_frame(im))
+    with warnings.catch_warnings(record=True) as caught:  # Pillow reports damaged EXIF only by warning
+        warnings.simplefilter("always")
+        im = _open(data, allowed_formats)
+        with im:
+            check_size(*im.size, max_pixels)
+            frame = _load_first_frame(im)
+            damaged = any(_EXIF_WARNING.search(str(w.message)) for w in caught)
+            return _to_gray(_upright(frame, damaged))
 
 
 def header_size(data: bytes, allowed_formats: Collection[str] = ALLOWED_FORMATS) -> tuple[int, int]:

@@ -7,6 +7,7 @@ anti-aliased) and placing it in a 28x28 field so that its centre of mass is the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from digitserve.imaging import (
     decode_image,
 )
 from digitserve.ink import dilate, find_ink
+from digitserve.pixelcsv import looks_like_csv, parse_pixel_csv
 
 __all__ = [
     "MNIST_MEAN",
@@ -34,6 +36,7 @@ __all__ = [
     "decode_image",
     "mnist_style",
     "prepare",
+    "prepare_many",
 ]
 
 MNIST_MEAN = 0.1307
@@ -54,8 +57,23 @@ STROKE_WIDTH = 2.6  # typical MNIST stroke width in the 28x28 field (2*area/peri
 
 
 def prepare(data: bytes, **limits: Any) -> np.ndarray:
-    """Image bytes -> a (28, 28) uint8 MNIST-style digit; `limits` go to `decode_image`."""
+    """Image or pixel-CSV bytes -> a (28, 28) uint8 MNIST-style digit; `limits` go to `decode_image`."""
+    if looks_like_csv(data):
+        return mnist_style(parse_pixel_csv(data))
     return mnist_style(decode_image(data, **limits))
+
+
+def prepare_many(blobs: Sequence[bytes], names: Sequence[str], max_pixels: int) -> np.ndarray:
+    """`prepare` for each image: (n, 28, 28) uint8, or the ImageError of the first bad one, named.
+
+    Module-level and light to import, so a decode process can run it (serving/decoding.py)."""
+    out = np.empty((len(blobs), FIELD, FIELD), dtype=np.uint8)
+    for i, data in enumerate(blobs):
+        try:
+            out[i] = prepare(data, max_pixels=max_pixels)
+        except ImageError as exc:
+            raise type(exc)(f"{names[i]}: {exc}") from None
+    return out
 
 
 def mnist_style(gray: np.ndarray | Image.Image) -> np.ndarray:

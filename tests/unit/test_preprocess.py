@@ -122,11 +122,38 @@ def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
 def test_decompression_bomb_is_refused_from_the_header(side: int) -> None:
     bomb = png_header_only(side, side)
     tracemalloc.start()
-    with pytest.raises(ImageTooLargeError, match=r"too many pixels|over the limit"):
+    with pytest.raises(ImageTooLargeError, match=r"more than [\d,]+ pixels|over the limit") as refused:
         decode_image(bomb)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(bomb) < 200 and peak < 5_000_000
+    assert "DOS" not in str(refused.value) and "decompression bomb" not in str(refused.value)  # our own words
+
+
+def jpeg_with_exif(payload: bytes) -> bytes:
+    """A 64x64 JPEG with `payload` (starting b"Exif\\0\\0") as its APP1 segment."""
+    plain = encode(Image.new("L", (64, 64), 255), "JPEG")
+    return plain[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + plain[2:]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"Exif\0\0" + b"\xff" * 40,  # not a TIFF structure
+        b"Exif\0\0II*\0" + (0xFFFFFF00).to_bytes(4, "little") + bytes(20),  # first IFD far past the end
+        b"Exif\0\0II*\0\x08\0\0\0\x05\0\x12\x01",  # five entries announced, none there
+        b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\xff\xff\xff\x7f\x01\0\0\0\0\0\0\0",  # huge orientation
+        b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0\x09\0\0\0\0\0\0\0",  # orientation 9
+    ],
+    ids=["not-tiff", "bad-offset", "truncated-ifd", "orientation-count", "orientation-9"],
+)
+def test_a_corrupt_exif_block_is_named(payload: bytes) -> None:
+    """Pillow only warns about a damaged EXIF block (and ignores some silently); the orientation is
+    then unknown, so the image is refused with a message that names the EXIF block."""
+    with pytest.raises(InvalidImageError, match="EXIF metadata block is corrupt"):
+        decode_image(jpeg_with_exif(payload))
+    upright = b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0\x06\0\0\0\0\0\0\0"
+    assert decode_image(jpeg_with_exif(upright)).size == (64, 64)  # a valid block: rotated, served
 
 
 def test_pixel_limit_is_per_call() -> None:

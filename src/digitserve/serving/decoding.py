@@ -4,9 +4,11 @@ Decoding costs CPU in proportion to pixels, not bytes (a 714-byte WebP can be 16
 so every budget here is in pixels, read from the image headers before anything is decoded:
 - a request whose images total at most `INLINE_PIXELS` is decoded on the event loop (a thread
   hop costs more than decoding a few small digits);
-- anything larger goes to the decode threads, within the request's deadline;
+- anything larger goes to decode processes, within the request's deadline: decoding and
+  resampling millions of pixels holds the GIL for long stretches, and in a thread it stalled
+  the event loop (a /healthz of 0.4 s); in its own process it cannot;
 - a request over `max_request_pixels` is refused (413), and so is one that would push the
-  pixels waiting for the decode threads over `max_decode_backlog_pixels` (503 + Retry-After):
+  pixels waiting for the decode processes over `max_decode_backlog_pixels` (503 + Retry-After):
   decode work is admitted by its cost, not by its count.
 """
 
@@ -15,16 +17,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import multiprocessing
 import re
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 
 import numpy as np
 
 from digitserve.config import Settings
 from digitserve.imaging import ImageError, check_size, header_size
-from digitserve.preprocess import prepare
+from digitserve.preprocess import prepare_many
 from digitserve.serving.batching import DeadlineExceededError
 from digitserve.serving.errors import InvalidInputError, OverloadedError, PayloadTooLargeError
 
@@ -58,23 +61,20 @@ def check_count(n: int, settings: Settings, what: str = "images") -> None:
         raise PayloadTooLargeError(f"{n} {what} in one request; the limit is {settings.max_images}, split the request")
 
 
-def _prepare_all(blobs: Sequence[bytes], names: Sequence[str], max_pixels: int) -> np.ndarray:
-    out = np.empty((len(blobs), 28, 28), dtype=np.uint8)
-    for i, data in enumerate(blobs):
-        try:
-            out[i] = prepare(data, max_pixels=max_pixels)
-        except ImageError as exc:
-            raise type(exc)(f"{names[i]}: {exc}") from None
-    return out
-
-
 class ImageDecoder:
-    """Decodes requests' images inline or on its own threads, admitting decode work by pixels."""
+    """Decodes requests' images inline or in its own processes, admitting decode work by pixels."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        self.backlog_pixels = 0  # pixels handed to the decode threads and not decoded yet
+        self._executor: Executor | None = None  # started on the first large request
+        self.backlog_pixels = 0  # pixels handed to the decode processes and not decoded yet
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:  # "spawn": a fork of a server with running threads is unsafe
+            context = multiprocessing.get_context("spawn")
+            self._executor = ProcessPoolExecutor(self.settings.decode_processes, mp_context=context)
+        return self._executor
 
     async def prepare(self, blobs: Sequence[bytes], names: Sequence[str], deadline: float) -> np.ndarray:
         """Decode and MNIST-normalise every image: (n, 28, 28) uint8, or an error naming the bad one."""
@@ -86,11 +86,11 @@ class ImageDecoder:
                 "send smaller images or fewer per request"
             )
         if pixels <= INLINE_PIXELS:
-            return _prepare_all(blobs, names, self.settings.max_image_pixels)
+            return prepare_many(blobs, names, self.settings.max_image_pixels)
         if self.backlog_pixels + pixels > self.settings.max_decode_backlog_pixels and self.backlog_pixels:
             raise OverloadedError(f"{self.backlog_pixels:,} pixels are waiting to be decoded; retry shortly")
         self.backlog_pixels += pixels
-        work = asyncio.wrap_future(self.executor.submit(_prepare_all, blobs, names, self.settings.max_image_pixels))
+        work = asyncio.wrap_future(self.executor.submit(prepare_many, blobs, names, self.settings.max_image_pixels))
         work.add_done_callback(lambda done: self._decoded(done, pixels))
         try:
             return await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
@@ -116,4 +116,5 @@ class ImageDecoder:
             work.exception()  # retrieved: a request that gave up on it must not log "never retrieved"
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

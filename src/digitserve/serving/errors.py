@@ -127,7 +127,8 @@ def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # pydantic's prefix, not ours
+        parts.append(f"{where}: {message}")
     return "; ".join(parts)[:2000] or "invalid request"
 
 

@@ -9,6 +9,8 @@ Admission answers 503 with `Retry-After` on arrival, before the body is read, on
 for even one image (the pipeline's own `check_room`): it could not be queued whatever it
 holds, and reading and parsing its body would only take CPU from the forward pass. An admitted
 prediction's deadline starts here, so it covers reading, decoding, queueing and the forward pass.
+A prediction counts as in progress only once its whole body has arrived: a client that sends
+headers and then stalls holds a connection (bounded by serving/connections.py), not a slot.
 """
 
 from __future__ import annotations
@@ -129,11 +131,21 @@ class AdmissionMiddleware:
             await refuse(send, refusal.status, refusal.message, refusal.code, refusal.headers)
             return
         scope.setdefault("state", {})["deadline"] = time.monotonic() + self.timeout_s
-        self.in_progress += 1
+        counted = False
+
+        async def receive_then_count() -> Message:
+            nonlocal counted
+            message = await receive()
+            if not counted and not message.get("more_body", False):
+                counted = True  # the whole body is here: from now on it costs the server work
+                self.in_progress += 1
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive_then_count, send)
         finally:
-            self.in_progress -= 1
+            if counted:
+                self.in_progress -= 1
 
 
 class DrainMiddleware:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # A real 28x28 MNIST "7" (test image 0) as a PNG, so "Try it out" in /docs works as-is.
 EXAMPLE_PNG_B64 = (
@@ -22,11 +22,30 @@ class PredictRequest(BaseModel):
     )
 
     images: list[str] = Field(
-        min_length=1,
+        default_factory=list,
         description="base64-encoded PNG, JPEG, WebP, BMP or GIF images; a `data:image/...;base64,` prefix is accepted",
+    )
+    csv: list[str] = Field(
+        default_factory=list,
+        description=(
+            "digits as CSV text: 28 rows of 28 comma-separated pixel values (or one row of 784), an optional "
+            "header row, integers 0-255 or decimals 0-1; predicted after `images`, in order"
+        ),
     )
     top_k: int = Field(3, ge=1, le=10, description="how many of the most likely classes to return")
     return_input: bool = Field(False, description="also return the 28x28 image the model saw (PNG, base64)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [str(k)[:40] for k in data if k not in cls.model_fields][:5]
+            if unknown:
+                raise ValueError(
+                    f"unknown field(s) {', '.join(unknown)}; the fields are images (base64 image files), "
+                    "csv (28x28 pixel CSV text), top_k and return_input"
+                )
+        return data
 
 
 class ClassScore(BaseModel):

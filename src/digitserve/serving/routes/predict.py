@@ -12,10 +12,11 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 
 from digitserve.config import Settings
+from digitserve.pixelcsv import MAX_CSV_BYTES, looks_like_csv
 from digitserve.registry.records import MAX_VERSION
 from digitserve.serving.decoding import decode_base64
 from digitserve.serving.deps import PredictionDep
-from digitserve.serving.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
 from digitserve.serving.pipeline import PredictionResult, Selector
 from digitserve.serving.responses import JSONResponse
 from digitserve.serving.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
@@ -71,10 +72,13 @@ def render_predictions(result: PredictionResult, top_k: int, return_input: bool)
 async def predict_json(model: str, body: PredictRequest, context: PredictionDep, selector: SelectorDep) -> JSONResponse:
     """Classify one or more base64-encoded images. The answer names the version that computed it."""
     pipeline, deadline = context.pipeline, context.deadline
-    pipeline.admit(model, len(body.images), selector)
+    if not body.images and not body.csv:
+        raise InvalidInputError("no images sent; send `images` (base64 image files) or `csv` (pixel CSV text)")
+    pipeline.admit(model, len(body.images) + len(body.csv), selector)
     max_bytes = pipeline.settings.max_image_bytes
     blobs = [decode_base64(s, i, max_bytes) for i, s in enumerate(body.images)]
-    names = [f"images[{i}]" for i in range(len(blobs))]
+    blobs += [csv_blob(text.encode(), f"csv[{i}]") for i, text in enumerate(body.csv)]
+    names = [f"images[{i}]" for i in range(len(body.images))] + [f"csv[{i}]" for i in range(len(body.csv))]
     result = await pipeline.predict_encoded(model, blobs, names, selector, deadline)
     return JSONResponse(render_predictions(result, body.top_k, body.return_input))
 
@@ -101,9 +105,23 @@ UPLOAD_BODY = {
 }
 
 
+def csv_blob(data: bytes, name: str) -> bytes:
+    """A CSV sent as such: within its size limit, and text (not an image file under a CSV label)."""
+    if len(data) > MAX_CSV_BYTES:
+        raise PayloadTooLargeError(f"{name} is over the {MAX_CSV_BYTES:,} byte limit for one 28x28 CSV")
+    if not looks_like_csv(data):
+        raise InvalidInputError(f"{name} is not CSV text; send 28 rows of 28 comma-separated pixel values")
+    return data
+
+
 async def _read_uploads(request: Request, settings: Settings) -> tuple[list[bytes], list[str]]:
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise UnsupportedMediaTypeError("send multipart/form-data with one or more image files")
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() == "text/csv":  # one digit as a CSV body
+        return [csv_blob(await request.body(), "the text/csv body")], ["the text/csv body"]
+    if not content_type.startswith("multipart/form-data"):
+        raise UnsupportedMediaTypeError(
+            "send multipart/form-data with one or more image or CSV files, or one CSV as text/csv"
+        )
     form = await request.form(
         max_files=settings.max_upload_files, max_fields=16, max_part_size=settings.max_image_bytes
     )

@@ -1,0 +1,205 @@
+"""The connection limits uvicorn's HTTP protocol lacks, in a subclass of it.
+
+uvicorn's httptools protocol buffers a request line and headers of any size (a 64 MiB header
+cost 7.6 s of CPU), keeps a connection that sends nothing, or half a request, open forever, and
+accepts connections until the process runs out of file descriptors (then the alias poller fails
+with EMFILE). `LimitedHttpProtocol` keeps httptools' speed and adds:
+
+- a cap on open connections per process: one past it is answered 503 and closed at once, and the
+  cap stays below the process's file-descriptor limit, leaving room for registry reads;
+- a time limit on the request head (line and headers), from the connection's first moment or the
+  next request's first byte; a silent connection is closed, a partial head answered 408;
+- a time limit on the body, from the end of the head; past it 408 and the connection closes;
+- size limits on the URL (414) and on the whole head (431), checked as the bytes arrive.
+
+Idle keep-alive connections keep uvicorn's own timer (`KEEP_ALIVE_S`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from typing import Any, ClassVar, NamedTuple
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from digitserve.config import Settings
+
+log = logging.getLogger(__name__)
+RESERVED_FDS = 64  # descriptors kept free for registry reads, model files, decode workers, logs
+REASONS = {
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+class ConnectionLimits(NamedTuple):
+    max_connections: int
+    head_timeout_s: float
+    body_timeout_s: float
+    max_head_bytes: int
+    max_url_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(
+            connection_cap(settings.max_connections),
+            settings.head_timeout_s,
+            settings.body_timeout_s,
+            settings.max_head_bytes,
+            settings.max_url_bytes,
+        )
+
+
+def connection_cap(wanted: int) -> int:
+    """`wanted`, lowered to fit this process's file-descriptor limit (raised to its hard limit
+    first), with `RESERVED_FDS` left over for everything that is not a client connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    cap = min(wanted, soft - RESERVED_FDS)
+    if cap < wanted:
+        log.warning("open connections capped at %d: the file-descriptor limit is %d", cap, soft)
+    return max(cap, 1)
+
+
+def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> bytes:
+    """A complete HTTP/1.1 response with the service's JSON error body; it closes the connection."""
+    body = orjson.dumps({"error": message, "code": code})
+    lines = [
+        f"HTTP/1.1 {status} {REASONS[status]}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above; `limits` is set before serving (or
+    read from the environment's settings by the first connection of a worker process)."""
+
+    limits: ClassVar[ConnectionLimits | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if LimitedHttpProtocol.limits is None:
+            LimitedHttpProtocol.limits = ConnectionLimits.from_settings(Settings())
+        self.caps: ConnectionLimits = LimitedHttpProtocol.limits
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_head = True  # reading a request line and headers (or waiting for them)
+        self._head_begun = False  # a byte of the current request has been parsed
+        self._head_bytes = 0  # bytes received since the current head began
+        self._url_bytes = 0
+        self._field_bytes = 0  # header names and values of the current head
+        self._refused = False  # answered at the protocol level; the rest of the input is ignored
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.caps.max_connections:
+            message = f"{len(self.connections) - 1} connections are open, the server's limit; retry shortly"
+            self._refuse(503, message, "overloaded", {"Retry-After": "1"})
+            return
+        self._arm(self.caps.head_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the rest of a refused request
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and not self._refused and self._head_bytes > self.caps.max_head_bytes:
+            self._head_too_large()  # refused as it arrives, before the head is complete
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_begun, self._url_bytes, self._field_bytes = True, True, 0, 0
+        if self._timer is None:  # the next request on a kept-alive connection has begun
+            self._arm(self.caps.head_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._url_bytes += len(url)
+        if self._url_bytes <= self.caps.max_url_bytes:
+            super().on_url(url)
+        elif not self._refused:
+            self._refuse(414, f"the URL is over the {self.caps.max_url_bytes} byte limit", "uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused:
+            return
+        self._field_bytes += len(name) + len(value) + 4
+        if self._url_bytes + self._field_bytes > self.caps.max_head_bytes:
+            self._head_too_large()
+            return
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._in_head, self._head_begun, self._head_bytes = False, False, 0
+        self._arm(self.caps.body_timeout_s)
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        if not self._refused:
+            super().on_message_complete()
+
+    def _head_too_large(self) -> None:
+        message = f"the request line and headers are over the {self.caps.max_head_bytes} byte limit"
+        self._refuse(431, message, "headers_too_large")
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self._in_head and not self._head_begun and self._head_bytes == 0:
+            self.transport.close()  # a connection that never sent a byte: nothing to answer
+            return
+        part = "request line and headers" if self._in_head else "request body"
+        limit = self.caps.head_timeout_s if self._in_head else self.caps.body_timeout_s
+        self._refuse(408, f"the {part} did not arrive within {limit:g} s", "request_timeout")
+
+    def _refuse(self, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
+        """Answer at the protocol level and close; a request the app is reading sees a disconnect."""
+        self._disarm()
+        self._refused = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            if self._in_head:  # a pipelined request behind one still running: let that one answer
+                self.cycle.keep_alive = False
+                self.flow.pause_reading()
+                return
+            if self.cycle.response_started:
+                self.transport.close()
+                return
+            self.cycle.disconnected = True  # the app's own answer, if any, is dropped
+            self.cycle.message_event.set()
+        self.transport.write(error_response(status, message, code, headers))
+        self.transport.close()
