@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     max_decode_backlog_pixels: int = Field(
         32_000_000, ge=784, description="pixels waiting for the decode processes before new decode work gets 503"
     )
+    max_decode_wait_s: float = Field(
+        0.25, gt=0, description="expected wait for the decode processes before new decode work gets 503"
+    )
     max_upload_files: int = Field(256, ge=1)
 
     max_connections: int = Field(

@@ -96,9 +96,17 @@ def fit_background(image: np.ndarray, noise: float, iterations: int = 4) -> tupl
         residual = values - design @ coef
         spread = max(1.4826 * float(np.median(np.abs(residual[inliers]))) if inliers.any() else 0, noise, 1.0)
         inliers = np.abs(residual) <= 3 * spread
-    rows, cols = np.mgrid[0:h, 0:w]
-    surface = _quadratic(rows, cols, image.shape) @ coef
-    return surface.astype(np.float32), spread
+    return _surface(coef, image.shape), spread
+
+
+def _surface(coef: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The fitted quadratic at every pixel, by broadcasting a row and a column (the same sum as
+    `_quadratic(rows, cols) @ coef` without building an (H, W, 6) array)."""
+    y = (np.arange(shape[0], dtype=np.float64) / shape[0] - 0.5)[:, None]
+    x = (np.arange(shape[1], dtype=np.float64) / shape[1] - 0.5)[None, :]
+    c = coef.tolist()
+    surface = (c[0] + c[1] * x + c[3] * x * x) + y * (c[2] + c[4] * x + c[5] * y)
+    return surface.astype(np.float32)
 
 
 def label_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

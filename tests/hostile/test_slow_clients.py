@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.registries import copy_shipped, publish_variant
-from support.server import DIGITSERVE, model_info, spawn, start_server, stop_server, wait_until
+from support.server import DIGITSERVE, metric, model_info, spawn, start_server, stop_server, wait_until
 
 from digitserve.registry import ModelRegistry
 from digitserve.serving.schemas import EXAMPLE_PNG_B64
@@ -208,6 +208,7 @@ def test_at_the_descriptor_limit_clients_get_503_and_the_poller_keeps_working(
         wait_until(lambda: model_info(url, "cnn")["serving"]["version"] == variant, 20, "the alias move served")
         assert model_info(url, "cnn")["last_reload_error"] is None
         assert predict(url).json()["version"] == variant
+        assert metric(url, "digitserve_protocol_refusals_total", reason="overloaded") == len(answers)
     finally:
         assert stop_server(process) == 0
     text = log.read_text()

@@ -11,16 +11,19 @@ overload phase while developing.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import os
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from PIL import Image, ImageOps
 from support.hostile import address, proc_kib
 from support.loadgen import ConnectionPool, Outcome, build_request, closed_loop, open_loop
 from support.registries import copy_shipped
-from support.server import start_server, stop_server
+from support.server import metric, start_server, stop_server
 
 from digitserve.serving.schemas import EXAMPLE_PNG_B64
 
@@ -31,7 +34,7 @@ OVERLOAD_FACTOR = 3.0
 CAPACITY_S, STEADY_S = 4.0, 3.0
 CLIENTS = 32  # closed-loop clients while measuring capacity: enough to fill batches
 LIGHT_CLIENTS = 4  # the steady load before and after
-P99_BOUND_S = 3.0  # accepted requests, under 3x overload, on a 2-core machine running the load generator too
+P99_BOUND_S = 1.2  # accepted requests under 3x overload (measured 0.32-0.42 s; the README's target is 0.6 s)
 MAX_CONCURRENT = 32  # the server's cap on predictions in progress
 MAX_QUEUE = 256
 
@@ -72,10 +75,26 @@ def describe(name: str, outcomes: list[Outcome], seconds: float) -> dict[str, fl
     return figures
 
 
-def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str]) -> None:
+def canvas_drawing_b64() -> str:
+    """What the web page sends: its whole 400x400 canvas as an RGBA PNG, a dark digit on white."""
+    seven = Image.open(io.BytesIO(base64.b64decode(EXAMPLE_PNG_B64))).convert("L")
+    ink = ImageOps.invert(seven.resize((280, 280), Image.Resampling.BICUBIC))
+    canvas = Image.new("L", (400, 400), 255)
+    canvas.paste(ink, (60, 60))
+    out = io.BytesIO()
+    canvas.convert("RGBA").save(out, "PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+PAYLOADS = {"png-28x28": lambda: EXAMPLE_PNG_B64, "canvas-400x400": canvas_drawing_b64}
+
+
+@pytest.mark.parametrize("payload", list(PAYLOADS))
+def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str], payload: str) -> None:
     pid, url = server
     host, port = address(url)
-    request = build_request("/v1/models/cnn/predict", json.dumps({"images": [EXAMPLE_PNG_B64]}).encode(), host)
+    image = PAYLOADS[payload]()
+    request = build_request("/v1/models/cnn/predict", json.dumps({"images": [image]}).encode(), host)
     rss_mib: list[float] = []
 
     async def sample_rss() -> None:
@@ -83,7 +102,7 @@ def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str
 
     async def scenario() -> tuple[float, dict[str, list[Outcome]]]:
         pool = ConnectionPool(host, port, limit=2000)
-        await closed_loop(pool, request, CLIENTS, 1.0)  # warm-up
+        warm_up = await closed_loop(pool, request, CLIENTS, 1.0)
         phases = {"light before": await closed_loop(pool, request, LIGHT_CLIENTS, STEADY_S)}
         phases["capacity"] = await closed_loop(pool, request, CLIENTS, CAPACITY_S)
         rate = OVERLOAD_FACTOR * sum(o.status == 200 for o in phases["capacity"]) / CAPACITY_S
@@ -91,13 +110,20 @@ def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str
         phases["overload"] = await open_loop(pool, request, rate, OVERLOAD_S, on_tick=sample_rss)
         phases["light after"] = await closed_loop(pool, request, LIGHT_CLIENTS, STEADY_S)
         pool.close()
+        shed.append(sum(o.status == 503 for outcomes in [warm_up, *phases.values()] for o in outcomes))
         return rate, phases
 
+    shed_before = metric(url, "digitserve_requests_total", route="/v1/models/{model}/predict", status="503")
+    shed_before += metric(url, "digitserve_protocol_refusals_total", reason="overloaded")
+    shed: list[int] = []
     rate, phases = asyncio.run(scenario())
+    counted = metric(url, "digitserve_requests_total", route="/v1/models/{model}/predict", status="503")
+    refused = metric(url, "digitserve_protocol_refusals_total", reason="overloaded")  # past MAX_CONNECTIONS
+    assert counted + refused - shed_before == shed[0]  # refusals answered by the protocol are counted too
     seconds = {"light before": STEADY_S, "capacity": CAPACITY_S, "overload": OVERLOAD_S, "light after": STEADY_S}
     figures = {name: describe(name, outcomes, seconds[name]) for name, outcomes in phases.items()}
     before, capacity, overload, after = (figures[k] for k in seconds)
-    print(f"offered {rate:.0f}/s; RSS MiB before {rss_mib[0]:.0f}, peak {max(rss_mib):.0f}")
+    print(f"{payload}: offered {rate:.0f}/s; RSS MiB before {rss_mib[0]:.0f}, peak {max(rss_mib):.0f}")
 
     # every request sent got exactly one answer: a success or a shed
     for name, outcomes in phases.items():

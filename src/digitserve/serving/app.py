@@ -24,11 +24,12 @@ from digitserve.registry import LocalStore, ModelRegistry, open_store
 from digitserve.registry.cache import CachedRegistry
 from digitserve.serving.batching import InferenceSlots
 from digitserve.serving.catalog import Catalog
+from digitserve.serving.connections import COUNT_REFUSAL, EARLY_ANSWER
 from digitserve.serving.decoding import ImageDecoder
 from digitserve.serving.errors import install_error_handlers
 from digitserve.serving.manager import ModelManager
 from digitserve.serving.metrics import MetricsMiddleware, ServiceMetrics
-from digitserve.serving.middleware import AdmissionMiddleware, BodySizeLimitMiddleware, DrainMiddleware
+from digitserve.serving.middleware import Admission, AdmissionMiddleware, BodySizeLimitMiddleware, DrainMiddleware
 from digitserve.serving.oip import routes as oip
 from digitserve.serving.pipeline import PredictionPipeline
 from digitserve.serving.responses import JSONResponse
@@ -72,7 +73,7 @@ def open_serving_registry(settings: Settings) -> ModelRegistry:
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     registry = open_serving_registry(settings)
     slots = InferenceSlots(settings.inference_slots)
@@ -90,7 +91,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.shutdown_grace_s > 0:
         _install_sigterm_drain(app, asyncio.get_running_loop(), settings.shutdown_grace_s)
     try:
-        yield
+        refusals = app.state.metrics.refused_connections
+        yield {  # for serving/connections.py
+            EARLY_ANSWER: app.state.admission.early_answer,
+            COUNT_REFUSAL: lambda code: refusals.labels(code).inc(),
+        }
     finally:
         for task in (poller, watcher):
             if task:
@@ -132,13 +137,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.admin_token is not None:
         app.include_router(admin.router)
     _mount_page(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(
-        AdmissionMiddleware,
-        max_requests=settings.max_concurrent_requests,
-        timeout_s=settings.request_timeout_s,
+    app.state.admission = Admission(
+        settings.max_concurrent_requests,
         check_room=lambda model, n: _check_room(app, model, n),
+        draining=lambda: bool(app.state.draining),
+        max_body_bytes=settings.max_body_bytes,
+        count=lambda route: app.state.metrics.requests.labels(route, "POST", "503").inc(),
     )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AdmissionMiddleware, admission=app.state.admission, timeout_s=settings.request_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app.router)
     app.add_middleware(DrainMiddleware, draining=lambda: bool(app.state.draining))
     return app

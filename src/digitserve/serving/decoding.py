@@ -7,9 +7,10 @@ so every budget here is in pixels, read from the image headers before anything i
 - anything larger goes to decode processes, within the request's deadline: decoding and
   resampling millions of pixels holds the GIL for long stretches, and in a thread it stalled
   the event loop (a /healthz of 0.4 s); in its own process it cannot;
-- a request over `max_request_pixels` is refused (413), and so is one that would push the
-  pixels waiting for the decode processes over `max_decode_backlog_pixels` (503 + Retry-After):
-  decode work is admitted by its cost, not by its count.
+- a request over `max_request_pixels` is refused (413); one that would push the pixels waiting
+  for the decode processes over `max_decode_backlog_pixels`, or whose wait for them is expected
+  past `max_decode_wait_s` or its deadline, gets 503 + Retry-After: decode work is admitted by
+  its cost in seconds (learnt from the decodes that finished), not by its count.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ import numpy as np
 
 from digitserve.config import Settings
 from digitserve.imaging import ImageError, check_size, header_size
-from digitserve.preprocess import prepare_many
+from digitserve.preprocess import prepare_many, timed_prepare_many
 from digitserve.serving.batching import DeadlineExceededError
 from digitserve.serving.errors import InvalidInputError, OverloadedError, PayloadTooLargeError
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 INLINE_PIXELS = 64 * 1024  # ~0.3 ms of decoding: below this a request is decoded inline
+INITIAL_SECONDS_PER_PIXEL = 1e-7  # a 400x400 canvas in ~16 ms, until finished decodes say better
+COST_SMOOTHING = 0.2  # weight of the latest decode in the moving average of the cost of a pixel
 
 
 def decode_base64(text: str, index: int, max_bytes: int) -> bytes:
@@ -68,6 +71,7 @@ class ImageDecoder:
         self.settings = settings
         self._executor: Executor | None = None  # started on the first large request
         self.backlog_pixels = 0  # pixels handed to the decode processes and not decoded yet
+        self.seconds_per_pixel = INITIAL_SECONDS_PER_PIXEL  # learnt from finished decodes
 
     @property
     def executor(self) -> Executor:
@@ -87,15 +91,29 @@ class ImageDecoder:
             )
         if pixels <= INLINE_PIXELS:
             return prepare_many(blobs, names, self.settings.max_image_pixels)
-        if self.backlog_pixels + pixels > self.settings.max_decode_backlog_pixels and self.backlog_pixels:
-            raise OverloadedError(f"{self.backlog_pixels:,} pixels are waiting to be decoded; retry shortly")
+        self._admit(pixels, deadline)
         self.backlog_pixels += pixels
-        work = asyncio.wrap_future(self.executor.submit(prepare_many, blobs, names, self.settings.max_image_pixels))
+        job = self.executor.submit(timed_prepare_many, blobs, names, self.settings.max_image_pixels)
+        work = asyncio.wrap_future(job)
         work.add_done_callback(lambda done: self._decoded(done, pixels))
         try:
-            return await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
+            images, _ = await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise DeadlineExceededError("the images could not be decoded before the deadline") from None
+        return images
+
+    def _admit(self, pixels: int, deadline: float) -> None:
+        """503 unless the decode work already queued leaves room for this request's: within the
+        pixel backlog, within `max_decode_wait_s` of expected waiting, and done by the deadline.
+        The cost of a pixel is learnt from the decodes that finished (a moving average)."""
+        if not self.backlog_pixels:
+            return  # an idle decoder takes any request within the per-request limit
+        wait = self.backlog_pixels * self.seconds_per_pixel / self.settings.decode_processes
+        done_by = time.monotonic() + wait + pixels * self.seconds_per_pixel
+        if self.backlog_pixels + pixels > self.settings.max_decode_backlog_pixels:
+            raise OverloadedError(f"{self.backlog_pixels:,} pixels are waiting to be decoded; retry shortly")
+        if wait > self.settings.max_decode_wait_s or done_by > deadline:
+            raise OverloadedError(f"the images waiting to be decoded need about {wait:.2f} s; retry shortly")
 
     def _pixels(self, blobs: Sequence[bytes], names: Sequence[str]) -> int:
         """The pixels decoding will produce, from the headers; an image over the per-image limit is refused here."""
@@ -110,10 +128,12 @@ class ImageDecoder:
             total += width * height
         return total
 
-    def _decoded(self, work: asyncio.Future[np.ndarray], pixels: int) -> None:
+    def _decoded(self, work: asyncio.Future[tuple[np.ndarray, float]], pixels: int) -> None:
         self.backlog_pixels -= pixels
-        if not work.cancelled():
-            work.exception()  # retrieved: a request that gave up on it must not log "never retrieved"
+        if work.cancelled() or work.exception() is not None:  # retrieved: no "never retrieved" log
+            return
+        _, seconds = work.result()
+        self.seconds_per_pixel += COST_SMOOTHING * (seconds / max(pixels, 1) - self.seconds_per_pixel)
 
     def close(self) -> None:
         if self._executor is not None:

@@ -19,6 +19,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitserve.config import metrics_shared
+from digitserve.serving.middleware import prediction_route
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -41,6 +42,12 @@ class ServiceMetrics:
         )
         self.latency = Histogram(
             "digitserve_request_latency_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.refused_connections = Counter(
+            "digitserve_protocol_refusals",
+            "answers from the HTTP protocol before any request reached the app, by reason (serving/connections.py)",
+            ["reason"],
+            registry=r,
         )
         self.workers = Gauge(
             "digitserve_workers",
@@ -110,6 +117,9 @@ def _route_template(app: Any, scope: Scope) -> str:
     route = scope.get("route")  # set by the router once it matched
     if route is not None and isinstance(getattr(route, "path", None), str):
         return str(route.path)
+    prediction = prediction_route(scope["path"])  # refused in middleware (413, 503) before routing
+    if prediction is not None:
+        return prediction[1]
     for candidate in getattr(app, "routes", ()):
         match, _ = candidate.matches(scope)
         path = getattr(candidate, "path", None)

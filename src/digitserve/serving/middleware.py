@@ -22,6 +22,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from digitserve.serving.connections import response_bytes
 from digitserve.serving.errors import HttpError, http_error
 
 
@@ -87,33 +88,44 @@ class BodySizeLimitMiddleware:
 RoomCheck = Callable[[str, int], None]  # (model, images): raises when they cannot be queued
 
 
-def prediction_model(scope: Scope) -> str | None:
-    """The model a prediction request is for, from its path; None for any other request."""
-    parts = scope["path"].split("/")  # "", "v1", "models", model, "predict"[, "upload"]
+def prediction_route(path: str) -> tuple[str, str] | None:
+    """(model, route template) of a prediction request's path; None for any other path."""
+    parts = path.split("/")  # "", "v1", "models", model, "predict"[, "upload"]
     if len(parts) < 5 or parts[2] != "models":
         return None
-    v1 = parts[1] == "v1" and parts[4:] in (["predict"], ["predict", "upload"])
-    v2 = parts[1] == "v2" and (parts[4:] == ["infer"] or (parts[4] == "versions" and parts[6:] == ["infer"]))
-    return parts[3] if v1 or v2 else None
+    if parts[1] == "v1" and parts[4:] in (["predict"], ["predict", "upload"]):
+        return parts[3], "/v1/models/{model}/" + "/".join(parts[4:])
+    if parts[1] == "v2" and parts[4:] == ["infer"]:
+        return parts[3], "/v2/models/{model}/infer"
+    if parts[1] == "v2" and parts[4] == "versions" and parts[6:] == ["infer"]:
+        return parts[3], "/v2/models/{model}/versions/{version}/infer"
+    return None
 
 
-class AdmissionMiddleware:
-    """503 + Retry-After on arrival for a prediction the server cannot take: too many in
-    progress, or no queue room for its model. Stamps each admitted prediction's deadline."""
+class Admission:
+    """What admission control knows, shared by `AdmissionMiddleware` and the HTTP protocol
+    (serving/connections.py, which refuses on arrival without starting any ASGI work)."""
 
-    def __init__(self, app: ASGIApp, max_requests: int, timeout_s: float, check_room: RoomCheck) -> None:
-        self.app = app
+    def __init__(
+        self,
+        max_requests: int,
+        check_room: RoomCheck,
+        draining: Callable[[], bool],
+        max_body_bytes: int,
+        count: Callable[[str], None],
+    ) -> None:
         self.max_requests = max_requests
-        self.timeout_s = timeout_s
         self.check_room = check_room
-        self.in_progress = 0
+        self.draining = draining
+        self.max_body_bytes = max_body_bytes
+        self.count = count  # (route template): a 503 answered by the protocol, for the metrics
+        self.in_progress = 0  # predictions whose body has arrived and whose answer has not gone
 
-    def _refusal(self, scope: Scope, model: str) -> HttpError | None:
+    def refusal(self, path: str, query: bytes, model: str) -> HttpError | None:
         if self.in_progress >= self.max_requests:
             message = f"{self.in_progress} predictions in progress, the server's limit; retry shortly"
             return HttpError(503, "overloaded", message, {"Retry-After": "1"})
-        query = scope["query_string"]
-        if b"version=" in query or b"alias=" in query or "/versions/" in scope["path"]:
+        if b"version=" in query or b"alias=" in query or "/versions/" in path:
             return None  # a pinned version is judged when it is queued
         try:
             self.check_room(model, 1)
@@ -121,12 +133,50 @@ class AdmissionMiddleware:
             return http_error(exc)  # QueueFullError: 503; an unknown model is the route's 404
         return None
 
+    def early_answer(self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """The whole 503 response for a prediction refused on arrival, for the protocol to send on
+        a kept-alive connection; None sends the request down the usual path (anything unusual:
+        a draining server, an escaped path, a body over the limit, `Connection: close`)."""
+        if method != b"POST" or self.draining():
+            return None
+        raw_path, _, query = url.partition(b"?")
+        if not raw_path.isascii() or b"%" in raw_path:
+            return None
+        route = prediction_route(raw_path.decode("ascii"))
+        if route is None or not _plain_body(headers, self.max_body_bytes):
+            return None
+        refusal = self.refusal(raw_path.decode("ascii"), query, route[0])
+        if refusal is None or refusal.status != 503:
+            return None
+        self.count(route[1])
+        return response_bytes(refusal.status, refusal.message, refusal.code, refusal.headers, close=False)
+
+
+def _plain_body(headers: list[tuple[bytes, bytes]], max_body_bytes: int) -> bool:
+    for name, value in headers:
+        if name == b"connection" and b"close" in value.lower():
+            return False
+        if name == b"content-length" and (not value.isdigit() or int(value) > max_body_bytes):
+            return False
+    return True
+
+
+class AdmissionMiddleware:
+    """503 + Retry-After on arrival for a prediction the server cannot take: too many in
+    progress, or no queue room for its model. Stamps each admitted prediction's deadline."""
+
+    def __init__(self, app: ASGIApp, admission: Admission, timeout_s: float) -> None:
+        self.app = app
+        self.admission = admission
+        self.timeout_s = timeout_s
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        model = prediction_model(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if model is None:
+        route = prediction_route(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None:
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(scope, model)
+        admission = self.admission
+        refusal = admission.refusal(scope["path"], scope["query_string"], route[0])
         if refusal is not None and refusal.status == 503:
             await refuse(send, refusal.status, refusal.message, refusal.code, refusal.headers)
             return
@@ -138,14 +188,14 @@ class AdmissionMiddleware:
             message = await receive()
             if not counted and not message.get("more_body", False):
                 counted = True  # the whole body is here: from now on it costs the server work
-                self.in_progress += 1
+                admission.in_progress += 1
             return message
 
         try:
             await self.app(scope, receive_then_count, send)
         finally:
             if counted:
-                self.in_progress -= 1
+                admission.in_progress -= 1
 
 
 class DrainMiddleware:
