@@ -4,7 +4,11 @@ Same route, same request model, same JSON response class and the same uvicorn se
 real server; it base64-decodes each image and answers a constant instead of decoding the PNG,
 batching and running a model. What the real server loses against it is the price of its work.
 
-    .venv/bin/python bench/bare_app.py --port 8001 [--workers 2]
+    .venv/bin/python bench/bare_app.py --port 8001 [--workers 2] [--http limited]
+
+`--http limited` serves it with digitserve's own HTTP protocol (serving/connections.py: connection
+cap, time and size limits, early refusals) instead of uvicorn's httptools protocol, which is how
+bench/protocol_cost.py prices those limits.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from digitserve.serving.connections import LimitedHttpProtocol
 from digitserve.serving.responses import JSONResponse
 from digitserve.serving.schemas import PredictRequest
 
@@ -55,6 +60,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--http", choices=["httptools", "limited"], default="httptools")
     args = parser.parse_args()
     # The settings of `digitserve serve` (cli.py): no access log, the same graceful shutdown.
     common = {
@@ -63,6 +69,7 @@ def main() -> None:
         "log_level": "warning",
         "access_log": False,
         "timeout_graceful_shutdown": 30,
+        "http": LimitedHttpProtocol if args.http == "limited" else "httptools",
     }
     if args.workers > 1:
         uvicorn.run("bare_app:create_bare_app", factory=True, workers=args.workers, app_dir=str(HERE), **common)
