@@ -131,11 +131,16 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
+        if self.transport.is_closing():
+            return  # uvicorn answered a malformed request itself (400)
         if self._in_head and not self._refused and self._head_bytes > self.caps.max_head_bytes:
             self._head_too_large()  # refused as it arrives, before the head is complete
 
     def on_message_begin(self) -> None:
+        if self._refused:
+            return
         super().on_message_begin()
+        self._unset_keepalive_if_required()  # a request has begun, even within the read that ended the last
         self._in_head, self._head_begun, self._url_bytes, self._field_bytes = True, True, 0, 0
         if self._timer is None:  # the next request on a kept-alive connection has begun
             self._arm(self.caps.head_timeout_s)
@@ -170,8 +175,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         fraction as much, which keeps the event loop ahead of the requests it must read."""
         early: EarlyAnswer | None = self.app_state.get(EARLY_ANSWER)
         busy = self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
-        if early is None or busy or self.expect_100_continue or self.parser.get_http_version() != "1.1":
-            return False  # an answer must not overtake an earlier request's on the same connection
+        # an answer must not overtake an earlier request's on the same connection, and a client
+        # that does not read its answers must meet uvicorn's flow control, not a growing buffer
+        unusual = self.expect_100_continue or self.parser.should_upgrade() or self.parser.get_http_version() != "1.1"
+        if early is None or busy or unusual or self.flow.write_paused:
+            return False
         answer = early(self.parser.get_method(), self.url, self.headers)
         if answer is None:
             return False
@@ -212,7 +220,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        if self._skipping_body:  # answered already; the rest of its body never came
+        part = "request line and headers" if self._in_head else "request body"
+        limit = self.caps.head_timeout_s if self._in_head else self.caps.body_timeout_s
+        if self.pipeline or self.flow.read_paused:
+            self._arm(limit)  # the server stopped reading (an earlier request runs): not the client's delay
+            return
+        answered = self.cycle is not None and self.cycle.response_complete and not self._in_head
+        if self._skipping_body or answered:  # its answer went already; the rest of its body never came
             self.transport.close()
             return
         if self._in_head and not self._head_begun and self._head_bytes == 0:
@@ -221,8 +235,6 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             if count is not None:
                 count("idle_connection")
             return
-        part = "request line and headers" if self._in_head else "request body"
-        limit = self.caps.head_timeout_s if self._in_head else self.caps.body_timeout_s
         self._refuse(408, f"the {part} did not arrive within {limit:g} s", "request_timeout")
 
     def _refuse(self, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
@@ -233,7 +245,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if count is not None:
             count(code)
         if self.cycle is not None and not self.cycle.response_complete:
-            if self._in_head:  # a pipelined request behind one still running: let that one answer
+            if self._in_head or self.pipeline:  # behind a request still running: let that one answer
                 self.cycle.keep_alive = False
                 self.flow.pause_reading()
                 return
