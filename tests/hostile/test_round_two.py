@@ -3,11 +3,9 @@ real server. Every test here failed on the server before the fix it names."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
-import signal
 import socket
 import threading
 import time
@@ -19,6 +17,7 @@ import pytest
 from PIL import Image
 from support.registries import copy_shipped
 from support.server import metric, model_info, start_server, stop_server, wait_until
+from support.shutdown import sigterm_under_load
 
 from digitserve.registry import ModelRegistry
 from digitserve.serving.schemas import EXAMPLE_PNG_B64
@@ -174,54 +173,6 @@ def test_head_healthz_answers(server: str) -> None:
     assert httpx.head(f"{server}/healthz").status_code == 200
 
 
-def sigterm_under_load(registry: ModelRegistry, log: Path) -> list[tuple[float, str]]:
-    """The scenario of test_server.py's SIGTERM test: 400 requests over ~2 s, SIGTERM after 150.
-    Returns (time the request was written, outcome) for each request; for a request refused
-    at connect, the time of that refusal."""
-    process, url = start_server(
-        {"DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_MODELS": "cnn", "DIGITSERVE_SHUTDOWN_GRACE_S": "0.5"},
-        log_path=log,
-    )
-    outcomes: list[tuple[float, str]] = []
-
-    async def one(client: httpx.AsyncClient) -> None:
-        moments: dict[str, float] = {}
-
-        async def trace(event: str, info: dict[str, object]) -> None:
-            moments.setdefault(event, time.monotonic())
-
-        body = {"images": [EXAMPLE_PNG_B64] * 4}
-        try:
-            r = await client.post("/v1/models/cnn/predict", json=body, extensions={"trace": trace})
-        except httpx.ConnectError:  # the listener had closed: the request was never sent
-            outcomes.append((moments.get("connection.connect_tcp.failed", time.monotonic()), "not accepted"))
-            return
-        except httpx.HTTPError as exc:
-            sent = moments.get("http11.send_request_headers.started", time.monotonic())
-            outcomes.append((sent, f"dropped: {type(exc).__name__}"))
-            return
-        outcomes.append(
-            (
-                moments["http11.send_request_headers.started"],
-                "ok" if r.status_code == 200 else f"{r.status_code} {r.json()['code']}",
-            )
-        )
-
-    async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            tasks = []
-            for i in range(400):
-                tasks.append(asyncio.create_task(one(client)))
-                if i == 150:
-                    process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.005)
-            await asyncio.gather(*tasks)
-
-    asyncio.run(scenario())
-    assert process.wait(timeout=60) == 0
-    return outcomes
-
-
 def test_no_request_is_reset_at_shutdown_in_twenty_runs(registry: ModelRegistry, tmp_path: Path) -> None:
     """Fix: after SIGTERM every answer closes its connection, so no request is written on a
     keep-alive connection the server is closing; queued connections are accepted before the
@@ -234,7 +185,7 @@ def test_no_request_is_reset_at_shutdown_in_twenty_runs(registry: ModelRegistry,
     before it must be answered."""
     dropped, after_close = [], 0
     for run in range(20):
-        outcomes = sigterm_under_load(registry, tmp_path / f"run{run}.log")
+        outcomes = sigterm_under_load(registry.uri, tmp_path / f"run{run}.log")
         kinds = {o for _, o in outcomes}
         assert kinds <= {"ok", "503 shutting_down", "not accepted"} | {o for o in kinds if "dropped" in o}, kinds
         closed = min((t for t, o in outcomes if o == "not accepted"), default=float("inf"))

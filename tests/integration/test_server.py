@@ -6,7 +6,6 @@ import asyncio
 import base64
 import io
 import re
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from PIL import Image
 from support.registries import blob_path, copy_shipped, png_b64, png_bytes, publish_variant
 from support.server import metric, start_server, stop_server
+from support.shutdown import sigterm_under_load
 
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
@@ -306,39 +306,8 @@ def test_admin_routes_are_off_without_a_token(registry: ModelRegistry, tmp_path:
         assert stop_server(process) == 0
 
 
-def test_sigterm_under_load_answers_every_accepted_request(
-    registry: ModelRegistry, digits: tuple, tmp_path: Path
-) -> None:
-    images, _ = digits
-    process, url = start_server(
-        {"DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_MODELS": "cnn", "DIGITSERVE_SHUTDOWN_GRACE_S": "0.5"},
-        log_path=tmp_path / "s.log",
-    )
-    outcomes: list[str] = []
-
-    async def one(client: httpx.AsyncClient, i: int) -> None:
-        try:
-            r = await client.post("/v1/models/cnn/predict", json={"images": [png_b64(images[i % 50])] * 4})
-        except httpx.ConnectError:
-            outcomes.append("not accepted")  # the listener was already closed: never accepted
-            return
-        except httpx.HTTPError as exc:  # accepted, then dropped without an answer: the bug this catches
-            outcomes.append(f"dropped: {type(exc).__name__}")
-            return
-        outcomes.append("ok" if r.status_code == 200 else f"{r.status_code} {r.json()['code']}")
-
-    async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            tasks = []
-            for i in range(400):
-                tasks.append(asyncio.create_task(one(client, i)))
-                if i == 150:
-                    process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.005)
-            await asyncio.gather(*tasks)
-
-    asyncio.run(scenario())
-    assert process.wait(timeout=60) == 0
-    assert not [o for o in outcomes if o.startswith("dropped")], outcomes
+def test_sigterm_under_load_answers_every_accepted_request(registry: ModelRegistry, tmp_path: Path) -> None:
+    outcomes = [outcome for _, outcome in sigterm_under_load(registry.uri, tmp_path / "s.log")]
+    assert not [o for o in outcomes if o.startswith("dropped")], outcomes  # accepted, then no answer
     assert set(outcomes) <= {"ok", "503 shutting_down", "not accepted"}
     assert outcomes.count("ok") >= 150

@@ -65,7 +65,7 @@ def check_count(n: int, settings: Settings, what: str = "images") -> None:
 
 
 class ImageDecoder:
-    """Decodes requests' images inline or in its own processes, admitting decode work by pixels."""
+    """Decodes requests' images inline or in its own processes, admitting decode work by its cost."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

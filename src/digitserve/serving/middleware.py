@@ -142,10 +142,11 @@ class Admission:
         raw_path, _, query = url.partition(b"?")
         if not raw_path.isascii() or b"%" in raw_path:
             return None
-        route = prediction_route(raw_path.decode("ascii"))
+        path = raw_path.decode("ascii")
+        route = prediction_route(path)
         if route is None or not _plain_body(headers, self.max_body_bytes):
             return None
-        refusal = self.refusal(raw_path.decode("ascii"), query, route[0])
+        refusal = self.refusal(path, query, route[0])
         if refusal is None or refusal.status != 503:
             return None
         self.count(route[1])
