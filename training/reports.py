@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -75,3 +76,57 @@ def curves_png(history: Sequence[Mapping[str, float]], title: str) -> bytes:
         ax.legend()
     fig.suptitle(title)
     return _png(fig)
+
+
+def reliability_png(
+    raw: np.ndarray, calibrated: np.ndarray, labels: np.ndarray, temperature: float, title: str, bins: int = 15
+) -> bytes:
+    """Reliability diagram: accuracy against confidence in 15 bins, before and after calibration,
+    with the share of test digits in each bin below."""
+    from digitserve.evaluation import expected_calibration_error, reliability
+
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(6, 6.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    for probs, name, style in ((raw, "before (T=1)", "s-"), (calibrated, f"after (T={temperature:g})", "o-")):
+        table = [b for b in reliability(probs, labels, bins) if b["count"]]
+        ece = expected_calibration_error(probs, labels, bins)
+        ax.plot([b["confidence"] for b in table], [b["accuracy"] for b in table], style, label=f"{name}: ECE {ece:.2%}")
+    ax.set(
+        ylabel="accuracy", title=f"{title}\nreliability on the MNIST test set ({bins} bins)", xlim=(0, 1), ylim=(0, 1)
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    counts = [b["count"] for b in reliability(calibrated, labels, bins)]
+    ax_count.bar([(b + 0.5) / bins for b in range(bins)], counts, width=0.9 / bins, color="tab:orange")
+    ax_count.set(xlabel="confidence (largest calibrated probability)", ylabel="digits", yscale="log")
+    return _png(fig)
+
+
+def not_a_digit_png(
+    digits: np.ndarray,
+    digit_probs: np.ndarray,
+    negatives: np.ndarray,
+    negative_probs: np.ndarray,
+    calibration: Any,
+    title: str,
+    limit: int = 40,
+) -> bytes:
+    """The threshold's mistakes: MNIST test digits answered "not a digit", and held-out negatives
+    answered as digits, each with its best guess and confidence."""
+    threshold = calibration.threshold
+    rejected = np.flatnonzero(digit_probs.max(1) < threshold)[: limit // 2]
+    accepted = np.flatnonzero(negative_probs.max(1) >= threshold)[: limit - len(rejected)]
+    images = [digits[i] for i in rejected] + [negatives[i] for i in accepted]
+    captions = [f"digit: {digit_probs[i].argmax()} {digit_probs[i].max():.2f}" for i in rejected]
+    captions += [f"neg→{negative_probs[i].argmax()} {negative_probs[i].max():.2f}" for i in accepted]
+    summary = (
+        f"{title}: threshold {threshold:g}; {int((digit_probs.max(1) < threshold).sum())} test digits answered "
+        f"'not a digit', {int((negative_probs.max(1) >= threshold).sum())} of {len(negatives)} held-out negatives "
+        "answered as digits"
+    )
+    if not images:
+        fig, ax = plt.subplots(figsize=(8, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, summary + "\n(no mistakes to show)", ha="center", va="center", fontsize=8)
+        return _png(fig)
+    return gallery_png(images, captions, summary)

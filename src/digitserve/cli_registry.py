@@ -11,7 +11,14 @@ import json
 from typing import Any
 
 from digitserve.config import GATE_THRESHOLD_PREFIX
-from digitserve.gate import DEFAULT_THRESHOLDS, MAX_REGRESSION, Promotion, promote, promote_newest_passing
+from digitserve.gate import (
+    DEFAULT_THRESHOLDS,
+    MAX_REGRESSION,
+    Promotion,
+    TrustLimits,
+    promote,
+    promote_newest_passing,
+)
 from digitserve.registry import ModelRegistry, NotFoundError, RegistryError
 
 
@@ -94,9 +101,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if args.best and args.force:
         raise RegistryError("--best lets the gate choose; it cannot be combined with --force")
     registry = open_registry(args)
+    limits = TrustLimits.resolve(
+        max_ece=args.max_ece,
+        max_digits_not_a_digit=args.max_digits_not_a_digit,
+        min_negatives_not_a_digit=args.min_negatives_not_a_digit,
+    )
     if args.best:
         promotion = promote_newest_passing(
-            registry, args.model, alias=args.alias, threshold=args.threshold, reason=args.reason or ""
+            registry, args.model, alias=args.alias, threshold=args.threshold, reason=args.reason or "", limits=limits
         )
     else:
         promotion = promote(
@@ -107,6 +119,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             force=args.force,
             reason=args.reason or "",
+            limits=limits,
         )
     print(_describe(promotion))
     return 0
@@ -206,6 +219,24 @@ def _add_promote_command(sub: Any, aliased: argparse.ArgumentParser) -> None:
         help="promote the newest version (newer than the alias's) that passes the gate",
     )
     p.add_argument("--threshold", type=float, help=_threshold_help())
+    limits = TrustLimits()
+    p.add_argument(
+        "--max-ece",
+        type=float,
+        help=f"largest test-set ECE allowed, a fraction (default {limits.max_ece}, or $DIGITSERVE_GATE_MAX_ECE)",
+    )
+    p.add_argument(
+        "--max-digits-not-a-digit",
+        type=float,
+        help="largest share of MNIST test digits answered 'not a digit' "
+        f"(default {limits.max_digits_not_a_digit}, or $DIGITSERVE_GATE_MAX_DIGITS_NOT_A_DIGIT)",
+    )
+    p.add_argument(
+        "--min-negatives-not-a-digit",
+        type=float,
+        help="smallest share of held-out negatives answered 'not a digit' "
+        f"(default {limits.min_negatives_not_a_digit}, or $DIGITSERVE_GATE_MIN_NEGATIVES_NOT_A_DIGIT)",
+    )
     p.add_argument("--force", action="store_true", help="bypass the gate (needs --reason; logged)")
     p.add_argument("--reason", help="why; recorded in the alias and its event log")
     p.set_defaults(func=cmd_promote)

@@ -53,6 +53,11 @@ def gate_threshold_setting(model: str) -> str | None:
     return os.environ.get(gate_threshold_variable(model)) or None
 
 
+def gate_limit_setting(name: str) -> str | None:
+    """The raw `DIGITSERVE_GATE_<NAME>` value of one of the gate's trust limits, if set."""
+    return os.environ.get(f"{ENV_PREFIX}GATE_{name}") or None
+
+
 def actor() -> str:
     """Who moves an alias: `DIGITSERVE_ACTOR`, the CI identity, else the local user."""
     for var in (f"{ENV_PREFIX}ACTOR", "GITHUB_ACTOR"):

@@ -2,7 +2,9 @@
 
 The gate tests use tiny CNNs whose head always answers one digit: their accuracy on the MNIST
 test set is exactly that digit's share of it (e.g. always "1": 1135/10000), so the gate's
-re-measurement can be checked to the last image without any training.
+re-measurement can be checked to the last image without any training. Such a model answers
+everything with 99.96% confidence, so the gate's trust limits (calibration, not-a-digit) are
+relaxed for the accuracy tests and checked on their own in `test_gate_trust_limits`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,15 @@ def publish_constant(registry: ModelRegistry, label: int, seed: int = 0, claimed
     golden_images = np.zeros((8, 28, 28), np.uint8)
     metrics = {"accuracy": accuracy_of(label) if claimed is None else claimed, "split": "test"}
     report = {"metrics.json": json.dumps(metrics).encode()}
-    return publish_network(registry, MODEL, net, {"metrics": metrics}, report, golden_images)
+    return publish_network(registry, MODEL, net, {"metrics": metrics, **RULE}, report, golden_images)
+
+
+# T = 1 and a threshold no constant model's answer falls below: every answer is a digit.
+RULE = {
+    "calibration": {"method": "temperature", "temperature": 1.0},
+    "not_a_digit": {"score": "confidence", "threshold": 0.1},
+}
+RELAXED = {"MAX_ECE": "1", "MAX_DIGITS_NOT_A_DIGIT": "1", "MIN_NEGATIVES_NOT_A_DIGIT": "0"}
 
 
 def publish_manifest(registry: ModelRegistry, doc: dict[str, object]) -> int:
@@ -55,8 +65,13 @@ def publish_manifest(registry: ModelRegistry, doc: dict[str, object]) -> int:
     return version
 
 
+def without_trust(event: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in event.items() if k != "trust"}
+
+
 def measured(version: int, label: int, artifact: str = "onnx") -> dict[str, object]:
-    """What the gate's event records about a constant model's measurement (ONNX and torch agree exactly)."""
+    """What the gate's event records about a constant model's accuracy (ONNX and torch agree
+    exactly); compared with `without_trust(...)` of the event."""
     accuracy = accuracy_of(label)
     return {
         "version": version,
@@ -74,6 +89,8 @@ def registry(registry_uri: str, monkeypatch: pytest.MonkeyPatch) -> ModelRegistr
     monkeypatch.setenv("DIGITSERVE_ACTOR", "tester")
     monkeypatch.delenv("DIGITSERVE_GATE_THRESHOLD_DIGITS", raising=False)
     monkeypatch.delenv("DIGITSERVE_REGISTRY", raising=False)
+    for name, value in RELAXED.items():
+        monkeypatch.setenv(f"DIGITSERVE_GATE_{name}", value)
     return ModelRegistry.open(registry_uri)
 
 
@@ -99,7 +116,7 @@ def test_gate_refuses_below_threshold_and_passes_a_permissive_one(registry: Mode
     gate = event["gate"]
     assert (gate["passed"], gate["forced"], gate["threshold"]) == (True, False, 0.11)
     assert gate["threshold_source"] == "DIGITSERVE_GATE_THRESHOLD_DIGITS"
-    assert gate["candidate"] == measured(1, 1)
+    assert without_trust(gate["candidate"]) == measured(1, 1)
     assert gate["candidate"]["errors"] == 8865
     assert gate["agreement_atol"] == AGREEMENT_ATOL
     assert gate["num_examples"] == 10000 and gate["current"] is None
@@ -117,7 +134,7 @@ def test_gate_refuses_a_regression_then_rollback_and_history(registry: ModelRegi
     assert "accuracy 0.1028 refused: 0.0107 below production v1 (0.1135)" in line
     out = succeeded(digitserve("registry", "promote", MODEL, "3", *gate, "--reason", "retrained"))
     assert out.startswith("digits/production -> v3 (was v1)")
-    assert registry.events(MODEL)[-1]["gate"]["current"] == measured(1, 1)
+    assert without_trust(registry.events(MODEL)[-1]["gate"]["current"]) == measured(1, 1)
 
     out = succeeded(digitserve("registry", "rollback", MODEL, "--registry", uri))
     assert out.strip() == "digits/production -> v1 (rolled back from v3)"
@@ -162,8 +179,39 @@ def test_gate_refuses_a_version_without_onnx_or_whose_onnx_disagrees_with_torch(
     out = succeeded(digitserve("registry", "promote", MODEL, "1", *gate))
     assert out.startswith("digits/production -> v1 (was v3)")
     event = registry.events(MODEL, "production")[-1]["gate"]
-    assert event["current"] == measured(3, 1, artifact="weights")
-    assert event["candidate"] == measured(1, 1)
+    assert event["current"] == {**measured(3, 1, artifact="weights"), "trust": None}
+    assert without_trust(event["candidate"]) == measured(1, 1)
+
+
+@pytest.mark.slow  # re-measures on the full MNIST test set and the held-out negatives
+def test_gate_trust_limits(registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default limits, a model that is sure of everything is refused for its ECE and for
+    taking every held-out negative for a digit; one that records no rule is refused for that."""
+    for name in RELAXED:
+        monkeypatch.delenv(f"DIGITSERVE_GATE_{name}", raising=False)
+    publish_constant(registry, 1)
+    uri = registry.uri
+    line = error_line(digitserve("registry", "promote", MODEL, "1", "--threshold", "0.1", "--registry", uri))
+    confidence = float(torch.softmax(10 * torch.nn.functional.one_hot(torch.tensor(1), 10).float(), 0)[1])
+    ece = confidence - accuracy_of(1)  # every test digit in the top bin
+    assert f"refused: test ECE {ece:.2%} > 1.50%; only 0.00% of held-out negatives answered 'not a digit' < 95.00%" in (
+        line
+    )
+    # the flags set each limit (here: loose enough to pass)
+    loose = ("--max-ece", "0.9", "--min-negatives-not-a-digit", "0", "--threshold", "0.1", "--registry", uri)
+    out = succeeded(digitserve("registry", "promote", MODEL, "1", *loose))
+    assert "test ECE 88." in out and "0.00% of MNIST test, 0.00% of held-out negatives" in out
+    trust = registry.events(MODEL)[-1]["gate"]["candidate"]["trust"]
+    assert trust["test_ece"] == pytest.approx(ece, abs=1e-5)
+    assert (trust["temperature"], trust["not_a_digit_threshold"]) == (1.0, 0.1)
+    assert (trust["mnist_test_not_a_digit"], trust["held_out_negatives_not_a_digit"]) == (0.0, 0.0)
+    assert trust["held_out_negatives"] == 3000
+    limits = registry.events(MODEL)[-1]["gate"]["trust_limits"]
+    assert limits == {"max_test_ece": 0.9, "max_mnist_test_not_a_digit": 0.003, "min_held_out_negatives_not_a_digit": 0}
+
+    bare = publish_network(registry, MODEL, constant_model(1, seed=3), {"metrics": {"accuracy": 0.1135}})
+    line = error_line(digitserve("registry", "promote", MODEL, str(bare), *loose))
+    assert "it records no calibration or not-a-digit threshold" in line
 
 
 def test_force_needs_a_reason_and_is_logged(registry: ModelRegistry) -> None:
@@ -253,7 +301,8 @@ def test_smoke_trained_model_goes_through_the_gate_on_s3(s3_bucket: str) -> None
     manifest = ModelRegistry.open(uri).manifest("cnn", 1)
     line = error_line(digitserve("registry", "promote", "cnn", "1", "--registry", uri))  # a smoke run is far off
     assert "refused: below the threshold 0.9960 (default for cnn)" in line
-    out = succeeded(digitserve("registry", "promote", "cnn", "1", "--threshold", "0", "--registry", uri))
+    loose = ("--threshold", "0", "--max-ece", "1", "--max-digits-not-a-digit", "1", "--min-negatives-not-a-digit", "0")
+    out = succeeded(digitserve("registry", "promote", "cnn", "1", *loose, "--registry", uri))
     assert out.startswith("cnn/production -> v1 (was unset)")
     gate = ModelRegistry.open(uri).events("cnn")[0]["gate"]
     # The gate measured all 10k test images, the very set whose checksum the trainer recorded.

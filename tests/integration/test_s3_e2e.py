@@ -68,9 +68,14 @@ def test_train_promote_serve_and_roll_back_on_s3(
     # The default threshold refuses a smoke model: one line, non-zero exit, nothing moved.
     line = error_line(promote_sh("cnn", "2"))
     assert re.fullmatch(
-        r"error: gate refused cnn v2: accuracy 0\.\d{4} refused: below the threshold 0\.9960 \(default for cnn\)", line
+        r"error: gate refused cnn v2: accuracy 0\.\d{4} refused: below the threshold 0\.9960 \(default for cnn\)"
+        r"(; .*held-out negatives answered 'not a digit' < 95\.00%)",
+        line,
     ), line
     assert registry.get_alias("cnn", "production") is None and registry.events("cnn") == []
+    # A smoke model's confidence means nothing yet: relax the gate's trust limits as well.
+    for name, value in {"MAX_ECE": "1", "MAX_DIGITS_NOT_A_DIGIT": "1", "MIN_NEGATIVES_NOT_A_DIGIT": "0"}.items():
+        monkeypatch.setenv(f"DIGITSERVE_GATE_{name}", value)
     out = succeeded(promote_sh("cnn", "2", threshold="0.0"))
     assert out.startswith("cnn/production -> v2 (was unset): cnn v2: accuracy 0.")
     assert f">= threshold 0.0000 ({THRESHOLD_VAR})" in out

@@ -58,8 +58,51 @@ def test_smoke_training_publishes_a_complete_version(smoke_registry: Path) -> No
     assert sum(map(sum, metrics["confusion_matrix"])) == 1000
     assert metrics["params"] > 0 and metrics["train_seconds"] > 0 and "hardware" in metrics
     assert len(metrics["history"]) == 1 and {"train_loss", "val_accuracy"} <= set(metrics["history"][0])
-    for name in ("confusion_matrix.png", "misclassified.png", "curves.png"):
+    for name in ("confusion_matrix.png", "misclassified.png", "curves.png", "reliability.png", "not_a_digit.png"):
         assert registry.read_report("cnn", 1, name).startswith(PNG_MAGIC)
+
+
+def test_smoke_training_calibrates_and_reports_trust(smoke_registry: Path) -> None:
+    """The temperature and threshold are recorded with how they were chosen; metrics.json has
+    ECE and NLL before and after, the not-a-digit rates and the robustness set."""
+    registry = ModelRegistry.open(str(smoke_registry))
+    manifest = registry.manifest("cnn", 1)
+    calibration, rule = manifest.extra["calibration"], manifest.extra["not_a_digit"]
+    assert calibration["method"] == "temperature" and 0.05 <= calibration["temperature"] <= 20
+    assert calibration["validation_nll_after"] <= calibration["validation_nll_before"] + 1e-6
+    assert rule["score"] == "confidence" and 0.1 <= rule["threshold"] < 1
+    assert rule["validation_negatives"] == 256 and 0 <= rule["validation_negatives_rate"] <= 1
+    metrics = json.loads(registry.read_report("cnn", 1, "metrics.json"))
+    ece = metrics["calibration"]
+    assert ece["temperature"] == calibration["temperature"] and ece["ece_bins"] == 15
+    assert {"test_ece_before", "test_ece_after", "test_nll_before", "test_nll_after"} <= set(ece)
+    assert sum(b["count"] for b in ece["reliability_after"]) == 1000
+    assert metrics["not_a_digit"]["threshold"] == rule["threshold"]
+    assert metrics["not_a_digit"]["held_out_negatives"] == 256
+    assert set(metrics["not_a_digit"]["held_out_by_kind"]) <= {
+        "letters",
+        "shapes",
+        "scribbles",
+        "strokes",
+        "textures",
+        "clutter",
+    }
+    variants = metrics["robustness"]["variants"]
+    assert set(variants) == {"lowres-8", "lowres-12", "lowres-16", "thin", "thick", "photo", "canvas"}
+    assert all(0 <= v["answered_correctly"] <= v["accuracy"] <= 1 for v in variants.values())
+    assert manifest.metrics["test_ece"] == ece["test_ece_after"]
+
+
+def test_a_checkpoint_publishes_the_same_weights_without_training(smoke_registry: Path, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "cnn.safetensors"
+    args = ("training/train.py", "--arch", "cnn", "--smoke", "--seed", "3")
+    first = run(*args, "--checkpoint", str(checkpoint), "--registry", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = run(*args, "--from-checkpoint", str(checkpoint), "--registry", str(tmp_path / "b"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    a, b = (ModelRegistry.open(str(tmp_path / r)).manifest("cnn", 1) for r in "ab")
+    assert a.weights.sha256 == b.weights.sha256 and a.extra["calibration"] == b.extra["calibration"]
+    assert a.extra["training"]["train_seconds"] == b.extra["training"]["train_seconds"]
 
 
 def test_runs_with_the_same_seed_give_the_same_weights(smoke_registry: Path, tmp_path: Path) -> None:
@@ -116,6 +159,11 @@ def test_evaluate_prints_json_metrics_last(smoke_registry: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["version"] == 2 and result["num_examples"] == 500 and 0 <= result["accuracy"] <= 1
+    # with the version's calibration and threshold, as served
+    manifest = ModelRegistry.open(str(smoke_registry)).manifest("cnn", 2)
+    assert result["calibration"]["temperature"] == manifest.extra["calibration"]["temperature"]
+    assert result["not_a_digit"]["threshold"] == manifest.extra["not_a_digit"]["threshold"]
+    assert result["not_a_digit"]["held_out_negatives"] == 500 and result["robustness"]["count"] == 500
 
 
 def test_evaluate_refuses_a_tampered_version(smoke_registry: Path, tmp_path: Path) -> None:

@@ -89,9 +89,11 @@ def digits() -> np.ndarray:
 
 
 def reference_probs(registry: Path, model: str, version: int, images: np.ndarray) -> np.ndarray:
-    """The probabilities the published weights give for `images`, computed here."""
-    _, module = load_network(ModelRegistry.open(str(registry)), model, version)
-    return torch.softmax(predict_logits(module, images), dim=1).numpy()
+    """The probabilities the published weights give for `images`, computed here, with the
+    temperature the version's manifest records (what the server applies)."""
+    manifest, module = load_network(ModelRegistry.open(str(registry)), model, version)
+    temperature = manifest.extra["calibration"]["temperature"]
+    return torch.softmax(predict_logits(module, images) / temperature, dim=1).numpy()
 
 
 def v1_predict(base_url: str, pngs: list[bytes], **extra: Any) -> list[dict[str, Any]]:
@@ -105,11 +107,19 @@ def tensor(name: str, array: np.ndarray, datatype: str, binary: bool = True) -> 
     return triton.InferInput(name, list(array.shape), datatype).set_data_from_numpy(array, binary_data=binary)
 
 
-def check_outputs(result: triton.InferResult, expected: np.ndarray) -> None:
+def check_outputs(result: triton.InferResult, expected: np.ndarray, threshold: float | None = None) -> None:
+    """Probabilities as computed here; `label` their argmax, or -1 where `is_digit` is false."""
     probs, labels = result.as_numpy("probabilities"), result.as_numpy("label")
     assert probs.dtype == np.float32 and probs.shape == expected.shape
     np.testing.assert_allclose(probs, expected, atol=1e-5)
-    assert labels.dtype == np.int64 and labels.tolist() == probs.argmax(axis=1).tolist()
+    is_digit = result.as_numpy("is_digit")
+    if is_digit is not None:
+        assert is_digit.dtype == np.bool_ and is_digit.shape == (len(probs),)
+        if threshold is not None:
+            assert is_digit.tolist() == (probs.max(axis=1) >= threshold).tolist()
+        assert labels.tolist() == np.where(is_digit, probs.argmax(axis=1), -1).tolist()
+    else:
+        assert labels.dtype == np.int64 and labels.tolist() == probs.argmax(axis=1).tolist()
 
 
 # --- tritonclient ----------------------------------------------------------------------------
@@ -134,6 +144,7 @@ def test_server_and_model_metadata(client: triton.InferenceServerClient) -> None
     assert cnn["outputs"] == [
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
         {"name": "label", "datatype": "INT64", "shape": [-1]},
+        {"name": "is_digit", "datatype": "BOOL", "shape": [-1]},
     ]
     assert client.get_model_metadata("vit")["versions"] == ["1"]
     assert client.get_model_metadata("cnn", "2")["versions"] == ["2"]
@@ -167,8 +178,9 @@ def test_pixel_inputs(
     result = client.infer(model, [tensor("pixels", array, datatype, binary)])  # outputs: all, binary
     response = result.get_response()
     assert response["model_name"] == model and response["model_version"] == "1"
-    assert [o["parameters"]["binary_data_size"] for o in response["outputs"]] == [N * 10 * 4, N * 8]
-    check_outputs(result, reference_probs(registry, model, 1, digits))
+    assert [o["parameters"]["binary_data_size"] for o in response["outputs"]] == [N * 10 * 4, N * 8, N]
+    threshold = ModelRegistry.open(str(registry)).manifest(model, 1).extra["not_a_digit"]["threshold"]
+    check_outputs(result, reference_probs(registry, model, 1, digits), threshold)
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary-raw-bytes", "json-base64"])

@@ -166,7 +166,8 @@ def draw(page: Page, strokes: list[np.ndarray]) -> None:
 def wait_for_answers(page: Page) -> None:
     """Until every panel shows an answer (a prediction or an error) for what is on the pad now."""
     page.wait_for_function(
-        "() => [...document.querySelectorAll('.panel')].every(p => ['done', 'error'].includes(p.dataset.state))",
+        "() => [...document.querySelectorAll('.panel')]"
+        ".every(p => ['done', 'not-digit', 'error'].includes(p.dataset.state))",
         timeout=ANSWER_TIMEOUT_MS,
     )
 
@@ -353,6 +354,39 @@ def test_api_errors_are_shown_in_words(watched: tuple[Page, PageWatch], tmp_path
     wait_for_answers(page)
     expect(panel(page, "cnn").locator(".confidence")).to_have_text("That image could not be read")
     expect(panel(page, "cnn").locator(".error")).to_contain_text("not a PNG")
+
+
+def star(points: int = 5, radius: float = 0.38) -> list[np.ndarray]:
+    """A five-pointed star drawn in one stroke, the way people doodle one."""
+    angles = np.pi / 2 + np.arange(points + 1) * 4 * np.pi / points
+    return [np.stack([0.5 + radius * np.cos(angles), 0.5 - radius * np.sin(angles)], axis=1)]
+
+
+def hash_sign() -> list[np.ndarray]:
+    return [
+        np.array([[0.38, 0.15], [0.33, 0.85]]),
+        np.array([[0.68, 0.15], [0.63, 0.85]]),
+        np.array([[0.15, 0.38], [0.85, 0.38]]),
+        np.array([[0.12, 0.63], [0.82, 0.63]]),
+    ]
+
+
+@pytest.mark.parametrize("doodle", [star, hash_sign], ids=["star", "hash"])
+def test_a_drawing_that_is_not_a_digit_is_called_so(watched: tuple[Page, PageWatch], doodle: object) -> None:
+    """The panels say plainly that the drawing does not look like a digit, and still show the
+    closest guess and every probability."""
+    page, watch = watched
+    draw(page, doodle())  # type: ignore[operator]
+    wait_for_answers(page)
+    for model in MODELS:
+        card = panel(page, model)
+        expect(card).to_have_attribute("data-state", "not-digit")
+        expect(card.locator(".confidence")).to_have_text("This does not look like a digit")
+        expect(card.locator(".error")).to_contain_text("Its closest guess is")
+        expect(card.locator(".bars li.top")).to_have_count(1)
+    expect(page.locator("#announce")).to_contain_text("does not look like a digit")
+    screenshot(page, f"desktop-not-a-digit-{getattr(doodle, '__name__', 'doodle')}.png")
+    watch.assert_clean()
 
 
 def test_keyboard_reaches_every_control_with_visible_focus(watched: tuple[Page, PageWatch], tmp_path: Path) -> None:

@@ -149,3 +149,23 @@ def publish_network(
         metadata=metadata or {},
         report=report,
     )
+
+
+def publish_with_rule(registry: ModelRegistry, model: str, source_version: int, rule: dict[str, Any]) -> int:
+    """A new version with the same artifacts as `source_version` but the calibration and
+    not-a-digit entries in `rule` (an empty rule: a version published before either existed)."""
+    manifest, weights = registry.read_artifact(model, source_version, "weights")
+    _, onnx = registry.read_artifact(model, source_version, "onnx")
+    assert manifest.onnx is not None and manifest.golden is not None
+    metadata = {k: v for k, v in manifest.extra.items() if k not in ("calibration", "not_a_digit")}
+    metadata.update(rule, metrics=manifest.metrics)
+    return registry.publish(
+        model,
+        architecture=manifest.architecture,
+        config=manifest.config,
+        weights=weights,
+        onnx=onnx,
+        onnx_opset=manifest.onnx.opset or OPSET,
+        golden=manifest.golden,
+        metadata=metadata,
+    )

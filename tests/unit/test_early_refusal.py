@@ -23,13 +23,15 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from digitserve.config import Settings
+from digitserve.config import Settings, shipped_registry
+from digitserve.registry import ModelRegistry
 from digitserve.serving.app import create_app
 from digitserve.serving.schemas import EXAMPLE_PNG_B64
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BATCH, MAX_QUEUE = 4, 8
 ONE_IMAGE = json.dumps({"images": [EXAMPLE_PNG_B64]}).encode()
+PRODUCTION = ModelRegistry.open(str(shipped_registry())).resolve_alias("cnn", "production")  # what answers
 
 
 async def call(app: FastAPI, method: str, target: str, body: bytes | None) -> tuple[int, dict[str, str], Any, bool]:
@@ -114,8 +116,9 @@ def test_a_full_queue_refuses_before_the_body_is_read(target: str) -> None:
                 assert not asked, "the app waited for a body it was going to refuse"
 
                 # A pinned version is not judged on arrival: its body is read (and then it is refused
-                # too, since version 2 is the served version and its queue is full).
-                status, _, error, asked = await call(app, "POST", "/v1/models/cnn/predict?version=2", ONE_IMAGE)
+                # too, since it pins the served version, whose queue is full).
+                pinned = f"/v1/models/cnn/predict?version={PRODUCTION}"
+                status, _, error, asked = await call(app, "POST", pinned, ONE_IMAGE)
                 assert asked and status == 503 and error["code"] == "overloaded"
             finally:
                 hold.set()  # never leave the forward thread held, even when an assertion fails
@@ -123,7 +126,7 @@ def test_a_full_queue_refuses_before_the_body_is_read(target: str) -> None:
             results = await asyncio.gather(*futures)
             assert [r.shape for r in results] == [(MAX_BATCH, 10), (MAX_QUEUE // 2, 10), (MAX_QUEUE // 2, 10)]
             status, _, answer, _ = await call(app, "POST", "/v1/models/cnn/predict", ONE_IMAGE)
-            assert status == 200 and answer["version"] == 2, answer
+            assert status == 200 and answer["version"] == PRODUCTION, answer
 
     asyncio.run(scenario())
 
@@ -133,6 +136,6 @@ def test_room_in_the_queue_reads_the_body_as_usual() -> None:
         async with running_app() as app:
             status, _, answer, asked = await call(app, "POST", "/v1/models/cnn/predict", ONE_IMAGE)
             assert asked and status == 200
-            assert answer["version"] == 2 and answer["predictions"][0]["label"] == 7  # MNIST test image 0
+            assert answer["version"] == PRODUCTION and answer["predictions"][0]["label"] == 7  # MNIST test image 0
 
     asyncio.run(scenario())

@@ -21,7 +21,8 @@ from digitserve.registry import (
     NotFoundError,
     RegistryError,
 )
-from digitserve.runtime.session import OnnxModel, RuntimeOptions, softmax
+from digitserve.runtime.calibration import Calibration, CalibrationError
+from digitserve.runtime.session import OnnxModel, RuntimeOptions
 
 log = logging.getLogger(__name__)
 STEPS = ("fetch", "verify", "build", "warmup", "golden")
@@ -45,17 +46,12 @@ class Servable:
     version: int
     manifest: Manifest
     runtime: OnnxModel
+    calibration: Calibration = field(default_factory=Calibration)
     loaded_at: float = field(default_factory=time.time)
-
-    @property
-    def temperature(self) -> float:
-        calibration = self.manifest.extra.get("calibration")
-        value = calibration.get("temperature") if isinstance(calibration, dict) else None
-        return float(value) if isinstance(value, int | float) and value > 0 else 1.0
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """uint8 (B, 28, 28) -> calibrated class probabilities (B, 10), float32."""
-        return softmax(self.runtime.logits(images), self.temperature)
+        return self.calibration.probabilities(self.runtime.logits(images))
 
     def summary(self) -> dict[str, Any]:
         onnx = self.manifest.onnx
@@ -65,6 +61,7 @@ class Servable:
             "weights_sha256": self.manifest.weights.sha256,
             "onnx_sha256": onnx.sha256 if onnx else None,
             "providers": self.runtime.providers,
+            "calibration": self.calibration.describe(),
             "metrics": self.manifest.metrics,
             "created_at": self.manifest.created_at,
             "loaded_at": self.loaded_at,
@@ -88,6 +85,10 @@ def load_servable(
     """Fetch, verify (sha256), build, warm up and golden-check a version. Runs in a thread."""
     manifest, graph = _fetch(registry, model, version)
     try:
+        calibration = Calibration.from_manifest(manifest.extra)
+    except CalibrationError as exc:
+        raise LoadError("verify", f"manifest: {exc}") from exc
+    try:
         runtime = OnnxModel(graph, options)
     except Exception as exc:  # a damaged graph or an unavailable provider: never serves
         raise LoadError("build", f"ONNX Runtime cannot load the graph: {str(exc)[:300]}") from exc
@@ -102,4 +103,4 @@ def load_servable(
     if not worst <= golden.atol:  # NaN fails too
         raise LoadError("golden", f"outputs differ from the recorded golden logits by {worst:.3g}")
     log.info("loaded %s v%d (onnx sha256 %s...)", model, version, manifest.artifact("onnx").sha256[:12])
-    return Servable(model, version, manifest, runtime)
+    return Servable(model, version, manifest, runtime, calibration)

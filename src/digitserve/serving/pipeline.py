@@ -46,8 +46,17 @@ class Selector:
 class PredictionResult:
     loaded: LoadedVersion
     alias: str | None  # the alias that chose the version; None for a pinned version
-    probabilities: np.ndarray  # (n, 10) float32
+    probabilities: np.ndarray  # (n, 10) float32, calibrated
     images: np.ndarray  # (n, 28, 28) uint8: what the model saw
+
+    @property
+    def is_digit(self) -> np.ndarray:
+        """(n,) bool: whether each input looks like a digit, under the version's threshold."""
+        return self.loaded.servable.calibration.is_digit(self.probabilities)
+
+    def reason(self, i: int) -> str:
+        """Why input i is not a digit (only meaningful where `is_digit` is False)."""
+        return self.loaded.servable.calibration.reason(self.probabilities[i])
 
 
 class PredictionPipeline:

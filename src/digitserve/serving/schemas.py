@@ -54,8 +54,19 @@ class ClassScore(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: int = Field(description="the predicted digit")
-    confidence: float = Field(description="its probability")
+    label: int | None = Field(
+        description="the predicted digit; null when the input does not look like a digit (unless ?abstain=false)"
+    )
+    is_digit: bool = Field(
+        description="whether the input looks like a digit: false when no digit reaches the version's "
+        "not-a-digit threshold (chosen on validation data, recorded in its manifest)"
+    )
+    reason: str | None = Field(None, description="why the input is not taken as a digit (when is_digit is false)")
+    best_guess: int = Field(description="the most likely digit, whatever is_digit says")
+    confidence: float = Field(
+        description="the calibrated probability of the most likely digit: of answers given with 90% confidence, "
+        "about 90% are right (on digits like MNIST's)"
+    )
     top_k: list[ClassScore]
     probabilities: list[float] = Field(description="probability of each digit 0-9")
     model_input: str | None = Field(None, description="the 28x28 input as a base64 PNG (return_input)")

@@ -84,11 +84,19 @@
 
   function showPrediction(panel, body, ms) {
     const prediction = body.predictions[0];
-    setState(panel, "done");
-    panel.error.hidden = true;
-    panel.digit.textContent = String(prediction.label);
-    panel.confidence.textContent = `${percent(prediction.confidence)} confident`;
-    setBars(panel, prediction.probabilities, prediction.label);
+    const digit = prediction.is_digit !== false;
+    setState(panel, digit ? "done" : "not-digit");
+    panel.error.hidden = digit;
+    if (digit) {
+      panel.digit.textContent = String(prediction.label);
+      panel.confidence.textContent = `${percent(prediction.confidence)} confident`;
+    } else {
+      panel.digit.textContent = "✗";
+      panel.confidence.textContent = "This does not look like a digit";
+      panel.error.textContent = `No digit reaches the model's confidence threshold. Its closest guess is ` +
+        `${prediction.best_guess}, at ${percent(prediction.confidence)}.`;
+    }
+    setBars(panel, prediction.probabilities, prediction.best_guess);
     showVersion(panel, body.version, body.alias);
     if (prediction.model_input) {
       panel.input.src = `data:image/png;base64,${prediction.model_input}`;
@@ -96,6 +104,10 @@
       panel.input.hidden = false;
     }
     panel.timing.textContent = `${body.model} v${body.version} answered in ${Math.round(ms)} ms`;
+    if (!digit) {
+      return `${panel.title}: this does not look like a digit (closest guess ${prediction.best_guess}, ` +
+        `${percent(prediction.confidence)}).`;
+    }
     return `${panel.title} reads ${prediction.label}, ${percent(prediction.confidence)} confident.`;
   }
 

@@ -25,9 +25,12 @@ from digitserve.config import Settings
 from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
 from digitserve.serving.oip.schemas import (
     IMAGES,
+    IS_DIGIT,
     LABEL,
+    NOT_A_DIGIT_LABEL,
     OUTPUT_NAMES,
     PIXELS,
+    PROBABILITIES,
     InferRequest,
     Parameters,
     RequestInput,
@@ -54,6 +57,7 @@ class DecodedRequest:
     pixels: np.ndarray | None  # (n, 28, 28) uint8 from `pixels`, used as sent
     images: list[bytes] | None  # encoded images from `images`, preprocessed like /v1
     outputs: list[OutputRequest]
+    abstain: bool = True  # `label` -1 for what does not look like a digit
 
     @property
     def count(self) -> int:
@@ -74,9 +78,10 @@ async def read_request(body: bytes, headers: Mapping[str, str], settings: Settin
     else:
         request, taken = _decode(body, encoding, header_length, settings)
     outputs = requested_outputs(request)
+    abstain = _flag(request.parameters, "abstain", True)
     if isinstance(taken, list):
-        return DecodedRequest(request, None, taken, outputs)
-    return DecodedRequest(request, taken, None, outputs)
+        return DecodedRequest(request, None, taken, outputs, abstain)
+    return DecodedRequest(request, taken, None, outputs, abstain)
 
 
 def _decode(
@@ -179,8 +184,8 @@ def requested_outputs(request: InferRequest) -> list[OutputRequest]:
         classes = out.parameters.get("classification", 0)
         if isinstance(classes, bool) or not isinstance(classes, int) or not 0 <= classes <= 10:
             raise InvalidInputError(f"output {out.name!r}: classification must be a class count 1..10")
-        if classes and out.name == LABEL:
-            raise InvalidInputError(f"classification applies to 'probabilities', not {LABEL!r}")
+        if classes and out.name != PROBABILITIES:
+            raise InvalidInputError(f"classification applies to 'probabilities', not {out.name!r}")
         outputs.append(OutputRequest(out.name, _flag(out.parameters, "binary_data", binary_default), classes))
     return outputs
 
@@ -197,13 +202,12 @@ def _flag(parameters: Parameters, key: str, default: bool) -> bool:
 
 def render_response(decoded: DecodedRequest, result: PredictionResult) -> Response:
     """The inference response: JSON, or the JSON header and binary tensors when any output is binary."""
-    probs = result.probabilities
     header: dict[str, Any] = {"model_name": result.loaded.model, "model_version": str(result.loaded.version)}
     if decoded.request.id is not None:
         header["id"] = decoded.request.id
     tensors, blobs = [], []
     for spec in decoded.outputs:
-        values, datatype = _output_values(spec, probs)
+        values, datatype = _output_values(spec, result, decoded.abstain)
         tensor: dict[str, Any] = {"name": spec.name, "shape": list(values.shape), "datatype": datatype}
         if spec.binary:
             blob = _to_bytes(values)
@@ -221,9 +225,15 @@ def render_response(decoded: DecodedRequest, result: PredictionResult) -> Respon
     )
 
 
-def _output_values(spec: OutputRequest, probs: np.ndarray) -> tuple[np.ndarray, str]:
+def _output_values(spec: OutputRequest, result: PredictionResult, abstain: bool) -> tuple[np.ndarray, str]:
+    probs = result.probabilities
+    if spec.name == IS_DIGIT:
+        return result.is_digit.astype(np.bool_), "BOOL"  # (N,)
     if spec.name == LABEL:
-        return probs.argmax(axis=1).astype("<i8"), "INT64"  # (N,)
+        labels = probs.argmax(axis=1).astype("<i8")  # (N,)
+        if abstain:
+            labels[~result.is_digit] = NOT_A_DIGIT_LABEL
+        return labels, "INT64"
     if spec.classification:
         top = np.argsort(-probs, axis=1, kind="stable")[:, : spec.classification]  # (N, k)
         rows = [[f"{probs[i, c]:.6f}:{c}".encode() for c in row] for i, row in enumerate(top)]

@@ -7,7 +7,9 @@ Every model takes one of two inputs and produces two outputs:
   255 and rounded to the model's 8-bit input. Values out of range are refused.
 - `images`: `BYTES` `[N]`, encoded images (PNG, JPEG, ...) that go through the same preprocessing as
   `/v1`. In JSON each element is base64 (a `data:` URL is fine); as binary tensor data, raw bytes.
-- outputs `probabilities` (`FP32` `[N, 10]`) and `label` (`INT64` `[N]`).
+- outputs `probabilities` (`FP32` `[N, 10]`, calibrated), `label` (`INT64` `[N]`: the digit, or -1
+  for an input that does not look like a digit) and `is_digit` (`BOOL` `[N]`). The request
+  parameter `"abstain": false` makes `label` the most likely digit even then.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from digitserve.serving.schemas import EXAMPLE_PNG_B64
 
 PIXELS, IMAGES = "pixels", "images"
-PROBABILITIES, LABEL = "probabilities", "label"
-OUTPUT_NAMES = (PROBABILITIES, LABEL)
+PROBABILITIES, LABEL, IS_DIGIT = "probabilities", "label", "is_digit"
+OUTPUT_NAMES = (PROBABILITIES, LABEL, IS_DIGIT)
+NOT_A_DIGIT_LABEL = -1  # `label` of an input that does not look like a digit (unless "abstain": false)
 PIXEL_DATATYPES = ("UINT8", "FP32")
 EXTENSIONS = ["binary_tensor_data", "classification"]
 PLATFORM = "onnxruntime_onnx"
@@ -57,6 +60,7 @@ INPUTS = [
 OUTPUTS = [
     MetadataTensor(name=PROBABILITIES, datatype="FP32", shape=[-1, 10]),
     MetadataTensor(name=LABEL, datatype="INT64", shape=[-1]),
+    MetadataTensor(name=IS_DIGIT, datatype="BOOL", shape=[-1]),
 ]
 
 

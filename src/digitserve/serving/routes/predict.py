@@ -28,6 +28,13 @@ AliasQuery = Annotated[
     str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="use the version another alias points to")
 ]
 TopKQuery = Annotated[int, Query(ge=1, le=10, description="how many top classes to return")]
+AbstainQuery = Annotated[
+    bool,
+    Query(
+        description="answer `label: null` for what does not look like a digit (default); false: always give the "
+        "most likely digit as `label` (`is_digit` still says what the model thinks)"
+    ),
+]
 
 
 async def selector(version: VersionQuery = None, alias: AliasQuery = None) -> Selector:
@@ -44,16 +51,22 @@ def _png_b64(image: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def render_predictions(result: PredictionResult, top_k: int, return_input: bool) -> dict[str, Any]:
+def render_predictions(
+    result: PredictionResult, top_k: int, return_input: bool, abstain: bool = True
+) -> dict[str, Any]:
     probs = result.probabilities
     order = np.argsort(-probs, axis=1)[:, :top_k].tolist()
+    is_digit = result.is_digit.tolist()
     predictions = []
     for i, row in enumerate(probs.tolist()):  # plain floats: indexing numpy scalars is slow
         rounded = [round(p, 6) for p in row]
         top = [{"label": c, "probability": rounded[c]} for c in order[i]]
         predictions.append(
             {
-                "label": top[0]["label"],
+                "label": top[0]["label"] if is_digit[i] or not abstain else None,
+                "is_digit": is_digit[i],
+                "reason": None if is_digit[i] else result.reason(i),
+                "best_guess": top[0]["label"],
                 "confidence": top[0]["probability"],
                 "top_k": top,
                 "probabilities": rounded,
@@ -69,7 +82,9 @@ def render_predictions(result: PredictionResult, top_k: int, return_input: bool)
 
 
 @router.post("/{model}/predict", response_model=PredictResponse, summary="Predict digits (JSON, base64)")
-async def predict_json(model: str, body: PredictRequest, context: PredictionDep, selector: SelectorDep) -> JSONResponse:
+async def predict_json(
+    model: str, body: PredictRequest, context: PredictionDep, selector: SelectorDep, abstain: AbstainQuery = True
+) -> JSONResponse:
     """Classify one or more base64-encoded images. The answer names the version that computed it."""
     pipeline, deadline = context.pipeline, context.deadline
     if not body.images and not body.csv:
@@ -80,7 +95,7 @@ async def predict_json(model: str, body: PredictRequest, context: PredictionDep,
     blobs += [csv_blob(text.encode(), f"csv[{i}]") for i, text in enumerate(body.csv)]
     names = [f"images[{i}]" for i in range(len(body.images))] + [f"csv[{i}]" for i in range(len(body.csv))]
     result = await pipeline.predict_encoded(model, blobs, names, selector, deadline)
-    return JSONResponse(render_predictions(result, body.top_k, body.return_input))
+    return JSONResponse(render_predictions(result, body.top_k, body.return_input, abstain))
 
 
 UPLOAD_BODY = {
@@ -150,6 +165,7 @@ async def predict_upload(
     selector: SelectorDep,
     top_k: TopKQuery = 3,
     return_input: bool = False,
+    abstain: AbstainQuery = True,
 ) -> JSONResponse:
     """Classify uploaded image files (form field `files`, repeatable)."""
     pipeline, deadline = context.pipeline, context.deadline
@@ -157,4 +173,4 @@ async def predict_upload(
     blobs, names = await _read_uploads(request, pipeline.settings)
     pipeline.admit(model, len(blobs), selector, "files")
     result = await pipeline.predict_encoded(model, blobs, names, selector, deadline)
-    return JSONResponse(render_predictions(result, top_k, return_input))
+    return JSONResponse(render_predictions(result, top_k, return_input, abstain))

@@ -1,12 +1,4 @@
-"""The promotion gate: a version takes an alias only if it measures up on the MNIST test set.
-
-The gate trusts no recorded number. It loads the candidate's ONNX artifact through the
-registry (sha256-verified) -- what a server will run -- and re-evaluates it on the full official
-test set. It refuses the candidate when its accuracy is below the model's threshold, more than
-`MAX_REGRESSION` below the version the alias holds now (re-measured the same way), or when the
-ONNX artifact and the torch weights it was exported from disagree on any test label or by more
-than `AGREEMENT_ATOL` in any logit. `--force --reason` bypasses it, and the event log says so.
-"""
+"""The gate's measurements and judgement of one candidate for one alias (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -17,8 +9,14 @@ import numpy as np
 
 from digitserve.config import gate_threshold_setting, gate_threshold_variable
 from digitserve.data import load_mnist
-from digitserve.evaluation import classification_metrics, evaluate_artifact, load_runtime
+from digitserve.evaluation import (
+    classification_metrics,
+    evaluate_artifact,
+    load_runtime,
+)
+from digitserve.gate.trust import Trust, TrustLimits, measure_trust, trust_refusals
 from digitserve.registry import AliasState, ModelRegistry, RegistryError
+from digitserve.runtime.calibration import Calibration, CalibrationError
 
 DEFAULT_THRESHOLDS = {"cnn": 0.996, "vit": 0.993}  # by architecture
 MAX_REGRESSION = 0.001  # 0.1 point of accuracy: 10 of the 10,000 test images
@@ -39,6 +37,8 @@ class Measurement:
     label_disagreements: int = 0  # test images whose ONNX and torch labels differ
     max_logit_difference: float = 0.0
     artifact: str = "onnx"  # what was measured: "onnx", or "weights" for a version without ONNX
+    trust: Trust | None = None
+    calibration_error: str | None = None  # why the manifest's calibration cannot be used
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class GateResult:
     threshold: float
     threshold_source: str
     refusals: tuple[str, ...]
+    limits: TrustLimits = field(default_factory=TrustLimits)
 
     @property
     def passed(self) -> bool:
@@ -60,6 +61,12 @@ class GateResult:
         if not self.passed:
             return f"{head} refused: {'; '.join(self.refusals)}"
         parts = [f"{head} >= threshold {self.threshold:.4f} ({self.threshold_source})"]
+        trust = self.candidate.trust
+        if trust is not None and trust.threshold is not None:
+            parts.append(
+                f"test ECE {trust.test_ece:.2%}, not a digit: {trust.digits_not_a_digit:.2%} of MNIST test, "
+                f"{trust.negatives_not_a_digit:.2%} of held-out negatives"
+            )
         if self.current is not None:
             parts.append(f"{self.alias} v{self.current.version} measures {self.current.accuracy:.4f}")
         return ", ".join(parts)
@@ -77,6 +84,16 @@ class GateResult:
                 "artifact": m.artifact,
                 "onnx_torch_label_disagreements": m.label_disagreements,
                 "onnx_torch_max_logit_difference": m.max_logit_difference,
+                "trust": None
+                if m.trust is None
+                else {
+                    "temperature": m.trust.temperature,
+                    "not_a_digit_threshold": m.trust.threshold,
+                    "test_ece": m.trust.test_ece,
+                    "mnist_test_not_a_digit": m.trust.digits_not_a_digit,
+                    "held_out_negatives_not_a_digit": m.trust.negatives_not_a_digit,
+                    "held_out_negatives": m.trust.negatives,
+                },
             }
 
         return {
@@ -86,6 +103,11 @@ class GateResult:
             "threshold_source": self.threshold_source,
             "max_regression": MAX_REGRESSION,
             "agreement_atol": AGREEMENT_ATOL,
+            "trust_limits": {
+                "max_test_ece": self.limits.max_ece,
+                "max_mnist_test_not_a_digit": self.limits.max_digits_not_a_digit,
+                "min_held_out_negatives_not_a_digit": self.limits.min_negatives_not_a_digit,
+            },
             "candidate": measured(self.candidate),
             "current": measured(self.current),
             "num_examples": self.candidate.num_examples,
@@ -140,11 +162,15 @@ def measure(registry: ModelRegistry, model: str, version: int) -> Measurement:
         return Measurement(
             version, metrics["accuracy"], metrics["errors"], metrics["num_examples"], test.checksum, artifact="weights"
         )
-    _, runtime = load_runtime(registry, model, version)
+    manifest, runtime = load_runtime(registry, model, version)
     metrics, logits = evaluate_artifact(runtime)
     reference = torch_logits(registry, model, version)
     disagreements = int((logits.argmax(axis=1) != reference.argmax(axis=1)).sum())
     worst = float(np.abs(logits - reference).max())
+    try:
+        calibration, problem = Calibration.from_manifest(manifest.extra), None
+    except CalibrationError as exc:
+        calibration, problem = Calibration(), str(exc)
     return Measurement(
         version,
         metrics["accuracy"],
@@ -153,6 +179,8 @@ def measure(registry: ModelRegistry, model: str, version: int) -> Measurement:
         metrics["data_sha256"],
         disagreements,
         round(worst, 8),
+        trust=measure_trust(runtime, manifest.extra, calibration, logits),
+        calibration_error=problem,
     )
 
 
@@ -165,6 +193,7 @@ class PromotionGate:
     alias: str
     current_state: AliasState | None
     threshold_override: float | None = None
+    limits: TrustLimits = field(default_factory=TrustLimits.resolve)
     _current: Measurement | None = field(default=None, init=False)
 
     def current_measurement(self) -> Measurement | None:
@@ -191,6 +220,7 @@ class PromotionGate:
         # turn an exact tie into a refusal.
         if round(candidate.accuracy, 6) < round(threshold, 6):
             refusals.append(f"below the threshold {threshold:.4f} ({source})")
+        refusals += trust_refusals(candidate.trust, candidate.calibration_error, self.limits)
         current = self.current_measurement() if self.current_state else None
         if current is not None and current.version != version:
             drop = round(current.accuracy - candidate.accuracy, 6)
@@ -199,84 +229,4 @@ class PromotionGate:
                     f"{drop:.4f} below {self.alias} v{current.version} ({current.accuracy:.4f}); "
                     f"at most {MAX_REGRESSION:.4f} is allowed"
                 )
-        return GateResult(self.model, self.alias, candidate, current, threshold, source, tuple(refusals))
-
-
-@dataclass(frozen=True)
-class Promotion:
-    """What a promote did: `changed` is False when the alias already held the version."""
-
-    model: str
-    alias: str
-    version: int
-    previous: int | None
-    changed: bool
-    forced: bool = False
-    gate: GateResult | None = None
-
-
-def promote(
-    registry: ModelRegistry,
-    model: str,
-    version: int,
-    *,
-    alias: str = "production",
-    threshold: float | None = None,
-    force: bool = False,
-    reason: str = "",
-) -> Promotion:
-    """Move `alias` to `version` if the gate passes it (or, with `force`, for a stated reason).
-
-    The alias is read once, before the gate runs, and moved by compare-and-swap against that
-    read: if someone moves it while the candidate is being measured, nothing is overwritten.
-    """
-    if force and not reason.strip():
-        raise RegistryError("--force bypasses the gate and needs --reason TEXT saying why")
-    registry.manifest(model, version)  # NotFoundError before any measuring
-    state = registry.get_alias(model, alias)
-    if state is not None and state.version == version:
-        return Promotion(model, alias, version, state.previous, changed=False, forced=force)
-    if force:
-        registry.move_alias(
-            model,
-            alias,
-            version,
-            reason=reason,
-            expected=state,
-            gate={"forced": True, "passed": None, "reason": reason},
-        )
-        return Promotion(model, alias, version, state.version if state else None, True, forced=True)
-    result = PromotionGate(registry, model, alias, state, threshold).check(version)
-    if not result.passed:
-        raise GateRefusedError(f"gate refused {result.summary()}")
-    return _move_after_gate(registry, result, state, reason)
-
-
-def promote_newest_passing(
-    registry: ModelRegistry, model: str, *, alias: str = "production", threshold: float | None = None, reason: str = ""
-) -> Promotion:
-    """Promote the newest version, newer than the alias's, that the gate passes (for CI)."""
-    versions = registry.list_versions(model)
-    if not versions:
-        raise RegistryError(f"model {model!r} has no versions in {registry.uri}")
-    state = registry.get_alias(model, alias)
-    candidates = [v for v in reversed(versions) if state is None or v > state.version]
-    if state is not None and not candidates:
-        return Promotion(model, alias, state.version, state.previous, changed=False)
-    gate = PromotionGate(registry, model, alias, state, threshold)
-    refused = []
-    for version in candidates:
-        result = gate.check(version)
-        if result.passed:
-            return _move_after_gate(registry, result, state, reason)
-        refused.append(f"v{version} {result.candidate.accuracy:.4f} ({'; '.join(result.refusals)})")
-    newer = f" newer than {alias} v{state.version}" if state else ""
-    raise GateRefusedError(f"no version of {model}{newer} passes the gate: {', '.join(refused)}")
-
-
-def _move_after_gate(registry: ModelRegistry, result: GateResult, state: AliasState | None, reason: str) -> Promotion:
-    version = result.candidate.version
-    reason = reason or f"gate passed: accuracy {result.candidate.accuracy:.4f}"
-    registry.move_alias(result.model, result.alias, version, reason=reason, expected=state, gate=result.as_event())
-    previous = state.version if state else None
-    return Promotion(result.model, result.alias, version, previous, changed=True, gate=result)
+        return GateResult(self.model, self.alias, candidate, current, threshold, source, tuple(refusals), self.limits)
