@@ -38,7 +38,7 @@ from digitserve.registry import ModelRegistry  # noqa: E402
 ADMIN_TOKEN = "bench-admin-token"
 JSON = "application/json"
 BOUNDARY = "digitservebenchboundary"
-# The shape of the shipped ViT (training/train.py RECIPES["vit"]), for an untrained stand-in.
+# The shape of the shipped ViT (training/recipe.py RECIPES["vit"]), for an untrained stand-in.
 VIT_SHAPE = {"embed_dim": 64, "depth": 6, "num_heads": 4, "mlp_ratio": 3.0, "drop_rate": 0.0, "drop_path_rate": 0.05}
 
 
