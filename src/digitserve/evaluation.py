@@ -15,6 +15,7 @@ from digitserve.data import load_mnist
 from digitserve.registry import Manifest, ModelRegistry
 from digitserve.runtime import OnnxModel, RuntimeOptions
 from digitserve.runtime.calibration import Calibration
+from digitserve.runtime.session import softmax
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int = 10) -> dict[str, Any]:
@@ -116,7 +117,6 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) (golden-section search on log T)."""
-    from digitserve.runtime.session import softmax
 
     def nll(log_t: float) -> float:
         return negative_log_likelihood(softmax(logits, float(np.exp(log_t))), labels)
@@ -167,7 +167,6 @@ def trust_metrics(
     robustness_labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """What metrics.json and the gate report about calibration, "not a digit" and robustness."""
-    from digitserve.runtime.session import softmax
     from digitserve.synthetic.negatives import KINDS
 
     raw, calibrated = softmax(test_logits, 1.0), calibration.probabilities(test_logits)

@@ -11,8 +11,8 @@ Both numbers live in the version's manifest, measured when it was trained:
 - **Not a digit.** The models are trained to spread their probability evenly over the ten
   digits for things that are not digits (outlier exposure), so a drawing whose most likely digit
   has a calibrated probability under `threshold` is answered "not a digit". The threshold is
-  chosen on validation data: digits from MNIST's validation split and the project's own
-  validation negatives (`digitserve.synthetic.negatives`).
+  chosen on validation data only: MNIST's validation digits, and the same digits re-rendered as
+  in the robustness set (`digitserve.evaluation.choose_threshold`); no negative is looked at.
 
 A version without these entries (published before them) answers with T = 1 and never abstains.
 """

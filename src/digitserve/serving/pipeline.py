@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class PredictionResult:
     probabilities: np.ndarray  # (n, 10) float32, calibrated
     images: np.ndarray  # (n, 28, 28) uint8: what the model saw
 
-    @property
+    @cached_property  # read by more than one /v2 output: computed once
     def is_digit(self) -> np.ndarray:
         """(n,) bool: whether each input looks like a digit, under the version's threshold."""
         return self.loaded.servable.calibration.is_digit(self.probabilities)
