@@ -51,6 +51,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     XDG_CACHE_HOME=/tmp/.cache \
     DIGITSERVE_CACHE_DIR=/var/cache/digitserve \
+    DIGITSERVE_FEEDBACK_SPOOL_DIR=/var/cache/digitserve/feedback-spool \
     DIGITSERVE_MODELS=cnn,vit \
     DIGITSERVE_ALIAS=production
 

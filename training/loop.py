@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from digitserve.data import MNISTSplit, train_val_split
 from digitserve.models.checkpoint import predict_logits, to_model_input
+from digitserve.registry.feedback import FeedbackSnapshot
 from digitserve.synthetic import sets
 
 
@@ -86,14 +87,24 @@ class TrainingData:
     val_labels: np.ndarray
 
 
-def training_data(cfg: TrainConfig, train_set: MNISTSplit) -> TrainingData:
+def training_data(cfg: TrainConfig, train_set: MNISTSplit, feedback: FeedbackSnapshot | None = None) -> TrainingData:
+    """MNIST's training digits (less the validation split), the training negatives, and the train
+    split of accepted feedback, if any: its digits join the digits and its "not a digit" samples
+    the negatives, each shown `feedback_repeat` times an epoch."""
     train_idx, val_idx = train_val_split(len(train_set), cfg.val_size, seed=0)
     if cfg.limit_train:
         train_idx = train_idx[: cfg.limit_train]
+    images, labels = train_set.images[train_idx], train_set.labels[train_idx]
     negatives = sets.negatives("train", cfg.negatives).images if cfg.negatives_per_batch else np.empty((0, 28, 28))
+    if feedback is not None:
+        extra, extra_labels = feedback.part("train")
+        digits = extra_labels >= 0
+        images = np.concatenate([images, *[extra[digits]] * cfg.feedback_repeat])
+        labels = np.concatenate([labels, *[extra_labels[digits].astype(labels.dtype)] * cfg.feedback_repeat])
+        negatives = np.concatenate([negatives, *[extra[~digits]] * cfg.feedback_repeat])
     return TrainingData(
-        torch.from_numpy(train_set.images[train_idx]),
-        torch.from_numpy(train_set.labels[train_idx]),
+        torch.from_numpy(np.ascontiguousarray(images)),
+        torch.from_numpy(np.ascontiguousarray(labels)),
         torch.from_numpy(np.ascontiguousarray(negatives, np.uint8)),
         train_set.images[val_idx],
         train_set.labels[val_idx],

@@ -29,6 +29,8 @@ class TrainConfig:
     checkpoint: str | None = None  # write the trained weights here before calibrating and publishing
     from_checkpoint: str | None = None  # skip training: calibrate, evaluate and publish these weights
     bf16: bool = False  # bfloat16 autocast for the forward pass (fast on CPUs with AMX)
+    feedback: bool = False  # add the registry's accepted feedback (its train split) to the training data
+    feedback_repeat: int = 20  # times each feedback sample is shown per epoch: a few among 55,000 digits
     seed: int = 0
     val_size: int = 5000
     registry: str | None = None  # None: DIGITSERVE_REGISTRY, else the shipped registry
@@ -84,6 +86,13 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p.add_argument("--checkpoint", help="also write the trained weights and history to this file")
     p.add_argument("--from-checkpoint", help="skip training: calibrate, evaluate and publish a --checkpoint file")
     p.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (CPUs with AMX, GPUs)")
+    p.add_argument(
+        "--feedback",
+        action="store_true",
+        default=None,
+        help="also train on the registry's accepted feedback (its train split; the holdout is the gate's)",
+    )
+    p.add_argument("--feedback-repeat", type=int, help="times each feedback sample is shown per epoch (default 20)")
     args = vars(p.parse_args(argv))
     settings = {**RECIPES[args["arch"]], **(SMOKE if args["smoke"] else {})}
     settings.update({f.name: args[f.name] for f in fields(TrainConfig) if args.get(f.name) is not None})

@@ -47,6 +47,7 @@ from digitserve.models.checkpoint import weights_bytes
 from digitserve.models.export import OPSET, export_onnx, golden_outputs
 from digitserve.preprocess import PREPROCESSING
 from digitserve.registry import ModelRegistry
+from digitserve.registry.feedback import FeedbackSnapshot, FeedbackStore
 from digitserve.synthetic import sets
 
 
@@ -169,6 +170,30 @@ def safe_open_metadata(data: bytes) -> dict[str, str]:
     return dict(json.loads(data[8 : 8 + size]).get("__metadata__", {}))
 
 
+def accepted_feedback(cfg: TrainConfig) -> FeedbackSnapshot | None:
+    """With --feedback: the registry's accepted feedback now (pending and rejected samples never)."""
+    if not cfg.feedback:
+        return None
+    registry = ModelRegistry.open(cfg.registry)
+    snapshot = FeedbackStore(registry.store).snapshot()
+    summary = snapshot.summary()
+    print(
+        f"feedback from {registry.uri}: {summary['samples']} accepted samples ({summary['train']} to train on, "
+        f"{summary['holdout']} held out for the gate), snapshot {snapshot.digest[:12]}",
+        flush=True,
+    )
+    return snapshot
+
+
+def record_feedback(
+    cfg: TrainConfig, feedback: FeedbackSnapshot | None, records: dict[str, Any], report: dict[str, bytes]
+) -> None:
+    """The manifest names the feedback snapshot the version saw; its report lists the sample ids."""
+    if feedback is not None:
+        records["feedback"] = {**feedback.summary(), "repeat": cfg.feedback_repeat}
+        report["feedback.json"] = json.dumps({"snapshot_sha256": feedback.digest, **feedback.ids()}, indent=1).encode()
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv, __doc__)
     rank, world = setup_distributed()
@@ -176,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(cfg.seed)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else None
     train_set, test = load_mnist("train"), load_mnist("test")
-    data = training_data(cfg, train_set)
+    feedback = accepted_feedback(cfg)
+    data = training_data(cfg, train_set, feedback)
     if rank == 0:
         prepare_sets(cfg)  # made (or read) before training, so a problem shows in seconds, not after it
     model = create_model(cfg.arch, **cfg.model).to(device or "cpu")
@@ -196,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         save_checkpoint(model, cfg.checkpoint, history, train_seconds)
     calibration, records = calibrate(cfg, model, data)
     metrics, report = evaluate(cfg, model, test, calibration, history, train_seconds)
+    record_feedback(cfg, feedback, records, report)
     registry = ModelRegistry.open(cfg.registry)
     version = publish(registry, cfg, model, train_set, test, metrics, report, records, world)
     name = cfg.name or cfg.arch

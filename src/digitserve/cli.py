@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from digitserve.cli_feedback import add_feedback_commands
 from digitserve.cli_registry import add_registry_commands
 from digitserve.config import Settings, data_dir
 from digitserve.data import DataError, fetch
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     add_registry_commands(sub)
+    add_feedback_commands(sub)
     return parser
 
 

@@ -108,7 +108,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
     )
     if args.best:
         promotion = promote_newest_passing(
-            registry, args.model, alias=args.alias, threshold=args.threshold, reason=args.reason or "", limits=limits
+            registry,
+            args.model,
+            alias=args.alias,
+            threshold=args.threshold,
+            reason=args.reason or "",
+            limits=limits,
+            max_regression=args.max_regression,
         )
     else:
         promotion = promote(
@@ -120,6 +126,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
             force=args.force,
             reason=args.reason or "",
             limits=limits,
+            max_regression=args.max_regression,
         )
     print(_describe(promotion))
     return 0
@@ -140,7 +147,11 @@ def _gate_text(gate: dict[str, Any] | None) -> str:
     if gate.get("forced"):
         return "forced"
     candidate = gate.get("candidate") or {}
-    return f"passed (accuracy {candidate.get('accuracy', 0):.4f}, threshold {gate.get('threshold', 0):.4f})"
+    text = f"passed (accuracy {candidate.get('accuracy', 0):.4f}, threshold {gate.get('threshold', 0):.4f}"
+    holdout = gate.get("feedback_holdout") or {}
+    if holdout.get("samples") and isinstance(holdout.get("candidate"), dict):
+        text += f", feedback holdout {holdout['candidate'].get('correct')}/{holdout['samples']}"
+    return text + ")"
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -236,6 +247,12 @@ def _add_promote_command(sub: Any, aliased: argparse.ArgumentParser) -> None:
         type=float,
         help="smallest share of held-out negatives answered 'not a digit' "
         f"(default {limits.min_negatives_not_a_digit}, or $DIGITSERVE_GATE_MIN_NEGATIVES_NOT_A_DIGIT)",
+    )
+    p.add_argument(
+        "--max-regression",
+        type=float,
+        help=f"how far below the alias's version the test accuracy may be (default {MAX_REGRESSION}, "
+        "or $DIGITSERVE_GATE_MAX_REGRESSION)",
     )
     p.add_argument("--force", action="store_true", help="bypass the gate (needs --reason; logged)")
     p.add_argument("--reason", help="why; recorded in the alias and its event log")

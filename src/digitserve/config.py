@@ -151,6 +151,19 @@ class Settings(BaseSettings):
     max_head_bytes: int = Field(32 * 1024, ge=1024, description="request line and headers together (then 431)")
     max_url_bytes: int = Field(8 * 1024, ge=256, description="the request target, path and query (then 414)")
 
+    feedback_enabled: bool = Field(True, description="take people's corrections on POST /v1/feedback")
+    feedback_per_minute: int = Field(
+        20, ge=1, description="feedback samples one client may send a minute (429 past it)"
+    )
+    feedback_max_body_bytes: int = Field(1 * MiB, ge=1024, description="the body of one feedback request (413 past it)")
+    feedback_spool_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "digitserve" / "feedback-spool",
+        description="where feedback waits on local disk until the registry has it (kept across restarts)",
+    )
+    feedback_max_spooled: int = Field(
+        10_000, ge=1, description="samples waiting for the registry before new feedback gets 503"
+    )
+
     admin_token: SecretStr | None = None
     shutdown_grace_s: float = Field(1.0, ge=0, description="after SIGTERM: /readyz is 503 this long first")
     graceful_shutdown_s: float = Field(30.0, gt=0, description="then at most this long to answer what is in flight")

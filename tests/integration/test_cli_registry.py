@@ -1,61 +1,25 @@
 """`digitserve registry ...` run as the real console script, on a local folder and on S3 (moto).
 
-The gate tests use tiny CNNs whose head always answers one digit: their accuracy on the MNIST
-test set is exactly that digit's share of it (e.g. always "1": 1135/10000), so the gate's
-re-measurement can be checked to the last image without any training. Such a model answers
-everything with 99.96% confidence, so the gate's trust limits (calibration, not-a-digit) are
-relaxed for the accuracy tests and checked on their own in `test_gate_trust_limits`.
+The gate tests use tiny CNNs whose head always answers one digit (`support/constant.py`): their
+accuracy on the MNIST test set is exactly that digit's share of it (e.g. always "1": 1135/10000),
+so the gate's re-measurement can be checked to the last image without any training. Such a model
+answers everything with 99.96% confidence, so the gate's trust limits (calibration, not-a-digit)
+are relaxed for the accuracy tests and checked on their own in `test_gate_trust_limits`.
 """
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from support.cli import digitserve, error_line, succeeded
+from support.constant import MODEL, RELAXED, accuracy_of, constant_model, publish_constant
 from support.registries import publish_network, train_smoke
-from torch import nn
 
 from digitserve.data import TEST_LABEL_COUNTS
 from digitserve.gate import AGREEMENT_ATOL
-from digitserve.models import create_model
 from digitserve.registry import ModelRegistry
-
-MODEL = "digits"
-
-
-def accuracy_of(label: int) -> float:
-    return TEST_LABEL_COUNTS[label] / 10000
-
-
-def constant_model(label: int, seed: int = 0) -> nn.Module:
-    """A tiny CNN that predicts `label` for every image."""
-    torch.manual_seed(seed)
-    net = create_model("cnn", channels=[4, 8, 8], depths=[1, 1, 1]).eval()
-    head = net.head[-1]
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.copy_(10 * torch.nn.functional.one_hot(torch.tensor(label), 10).float())
-    return net
-
-
-def publish_constant(registry: ModelRegistry, label: int, seed: int = 0, claimed: float | None = None) -> int:
-    """Publish `constant_model(label)`; `claimed` is the accuracy its manifest records."""
-    net = constant_model(label, seed)
-    golden_images = np.zeros((8, 28, 28), np.uint8)
-    metrics = {"accuracy": accuracy_of(label) if claimed is None else claimed, "split": "test"}
-    report = {"metrics.json": json.dumps(metrics).encode()}
-    return publish_network(registry, MODEL, net, {"metrics": metrics, **RULE}, report, golden_images)
-
-
-# T = 1 and a threshold no constant model's answer falls below: every answer is a digit.
-RULE = {
-    "calibration": {"method": "temperature", "temperature": 1.0},
-    "not_a_digit": {"score": "confidence", "threshold": 0.1},
-}
-RELAXED = {"MAX_ECE": "1", "MAX_DIGITS_NOT_A_DIGIT": "1", "MIN_NEGATIVES_NOT_A_DIGIT": "0"}
 
 
 def publish_manifest(registry: ModelRegistry, doc: dict[str, object]) -> int:

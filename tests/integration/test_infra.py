@@ -241,13 +241,16 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def test_service_task_role_only_reads_the_registry():
+def test_service_task_role_reads_the_registry_and_writes_only_feedback_samples():
     task_role = resources("service.yaml")["TaskRole"]
     actions = {a for s in statements(task_role) for a in as_list(s["Action"])}
-    assert actions == {"s3:GetObject", "s3:ListBucket"}
+    assert actions == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}, "no deletes, no other writes"
     assert all(s["Effect"] == "Allow" for s in statements(task_role))
     listing = next(s for s in statements(task_role) if s["Action"] == "s3:ListBucket")
     assert "s3:prefix" in listing["Condition"]["StringLike"]
+    writes = [s for s in statements(task_role) if "s3:PutObject" in as_list(s["Action"])]
+    written = [r["!Sub"] for s in writes for r in as_list(s["Resource"])]
+    assert written == ["arn:${AWS::Partition}:s3:::${RegistryBucketName}/${RegistryPrefix}/feedback/samples/*"]
 
 
 def test_ci_role_writes_only_aliases_and_events_and_trusts_one_github_repo():

@@ -19,7 +19,6 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,16 +26,17 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import (
-    Browser,
-    BrowserContext,
-    ConsoleMessage,
-    Locator,
-    Page,
-    Request,
-    ViewportSize,
-    expect,
-    sync_playwright,
+from playwright.sync_api import Browser, BrowserContext, Page, expect
+from support.browser import (
+    DESKTOP,
+    PHONE,
+    REPO,
+    PageWatch,
+    chromium,
+    draw,
+    panel,
+    screenshot,
+    wait_for_answers,
 )
 from support.handwriting import handwritten
 from support.photolike import make_photo
@@ -46,26 +46,11 @@ from digitserve.data import load_mnist
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "artifacts" / "screenshots"
 DRAWN = REPO / "artifacts" / "canvas"
 CANVAS_SET = REPO / "tests" / "data" / "canvas"
 UPDATE_CANVAS_SET = os.environ.get("DIGITSERVE_UPDATE_CANVAS_SET") == "1"
 
-CHROMIUM = Path(os.environ.get("DIGITSERVE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-DESKTOP: ViewportSize = {"width": 1280, "height": 900}
-PHONE: ViewportSize = {"width": 390, "height": 844}
 MODELS = ("cnn", "vit")
-ANSWER_TIMEOUT_MS = 30_000
 
 DRAWINGS_PER_DIGIT = 4  # 40 drawn digits in the set
 # On the drawn set, on the page and through the API. Shipped cnn v1 and vit v1 both read 40/40.
@@ -85,42 +70,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: run `make system-deps` (or set DIGITSERVE_CHROMIUM)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@dataclass
-class PageWatch:
-    """What went wrong while a page was open: console errors, script errors, failed or foreign requests."""
-
-    host: str
-    console_errors: list[str] = field(default_factory=list)
-    page_errors: list[str] = field(default_factory=list)
-    failed_requests: list[str] = field(default_factory=list)
-    foreign_requests: list[str] = field(default_factory=list)
-
-    def attach(self, page: Page) -> None:
-        page.on("console", self._on_console)
-        page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
-        page.on("requestfailed", lambda req: self.failed_requests.append(f"{req.url}: {req.failure}"))
-        page.on("request", self._check_host)
-
-    def _on_console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.console_errors.append(message.text)
-
-    def _check_host(self, request: Request) -> None:
-        parts = urlsplit(request.url)
-        if parts.scheme not in ("data", "blob") and parts.netloc != self.host:
-            self.foreign_requests.append(request.url)
-
-    def assert_clean(self) -> None:
-        problems = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "host" and getattr(self, f.name)}
-        assert not problems, f"the page had problems: {problems}"
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
@@ -146,32 +97,6 @@ def watched(context: BrowserContext, server: str) -> tuple[Page, PageWatch]:
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def panel(page: Page, model: str) -> Locator:
-    return page.locator(f'.panel[data-model="{model}"]')
-
-
-def draw(page: Page, strokes: list[np.ndarray]) -> None:
-    """Draw `strokes` (unit-box points) on the pad with the mouse: down, move along, up."""
-    box = page.locator("#pad").bounding_box()
-    assert box is not None
-    for stroke in strokes:
-        points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
-        page.mouse.move(*points[0])
-        page.mouse.down()
-        for point in points[1:]:
-            page.mouse.move(*point)
-        page.mouse.up()
-
-
-def wait_for_answers(page: Page) -> None:
-    """Until every panel shows an answer (a prediction or an error) for what is on the pad now."""
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('.panel')]"
-        ".every(p => ['done', 'not-digit', 'error'].includes(p.dataset.state))",
-        timeout=ANSWER_TIMEOUT_MS,
-    )
-
-
 def shown_label(page: Page, model: str) -> str:
     return panel(page, model).locator(".digit").inner_text().strip()
 
@@ -189,11 +114,6 @@ def pad_is_blank(page: Page) -> bool:
                 return d.every(v => v === 255); }"""
         )
     )
-
-
-def screenshot(page: Page, name: str, full_page: bool = False) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / name), full_page=full_page, animations="disabled")
 
 
 def served_versions(server: str) -> dict[str, int]:

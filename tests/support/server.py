@@ -114,7 +114,11 @@ def start_server(
     """
     bind = ["--host", host] if host is not None else []
     cmd = [str(DIGITSERVE), "serve", *bind, *extra_args]
-    env = {"DIGITSERVE_WORKERS": "1", **(env or {})}  # one process unless a test asks for more
+    env = {  # one process unless a test asks for more; a feedback spool of its own, never the user's
+        "DIGITSERVE_WORKERS": "1",
+        "DIGITSERVE_FEEDBACK_SPOOL_DIR": tempfile.mkdtemp(prefix="digitserve-spool-"),
+        **(env or {}),
+    }
     process, base_url, _ = spawn(cmd, env, log_path=log_path, ready_timeout_s=ready_timeout_s, wait_path=wait_path)
     return process, base_url
 

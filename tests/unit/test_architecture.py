@@ -30,7 +30,19 @@ LAYERS: dict[str, set[str]] = {
     "evaluation": {"config", "storage", "registry", "runtime", "data", "synthetic"},
     "gate": {"config", "storage", "registry", "runtime", "data", "evaluation", "models", "synthetic"},
     "serving": {"config", "storage", "registry", "runtime", "preprocess", "imaging", "ink", "pixelcsv"},
-    "cli": {"config", "storage", "registry", "runtime", "data", "evaluation", "gate", "cli_registry", "serving"},
+    "cli": {
+        "config",
+        "storage",
+        "registry",
+        "runtime",
+        "data",
+        "evaluation",
+        "gate",
+        "cli_registry",
+        "cli_feedback",
+        "serving",
+    },
+    "cli_feedback": {"config", "storage", "registry"},
     "cli_registry": {"config", "storage", "registry", "runtime", "data", "evaluation", "gate"},
 }
 TORCH = ("torch", "torchvision", "timm", "safetensors")

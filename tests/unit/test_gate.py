@@ -1,12 +1,17 @@
-"""Where the promotion gate's threshold comes from (the measuring is in test_cli_registry)."""
+"""Where the promotion gate's threshold and regression limit come from, and how it scores the
+feedback holdout (the measuring is in test_cli_registry and test_gate_feedback)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from digitserve.config import gate_threshold_variable
 from digitserve.gate import resolve_threshold
+from digitserve.gate.core import MAX_REGRESSION, resolve_max_regression
+from digitserve.gate.feedback import FeedbackHoldout, score
 from digitserve.registry import RegistryError
+from digitserve.runtime.calibration import Calibration
 
 
 @pytest.fixture(autouse=True)
@@ -35,3 +40,31 @@ def test_bad_thresholds_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_threshold("cnn", "cnn", 99.6)
     with pytest.raises(RegistryError, match="no default gate threshold for architecture 'mlp'"):
         resolve_threshold("other", "mlp", None)
+
+
+def test_not_a_digit_corrections_count_as_right_only_when_the_version_abstains() -> None:
+    class Fixed:  # a runtime whose logits are given: 3 confident digits, 1 spread evenly
+        def logits(self, images: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(images), 10), np.float32)
+            out[:3, 4] = 10
+            return out
+
+    images = np.zeros((4, 28, 28), np.uint8)
+    labels = np.array([4, 5, -1, -1])
+    holdout = FeedbackHoldout("d", images, labels)
+    result = score(Fixed(), Calibration(1.0, 0.5), holdout)
+    assert (result.correct, result.samples) == (2, 4)  # the 4, and the spread answer to "not a digit"
+    assert score(Fixed(), Calibration(1.0, None), holdout).correct == 1  # never abstains: only the 4
+
+
+def test_the_regression_limit_comes_from_the_flag_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DIGITSERVE_GATE_MAX_REGRESSION", raising=False)
+    assert resolve_max_regression(None) == MAX_REGRESSION
+    monkeypatch.setenv("DIGITSERVE_GATE_MAX_REGRESSION", "0.02")
+    assert resolve_max_regression(None) == 0.02
+    assert resolve_max_regression(0.5) == 0.5
+    monkeypatch.setenv("DIGITSERVE_GATE_MAX_REGRESSION", "lots")
+    with pytest.raises(RegistryError, match="is not a number"):
+        resolve_max_regression(None)
+    with pytest.raises(RegistryError, match=r"in \[0, 1\]"):
+        resolve_max_regression(2.0)

@@ -7,13 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from digitserve.config import gate_threshold_setting, gate_threshold_variable
+from digitserve.config import gate_limit_setting, gate_threshold_setting, gate_threshold_variable
 from digitserve.data import load_mnist
 from digitserve.evaluation import (
     classification_metrics,
     evaluate_artifact,
     load_runtime,
 )
+from digitserve.gate.feedback import FeedbackHoldout, FeedbackScore, feedback_refusal
+from digitserve.gate.feedback import describe as describe_feedback
+from digitserve.gate.feedback import score as score_feedback
 from digitserve.gate.trust import Trust, TrustLimits, measure_trust, trust_refusals
 from digitserve.registry import AliasState, ModelRegistry, RegistryError
 from digitserve.runtime.calibration import Calibration, CalibrationError
@@ -39,6 +42,7 @@ class Measurement:
     artifact: str = "onnx"  # what was measured: "onnx", or "weights" for a version without ONNX
     trust: Trust | None = None
     calibration_error: str | None = None  # why the manifest's calibration cannot be used
+    feedback: FeedbackScore | None = None  # on the feedback holdout (None: not measured, no ONNX artifact)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class GateResult:
     threshold_source: str
     refusals: tuple[str, ...]
     limits: TrustLimits = field(default_factory=TrustLimits)
+    holdout: FeedbackHoldout | None = None
+    max_regression: float = MAX_REGRESSION
 
     @property
     def passed(self) -> bool:
@@ -69,7 +75,19 @@ class GateResult:
             )
         if self.current is not None:
             parts.append(f"{self.alias} v{self.current.version} measures {self.current.accuracy:.4f}")
+        if self.holdout is not None:
+            parts.append(self._feedback_summary())
         return ", ".join(parts)
+
+    def _feedback_summary(self) -> str:
+        assert self.holdout is not None
+        if not len(self.holdout):
+            return "feedback holdout: no accepted samples yet"
+        candidate, current = self.candidate.feedback, self.current.feedback if self.current else None
+        text = f"feedback holdout: {candidate.correct if candidate else '-'}/{len(self.holdout)} right"
+        if current is None or self.current is None:
+            return text
+        return f"{text} ({self.alias} v{self.current.version}: {current.correct}/{current.samples})"
 
     def as_event(self) -> dict[str, Any]:
         """What the event log records about the gate: enough to audit the decision later."""
@@ -101,7 +119,7 @@ class GateResult:
             "passed": self.passed,
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
-            "max_regression": MAX_REGRESSION,
+            "max_regression": self.max_regression,
             "agreement_atol": AGREEMENT_ATOL,
             "trust_limits": {
                 "max_test_ece": self.limits.max_ece,
@@ -113,6 +131,11 @@ class GateResult:
             "num_examples": self.candidate.num_examples,
             "data_sha256": self.candidate.data_sha256,
             "refusals": list(self.refusals),
+            "feedback_holdout": None
+            if self.holdout is None
+            else describe_feedback(
+                self.holdout, self.candidate.feedback, self.current.feedback if self.current else None
+            ),
         }
 
 
@@ -120,6 +143,23 @@ def _checked_threshold(value: float, source: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise RegistryError(f"gate threshold from {source} must be an accuracy in [0, 1], got {value}")
     return value
+
+
+def resolve_max_regression(override: float | None) -> float:
+    """How far below the alias's version a candidate's test accuracy may be: --max-regression,
+    else DIGITSERVE_GATE_MAX_REGRESSION, else 0.001 (one point in a thousand)."""
+    source, raw = "--max-regression", override
+    if raw is None and gate_limit_setting("MAX_REGRESSION") is not None:
+        source = "DIGITSERVE_GATE_MAX_REGRESSION"
+        try:
+            raw = float(gate_limit_setting("MAX_REGRESSION") or "")
+        except ValueError:
+            raise RegistryError(f"{source}={gate_limit_setting('MAX_REGRESSION')!r} is not a number") from None
+    if raw is None:
+        return MAX_REGRESSION
+    if not 0.0 <= raw <= 1.0:
+        raise RegistryError(f"{source} must be an accuracy difference in [0, 1], got {raw}")
+    return raw
 
 
 def resolve_threshold(model: str, architecture: str, override: float | None) -> tuple[float, str]:
@@ -150,7 +190,7 @@ def torch_logits(registry: ModelRegistry, model: str, version: int) -> np.ndarra
     return predict_logits(network, load_mnist("test").images).numpy()
 
 
-def measure(registry: ModelRegistry, model: str, version: int) -> Measurement:
+def measure(registry: ModelRegistry, model: str, version: int, holdout: FeedbackHoldout | None = None) -> Measurement:
     """Evaluate the version's ONNX artifact on the full MNIST test set, and compare it with torch.
 
     A version published before ONNX serving (weights only) is measured with torch, which is what
@@ -181,6 +221,7 @@ def measure(registry: ModelRegistry, model: str, version: int) -> Measurement:
         round(worst, 8),
         trust=measure_trust(runtime, manifest.extra, calibration, logits),
         calibration_error=problem,
+        feedback=score_feedback(runtime, calibration, holdout) if holdout is not None else None,
     )
 
 
@@ -194,20 +235,29 @@ class PromotionGate:
     current_state: AliasState | None
     threshold_override: float | None = None
     limits: TrustLimits = field(default_factory=TrustLimits.resolve)
+    max_regression: float = MAX_REGRESSION
     _current: Measurement | None = field(default=None, init=False)
+    _holdout: FeedbackHoldout | None = field(default=None, init=False)
+
+    @property
+    def holdout(self) -> FeedbackHoldout:
+        """The accepted feedback held out of training, read once when the gate first needs it."""
+        if self._holdout is None:
+            self._holdout = FeedbackHoldout.read(self.registry)
+        return self._holdout
 
     def current_measurement(self) -> Measurement | None:
         """The alias's present version, measured once however many candidates are judged."""
         if self.current_state is None:
             return None
         if self._current is None:
-            self._current = measure(self.registry, self.model, self.current_state.version)
+            self._current = measure(self.registry, self.model, self.current_state.version, self.holdout)
         return self._current
 
     def check(self, version: int) -> GateResult:
         manifest = self.registry.manifest(self.model, version)
         threshold, source = resolve_threshold(self.model, manifest.architecture, self.threshold_override)
-        candidate = measure(self.registry, self.model, version)
+        candidate = measure(self.registry, self.model, version, self.holdout)
         refusals = []
         if candidate.artifact != "onnx":
             refusals.append("it has no ONNX artifact, so no server can run it (training/export_onnx.py makes one)")
@@ -224,9 +274,21 @@ class PromotionGate:
         current = self.current_measurement() if self.current_state else None
         if current is not None and current.version != version:
             drop = round(current.accuracy - candidate.accuracy, 6)
-            if drop > MAX_REGRESSION:
+            if drop > self.max_regression:
                 refusals.append(
                     f"{drop:.4f} below {self.alias} v{current.version} ({current.accuracy:.4f}); "
-                    f"at most {MAX_REGRESSION:.4f} is allowed"
+                    f"at most {self.max_regression:.4f} is allowed"
                 )
-        return GateResult(self.model, self.alias, candidate, current, threshold, source, tuple(refusals), self.limits)
+            refusals += feedback_refusal(candidate.feedback, current.feedback, f"{self.alias} v{current.version}")
+        return GateResult(
+            self.model,
+            self.alias,
+            candidate,
+            current,
+            threshold,
+            source,
+            tuple(refusals),
+            self.limits,
+            self.holdout,
+            self.max_regression,
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from digitserve.gate.core import GateRefusedError, GateResult, PromotionGate
+from digitserve.gate.core import GateRefusedError, GateResult, PromotionGate, resolve_max_regression
 from digitserve.gate.trust import TrustLimits
 from digitserve.registry import AliasState, ModelRegistry, RegistryError
 
@@ -32,6 +32,7 @@ def promote(
     force: bool = False,
     reason: str = "",
     limits: TrustLimits | None = None,
+    max_regression: float | None = None,
 ) -> Promotion:
     """Move `alias` to `version` if the gate passes it (or, with `force`, for a stated reason).
 
@@ -54,7 +55,7 @@ def promote(
             gate={"forced": True, "passed": None, "reason": reason},
         )
         return Promotion(model, alias, version, state.version if state else None, True, forced=True)
-    result = PromotionGate(registry, model, alias, state, threshold, limits or TrustLimits.resolve()).check(version)
+    result = _open_gate(registry, model, alias, state, threshold, limits, max_regression).check(version)
     if not result.passed:
         raise GateRefusedError(f"gate refused {result.summary()}")
     return _move_after_gate(registry, result, state, reason)
@@ -68,6 +69,7 @@ def promote_newest_passing(
     threshold: float | None = None,
     reason: str = "",
     limits: TrustLimits | None = None,
+    max_regression: float | None = None,
 ) -> Promotion:
     """Promote the newest version, newer than the alias's, that the gate passes (for CI)."""
     versions = registry.list_versions(model)
@@ -77,7 +79,7 @@ def promote_newest_passing(
     candidates = [v for v in reversed(versions) if state is None or v > state.version]
     if state is not None and not candidates:
         return Promotion(model, alias, state.version, state.previous, changed=False)
-    gate = PromotionGate(registry, model, alias, state, threshold, limits or TrustLimits.resolve())
+    gate = _open_gate(registry, model, alias, state, threshold, limits, max_regression)
     refused = []
     for version in candidates:
         result = gate.check(version)
@@ -86,6 +88,20 @@ def promote_newest_passing(
         refused.append(f"v{version} {result.candidate.accuracy:.4f} ({'; '.join(result.refusals)})")
     newer = f" newer than {alias} v{state.version}" if state else ""
     raise GateRefusedError(f"no version of {model}{newer} passes the gate: {', '.join(refused)}")
+
+
+def _open_gate(
+    registry: ModelRegistry,
+    model: str,
+    alias: str,
+    state: AliasState | None,
+    threshold: float | None,
+    limits: TrustLimits | None,
+    max_regression: float | None,
+) -> PromotionGate:
+    """The gate for one alias as it stands, with its limits resolved (flags, then settings, then defaults)."""
+    limits = limits or TrustLimits.resolve()
+    return PromotionGate(registry, model, alias, state, threshold, limits, resolve_max_regression(max_regression))
 
 
 def _move_after_gate(registry: ModelRegistry, result: GateResult, state: AliasState | None, reason: str) -> Promotion:

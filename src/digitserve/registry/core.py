@@ -42,6 +42,7 @@ from digitserve.storage import (
 )
 
 MAX_PUBLISH_ATTEMPTS = 50
+RESERVED_NAMES = frozenset({"feedback", "shadow"})  # folders beside the models (feedback, shadow samples)
 
 
 class IntegrityError(RegistryError):
@@ -77,7 +78,7 @@ class ModelRegistry:
     # --- versions ---------------------------------------------------------------------------
 
     def list_models(self) -> list[str]:
-        return [m for m in self.store.children("") if MODEL_NAME.match(m)]
+        return [m for m in self.store.children("") if MODEL_NAME.match(m) and m not in RESERVED_NAMES]
 
     def list_versions(self, model: str) -> list[int]:
         prefix = f"{check_model_name(model)}/versions/"
@@ -111,7 +112,8 @@ class ModelRegistry:
         Two publishers racing for the same number: the create-only write lets exactly one
         have it, and the other moves on to the next number.
         """
-        check_model_name(model)
+        if check_model_name(model) in RESERVED_NAMES:
+            raise RegistryError(f"{model!r} is a folder of the registry itself; choose another model name")
         artifacts = [self._put_blob(model, "weights", weights), self._put_blob(model, "onnx", onnx, onnx_opset)]
         draft = Manifest(
             model=model,

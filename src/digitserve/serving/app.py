@@ -22,18 +22,21 @@ from digitserve import __version__
 from digitserve.config import Settings
 from digitserve.registry import LocalStore, ModelRegistry, open_store
 from digitserve.registry.cache import CachedRegistry
+from digitserve.registry.feedback import FeedbackStore
 from digitserve.serving.batching import InferenceSlots
 from digitserve.serving.catalog import Catalog
 from digitserve.serving.connections import COUNT_REFUSAL, EARLY_ANSWER
 from digitserve.serving.decoding import ImageDecoder
 from digitserve.serving.errors import install_error_handlers
+from digitserve.serving.feedback import FeedbackSpool, RateLimiter
 from digitserve.serving.manager import ModelManager
 from digitserve.serving.metrics import MetricsMiddleware, ServiceMetrics
 from digitserve.serving.middleware import Admission, AdmissionMiddleware, BodySizeLimitMiddleware, DrainMiddleware
 from digitserve.serving.oip import routes as oip
 from digitserve.serving.pipeline import PredictionPipeline
 from digitserve.serving.responses import JSONResponse
-from digitserve.serving.routes import admin, health, listing, predict
+from digitserve.serving.routes import admin, feedback, health, listing, predict
+from digitserve.serving.routes.feedback import FeedbackService
 from digitserve.serving.shutdown import ANSWER_ACCEPTED_S, close_listeners
 from digitserve.serving.workers import ReloadBroadcast
 
@@ -84,8 +87,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     app.state.manager = manager
     app.state.pipeline = PredictionPipeline(manager, decoder, settings)
     app.state.catalog = Catalog(registry, listings)  # its own threads: a slow listing never delays a load
+    spool = _feedback_spool(app, settings, registry)
     await manager.refresh_all()  # first load; a registry outage leaves the server up but not ready
     poller = asyncio.create_task(_poll_after(manager, settings.poll_seconds), name="alias-poller")
+    drainer = asyncio.create_task(spool.run(), name="feedback-writer")
     broadcast = app.state.broadcast = ReloadBroadcast.from_env()
     watcher = broadcast and asyncio.create_task(broadcast.watch(lambda: manager.refresh_all(force=True)))
     if settings.shutdown_grace_s > 0:
@@ -97,18 +102,39 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             COUNT_REFUSAL: lambda code: refusals.labels(code).inc(),
         }
     finally:
-        for task in (poller, watcher):
+        for task in (poller, watcher, drainer):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await manager.close()  # answers everything still queued
+        await spool.close()  # what the registry cannot take now stays on disk for the next start
         slots.shutdown()
         decoder.close()
         loader.shutdown(wait=False, cancel_futures=True)
         listings.shutdown(wait=False, cancel_futures=True)
         if app.state.metrics.shared:
             multiprocess.mark_process_dead(os.getpid())
+
+
+def _feedback_spool(app: FastAPI, settings: Settings, registry: ModelRegistry) -> FeedbackSpool:
+    metrics: ServiceMetrics = app.state.metrics
+
+    def on_change(pending: int, written: int) -> None:
+        metrics.feedback_spooled.set(pending)
+        metrics.feedback_written.inc(written)
+
+    spool = FeedbackSpool(
+        settings.feedback_spool_dir,
+        registry.uri,
+        FeedbackStore(registry.store),
+        settings.feedback_max_spooled,
+        on_change,
+    )
+    on_change(spool.pending(), 0)  # what an earlier run left spooled
+    limiter = RateLimiter(settings.feedback_per_minute)
+    app.state.feedback = FeedbackService(settings.feedback_enabled, spool, limiter)
+    return spool
 
 
 async def _poll_after(manager: ModelManager, delay: float) -> None:
@@ -132,7 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False
     app.state.broadcast = None
     install_error_handlers(app)
-    for router in (predict.router, listing.router, health.router, oip.router):
+    for router in (predict.router, feedback.router, listing.router, health.router, oip.router):
         app.include_router(router)
     if settings.admin_token is not None:
         app.include_router(admin.router)
@@ -144,7 +170,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         count=lambda route: app.state.metrics.requests.labels(route, "POST", "503").inc(),
     )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        per_path={"/v1/feedback": settings.feedback_max_body_bytes},
+    )
     app.add_middleware(AdmissionMiddleware, admission=app.state.admission, timeout_s=settings.request_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app.router)
     app.add_middleware(DrainMiddleware, draining=lambda: bool(app.state.draining))

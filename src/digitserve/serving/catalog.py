@@ -11,7 +11,10 @@ import time
 from concurrent.futures import Executor
 from typing import Any
 
-from digitserve.registry import Manifest, ModelRegistry, RegistryError, StoreUnavailableError
+from digitserve.registry import Manifest, ModelRegistry, NotFoundError, RegistryError, StoreUnavailableError
+from digitserve.registry.feedback import FeedbackStore
+
+MAX_FEEDBACK_READS = 500  # new samples read per listing, so a large backlog never stalls one answer
 
 
 class Catalog:
@@ -20,6 +23,22 @@ class Catalog:
         self.executor = executor  # its own threads: a slow listing never delays a model load
         self._manifests: dict[tuple[str, int], Manifest] = {}
         self._last: dict[str, dict[str, Any]] = {}
+        self.feedback = FeedbackQuality(FeedbackStore(registry.store))
+
+    async def has_version(self, model: str, version: int) -> bool | None:
+        """Whether the registry has this version; None when it cannot be asked now."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._has_version, model, version)
+
+    def _has_version(self, model: str, version: int) -> bool | None:
+        if (model, version) in self._manifests:
+            return True
+        try:
+            self._manifests[(model, version)] = self.registry.manifest(model, version)
+        except NotFoundError:
+            return False
+        except RegistryError:
+            return None
+        return True
 
     def _version_entry(self, model: str, version: int) -> dict[str, Any]:
         key = (model, version)
@@ -46,8 +65,13 @@ class Catalog:
 
     def _describe(self, model: str) -> dict[str, Any]:
         try:
+            self.feedback.refresh()
+            quality = self.feedback.by_version(model)
+            versions = [self._version_entry(model, v) for v in self.registry.list_versions(model)]
+            for entry in versions:
+                entry["feedback"] = quality.get(entry["version"], FeedbackQuality.NONE)
             listing = {
-                "versions": [self._version_entry(model, v) for v in self.registry.list_versions(model)],
+                "versions": versions,
                 "aliases": self.registry.list_aliases(model),
                 "registry_error": None,
                 "listed_at": time.time(),
@@ -57,3 +81,47 @@ class Catalog:
             return {**stale, "registry_error": str(exc)}
         self._last[model] = listing
         return listing
+
+
+class FeedbackQuality:
+    """Each version's accuracy on the feedback people sent about it, from the registry's samples
+    (each read once: samples are immutable) and their review states."""
+
+    NONE: dict[str, Any] = {"samples": 0, "right": 0, "accuracy": None, "accepted": 0, "accepted_accuracy": None}
+
+    def __init__(self, store: FeedbackStore) -> None:
+        self.store = store
+        self._verdicts: dict[str, tuple[str, int, bool]] = {}  # id -> (model, version, answer was right)
+        self._states: dict[str, str] = {}
+
+    def refresh(self) -> None:
+        unseen = [sid for sid in self.store.ids() if sid not in self._verdicts][:MAX_FEEDBACK_READS]
+        for sid in unseen:
+            try:
+                sample = self.store.sample(sid)
+            except StoreUnavailableError:
+                raise
+            except RegistryError:
+                continue  # a damaged sample counts for nothing
+            self._verdicts[sid] = (sample.model, sample.version, sample.right)
+        self._states = dict(self.store.states())
+
+    def by_version(self, model: str) -> dict[int, dict[str, Any]]:
+        tally: dict[int, list[int]] = {}  # version -> [samples, right, accepted, accepted right]
+        for sid, (m, version, right) in self._verdicts.items():
+            if m != model:
+                continue
+            counts = tally.setdefault(version, [0, 0, 0, 0])
+            accepted = self._states.get(sid) == "accepted"
+            counts[0], counts[1] = counts[0] + 1, counts[1] + right
+            counts[2], counts[3] = counts[2] + accepted, counts[3] + (accepted and right)
+        return {
+            version: {
+                "samples": n,
+                "right": r,
+                "accuracy": round(r / n, 4),
+                "accepted": a,
+                "accepted_accuracy": round(ar / a, 4) if a else None,
+            }
+            for version, (n, r, a, ar) in tally.items()
+        }

@@ -38,22 +38,24 @@ INITIAL_SECONDS_PER_PIXEL = 1e-7  # a 400x400 canvas in ~16 ms, until finished d
 COST_SMOOTHING = 0.2  # weight of the latest decode in the moving average of the cost of a pixel
 
 
-def decode_base64(text: str, index: int, max_bytes: int) -> bytes:
-    """One base64 image (optionally a data: URL) to bytes, with errors that name the image."""
+def decode_base64(text: str, index: int | str, max_bytes: int) -> bytes:
+    """One base64 image (optionally a data: URL) to bytes, with errors that name the image
+    (`images[index]`, or the field name given as a string)."""
+    name = f"images[{index}]" if isinstance(index, int) else index
     match = DATA_URL.match(text)
     if match:
         text = text[match.end() :]
     if len(text) * 3 // 4 > max_bytes:
-        raise PayloadTooLargeError(f"images[{index}] is over the {max_bytes} byte limit for one image")
+        raise PayloadTooLargeError(f"{name} is over the {max_bytes} byte limit for one image")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInputError(
-            f"images[{index}] is not valid base64; send the file's bytes base64-encoded "
+            f"{name} is not valid base64; send the file's bytes base64-encoded "
             "(a data:image/png;base64,... URL is fine)"
         ) from None
     if not data:
-        raise InvalidInputError(f"images[{index}] is empty")
+        raise InvalidInputError(f"{name} is empty")
     return data
 
 

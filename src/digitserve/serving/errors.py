@@ -73,6 +73,22 @@ class UnauthorizedError(ServiceError):
     headers = {"WWW-Authenticate": "Bearer"}
 
 
+class ForbiddenError(ServiceError):
+    """An endpoint this server has turned off."""
+
+    status_code, code = 403, "disabled"
+
+
+class RateLimitedError(ServiceError):
+    """A client sending faster than its share; `Retry-After` says when it may send again."""
+
+    status_code, code = 429, "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, int(retry_after_s + 0.999)))}
+
+
 class OverloadedError(ServiceError):
     """Too much work in progress right now; retry after a second."""
 

@@ -32,6 +32,7 @@ class ServiceMetrics:
         self._served: dict[tuple[str, str], int] = {}
         self._http_metrics(self.collectors)
         self._model_metrics(self.collectors)
+        self._feedback_metrics(self.collectors)
 
     def _http_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -93,6 +94,26 @@ class ServiceMetrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+
+    def _feedback_metrics(self, r: CollectorRegistry) -> None:
+        self.feedback = Counter(
+            "digitserve_feedback",
+            "feedback samples received, by the version they are about and whether its answer was right",
+            ["model", "version", "verdict"],
+            registry=r,
+        )
+        self.feedback_spooled = Gauge(
+            "digitserve_feedback_spooled",
+            "feedback samples on local disk waiting for the registry",
+            registry=r,
+            multiprocess_mode="livemax",  # the workers share one spool folder
+        )
+        self.feedback_written = Counter(
+            "digitserve_feedback_written", "feedback samples moved from the spool into the registry", registry=r
+        )
+
+    def count_feedback(self, model: str, version: int, right: bool) -> None:
+        self.feedback.labels(model, str(version), "right" if right else "wrong").inc()
 
     def render(self) -> bytes:
         if not self.shared:

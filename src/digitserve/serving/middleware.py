@@ -49,26 +49,30 @@ async def refuse(send: Send, status: int, message: str, code: str, headers: dict
 
 
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """`max_bytes` for every body, or the limit `per_path` gives a path (smaller bodies for feedback)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope["path"], self.default)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             try:
                 length = int(declared)
             except ValueError:
                 length = -1
-            if length < 0 or length > self.max_bytes:
+            if length < 0 or length > limit:
                 # the unread body may be huge: close the connection rather than drain it
                 if length < 0:
                     await refuse(send, 400, "invalid Content-Length", "bad_request", {"Connection": "close"})
                 else:
-                    await refuse(send, 413, _too_large(self.max_bytes), "payload_too_large", {"Connection": "close"})
+                    await refuse(send, 413, _too_large(limit), "payload_too_large", {"Connection": "close"})
                 return
         received = 0
 
@@ -77,9 +81,9 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # Connection: close, so the server stops reading what the client still sends
-                    raise HTTPException(413, _too_large(self.max_bytes), headers={"Connection": "close"})
+                    raise HTTPException(413, _too_large(limit), headers={"Connection": "close"})
             return message
 
         await self.app(scope, counting_receive, send)

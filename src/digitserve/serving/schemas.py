@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+from digitserve.registry.records import MAX_VERSION
 
 # A real 28x28 MNIST "7" (test image 0) as a PNG, so "Try it out" in /docs works as-is.
 EXAMPLE_PNG_B64 = (
@@ -13,6 +15,15 @@ EXAMPLE_PNG_B64 = (
     "/U1cGq1//rPD6fHWf7tZcclxnv1hhVNj3b9tOOW8f3+wxCUnfPffMlxyzKf/3VbGJan2758vLjn5B/+KGXF78Z8JLjnb"
     "T+iSSGFrw8Nw9wuKJAsy56LzO+ITGABpETyQcCy90wAAAABJRU5ErkJggg=="
 )
+
+
+def known_fields(cls: type[BaseModel], data: Any, fields: str) -> Any:
+    """Refuse a body with fields the model does not have, naming the ones it has."""
+    if isinstance(data, dict):
+        unknown = [str(k)[:40] for k in data if k not in cls.model_fields][:5]
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}; the fields are {fields}")
+    return data
 
 
 class PredictRequest(BaseModel):
@@ -38,14 +49,9 @@ class PredictRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _known_fields(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = [str(k)[:40] for k in data if k not in cls.model_fields][:5]
-            if unknown:
-                raise ValueError(
-                    f"unknown field(s) {', '.join(unknown)}; the fields are images (base64 image files), "
-                    "csv (28x28 pixel CSV text), top_k and return_input"
-                )
-        return data
+        return known_fields(
+            cls, data, "images (base64 image files), csv (28x28 pixel CSV text), top_k and return_input"
+        )
 
 
 class ClassScore(BaseModel):
@@ -77,6 +83,47 @@ class PredictResponse(BaseModel):
     version: int = Field(description="the registry version that computed these predictions")
     alias: str | None = Field(description="the alias that selected the version, if any")
     predictions: list[Prediction]
+
+
+Digit = Annotated[StrictInt, Field(ge=0, le=9)]
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"image": EXAMPLE_PNG_B64, "model": "cnn", "version": 1, "predicted": 1, "label": 7}]
+        },
+    )
+
+    image: str = Field(
+        description="the 28x28 model input a prediction returned (`return_input`), or the original image, which "
+        "is preprocessed as a prediction's is; base64, a data: URL is fine. Only the 28x28 input is kept."
+    )
+    model: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="the model whose answer this corrects")
+    version: StrictInt = Field(ge=1, le=MAX_VERSION, description="the version that answered")
+    predicted: Digit | Literal["not_a_digit"] | None = Field(
+        description="what it answered: a digit, or null / 'not_a_digit' for 'not a digit'"
+    )
+    label: Digit | Literal["not_a_digit"] = Field(description="what it really is: a digit 0-9, or 'not_a_digit'")
+    alias: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="the alias that answered, if the answer named one"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        return known_fields(cls, data, "image, model, version, predicted, label and alias")
+
+
+class FeedbackResponse(BaseModel):
+    id: str = Field(description="the sample's id: sha256 of model, 28x28 input and label")
+    duplicate: bool = Field(description="this server already had the same image and label for this model")
+    status: Literal["spooled"] = Field(
+        description="written to the server's spool on disk; it reaches the registry within seconds while the "
+        "registry is reachable, and waits (kept across restarts) while it is not"
+    )
+    review: Literal["pending"] = Field(description="every sample waits for a reviewer before training may use it")
 
 
 class ErrorResponse(BaseModel):

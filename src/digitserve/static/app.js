@@ -18,6 +18,10 @@
   const source = document.getElementById("source");
   const announcer = document.getElementById("announce");
   const panels = new Map([...document.querySelectorAll(".panel")].map((el) => [el.dataset.model, buildPanel(el)]));
+  const feedbackBox = document.getElementById("feedback");
+  const feedbackChoices = feedbackBox.querySelector(".feedback-choices");
+  const feedbackStatus = document.getElementById("feedback-status");
+  const NOT_A_DIGIT = "not_a_digit";
 
   // What is on the pad: an uploaded picture (sent as-is while nothing is drawn over it) and strokes.
   const pad = { strokes: [], drawing: null, pointerId: null, upload: null };
@@ -66,7 +70,13 @@
     });
   }
 
+  // The panels of models this server serves (the others are hidden once /v1/models says so).
+  function activePanels() {
+    return [...panels.values()].filter((panel) => !panel.el.hidden);
+  }
+
   function resetPanel(panel) {
+    panel.answer = null;
     setState(panel, "idle");
     panel.digit.textContent = "–";
     panel.confidence.textContent = "Waiting for a digit";
@@ -85,6 +95,10 @@
   function showPrediction(panel, body, ms) {
     const prediction = body.predictions[0];
     const digit = prediction.is_digit !== false;
+    panel.answer = {
+      model: body.model, version: body.version, alias: body.alias,
+      predicted: digit ? prediction.label : null, image: prediction.model_input,
+    };
     setState(panel, digit ? "done" : "not-digit");
     panel.error.hidden = digit;
     if (digit) {
@@ -112,6 +126,7 @@
   }
 
   function showError(panel, problem) {
+    panel.answer = null;
     setState(panel, "error");
     panel.digit.textContent = "?";
     panel.confidence.textContent = problem.title;
@@ -180,8 +195,8 @@
     invalidate();
     const controller = (inFlight = new AbortController());
     const thisRound = round;
-    panels.forEach((panel) => setState(panel, "pending"));
-    const lines = await Promise.all([...panels.values()].map(async (panel) => {
+    activePanels().forEach((panel) => setState(panel, "pending"));
+    const lines = await Promise.all(activePanels().map(async (panel) => {
       let result;
       try {
         result = await askModel(panel, image, controller.signal);
@@ -192,7 +207,9 @@
       if (thisRound !== round) return null;
       return result.problem ? showError(panel, result.problem) : showPrediction(panel, result.body, result.ms);
     }));
-    if (thisRound === round) announcer.textContent = lines.filter(Boolean).join(" ");
+    if (thisRound !== round) return;
+    announcer.textContent = lines.filter(Boolean).join(" ");
+    showFeedback();
   }
 
   function schedulePredict() {
@@ -205,6 +222,7 @@
     clearTimeout(predictTimer);
     if (inFlight) inFlight.abort();
     round++;
+    feedbackBox.hidden = true;
   }
 
   function resetAll() {
@@ -218,7 +236,7 @@
       if (!response.ok) return;
       const listing = await response.json();
       const served = new Set(listing.map((info) => info.name));
-      panels.forEach((panel) => served.has(panel.model) || (panel.version.textContent = "not served"));
+      panels.forEach((panel) => { panel.el.hidden = !served.has(panel.model); });
       for (const info of listing) {
         const panel = panels.get(info.name);
         if (!panel) continue;
@@ -233,6 +251,73 @@
     } catch (err) {
       // The first prediction shows the version anyway; a failure here is not worth a message.
     }
+  }
+
+  // --- feedback: "Wrong? It is a ..." -----------------------------------------------------------------
+
+  function buildFeedbackChoices() {
+    const choices = [...Array(10).keys()].map(String).concat([NOT_A_DIGIT]);
+    for (const choice of choices) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = `button${choice === NOT_A_DIGIT ? " choice-other" : ""}`;
+      button.dataset.label = choice;
+      button.textContent = choice === NOT_A_DIGIT ? "Not a digit" : choice;
+      button.setAttribute("aria-label", choice === NOT_A_DIGIT ? "It is not a digit" : `It is a ${choice}`);
+      button.setAttribute("aria-pressed", "false");
+      button.addEventListener("click", () => sendFeedback(choice, button));
+      feedbackChoices.append(button);
+    }
+  }
+
+  function showFeedback() {
+    if (!activePanels().some((panel) => panel.answer && panel.answer.image)) return;
+    feedbackChoices.querySelectorAll("button").forEach((b) => {
+      b.setAttribute("aria-pressed", "false");
+      b.disabled = false;
+    });
+    feedbackStatus.textContent = "";
+    feedbackStatus.classList.remove("problem");
+    feedbackBox.hidden = false;
+  }
+
+  async function postFeedback(answer, label) {
+    const response = await fetch("/v1/feedback", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({
+        image: answer.image, model: answer.model, version: answer.version,
+        predicted: answer.predicted, label: label === NOT_A_DIGIT ? NOT_A_DIGIT : Number(label),
+        ...(answer.alias ? { alias: answer.alias } : {}),
+      }),
+    });
+    const body = await response.json().catch(() => null);
+    if (!response.ok) throw new Error((body && body.error) || `HTTP ${response.status}`);
+    return body;
+  }
+
+  // One correction of the drawing, sent about every model that answered it (each keeps its own tally).
+  async function sendFeedback(label, button) {
+    const answered = activePanels().filter((panel) => panel.answer && panel.answer.image);
+    const thisRound = round;
+    feedbackChoices.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+    button.setAttribute("aria-pressed", "true");
+    feedbackStatus.classList.remove("problem");
+    feedbackStatus.textContent = "Sending…";
+    try {
+      const sent = await Promise.all(answered.map((panel) => postFeedback(panel.answer, label)));
+      if (thisRound !== round) return;
+      const ids = sent.map((body, i) => `${answered[i].title} ${body.id.slice(0, 8)}`).join(", ");
+      const what = label === NOT_A_DIGIT ? "not a digit" : `a ${label}`;
+      feedbackStatus.textContent = `Thanks — saved as ${what} for review (${ids}).`;
+    } catch (err) {
+      if (thisRound !== round) return;
+      feedbackStatus.classList.add("problem");
+      feedbackStatus.textContent = `Not saved: ${err.message}`;
+      feedbackChoices.querySelectorAll("button").forEach((b) => { b.disabled = false; });
+      button.setAttribute("aria-pressed", "false");
+    }
+    announcer.textContent = feedbackStatus.textContent;
   }
 
   // --- the drawing pad --------------------------------------------------------------------------
@@ -302,7 +387,7 @@
     pad.pointerId = event.pointerId;
     pad.drawing = [toCanvas(event)];
     pad.strokes.push(pad.drawing);
-    panels.forEach((panel) => panel.el.dataset.state !== "idle" && setState(panel, "pending"));
+    activePanels().forEach((panel) => panel.el.dataset.state !== "idle" && setState(panel, "pending"));
     renderSoon();
   });
 
@@ -318,7 +403,7 @@
     pad.drawing = null;
     pad.pointerId = null;
     render();
-    panels.forEach((panel) => setState(panel, "pending"));
+    activePanels().forEach((panel) => setState(panel, "pending"));
     schedulePredict();
   }
   canvas.addEventListener("pointerup", endStroke);
@@ -390,7 +475,7 @@
   async function useFile(file) {
     if (!file) return;
     invalidate();
-    panels.forEach((panel) => setState(panel, "pending"));
+    activePanels().forEach((panel) => setState(panel, "pending"));
     const dataUrl = await readAsDataUrl(file);
     pad.strokes = [];
     setUpload({ dataUrl, name: file.name || "pasted image", size: file.size, image: await loadImage(dataUrl) });
@@ -418,6 +503,7 @@
     if (file) useFile(file);
   });
 
+  buildFeedbackChoices();
   render();
   loadModelInfo();
 })();

@@ -58,15 +58,25 @@ class LocalStore(Store):
         return Path(tmp)
 
     def create(self, key: str, data: bytes) -> str:
+        self._check_root()  # a server's missing folder is an outage: never recreate it by writing
         path = self._path(key)
-        tmp = self._write_temp(path, data)
-        try:
-            os.link(tmp, path)  # atomic, and fails if the name exists
-        except FileExistsError:
-            raise errors.AlreadyExistsError(f"{key} already exists in {self.uri}") from None
-        finally:
-            tmp.unlink()
+        with self._writing(key):
+            tmp = self._write_temp(path, data)
+            try:
+                os.link(tmp, path)  # atomic, and fails if the name exists
+            except FileExistsError:
+                raise errors.AlreadyExistsError(f"{key} already exists in {self.uri}") from None
+            finally:
+                tmp.unlink()
         return content_etag(data)
+
+    @contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """A folder this process may not write (read-only, not ours, full) is an unwritable registry."""
+        try:
+            yield
+        except OSError as exc:
+            raise errors.StoreUnavailableError(f"cannot write {key} in {self.uri}: {exc.strerror or exc}") from None
 
     @contextmanager
     def _lock(self, path: Path) -> Iterator[None]:
@@ -79,8 +89,9 @@ class LocalStore(Store):
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def replace(self, key: str, data: bytes, etag: str | None) -> str:
+        self._check_root()
         path = self._path(key)
-        with self._lock(path):
+        with self._writing(key), self._lock(path):
             try:
                 current: str | None = content_etag(path.read_bytes())
             except FileNotFoundError:
@@ -91,8 +102,10 @@ class LocalStore(Store):
         return content_etag(data)
 
     def put(self, key: str, data: bytes) -> None:
+        self._check_root()
         path = self._path(key)
-        os.replace(self._write_temp(path, data), path)
+        with self._writing(key):
+            os.replace(self._write_temp(path, data), path)
 
     def list(self, prefix: str) -> list[str]:
         self._check_root()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from digitserve.serving.catalog import Catalog
 from digitserve.serving.deps import CatalogDep, ManagerDep
@@ -14,7 +14,7 @@ from digitserve.serving.schemas import ERROR_RESPONSES, ModelSummary
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-async def describe_model(manager: ModelManager, catalog: Catalog, model: str) -> dict[str, Any]:
+async def describe_model(request: Request, manager: ModelManager, catalog: Catalog, model: str) -> dict[str, Any]:
     state = manager.state(model)
     listing = await catalog.describe(model)
     return {
@@ -30,15 +30,28 @@ async def describe_model(manager: ModelManager, catalog: Catalog, model: str) ->
         "aliases": listing["aliases"],
         "versions": listing["versions"],
         "resident_versions": manager.resident_versions(model),
+        "feedback": feedback_status(request),
+    }
+
+
+def feedback_status(request: Request) -> dict[str, Any]:
+    """Whether this server takes feedback, and how its spool stands (per-version accuracy is in `versions`)."""
+    service = request.app.state.feedback
+    spool = service.spool
+    return {
+        "enabled": service.enabled,
+        "spooled": spool.pending(),
+        "written": spool.written,
+        "last_error": spool.last_error,
     }
 
 
 @router.get("", response_model=list[ModelSummary], summary="Served models")
-async def list_models(manager: ManagerDep, catalog: CatalogDep) -> list[dict[str, Any]]:
+async def list_models(request: Request, manager: ManagerDep, catalog: CatalogDep) -> list[dict[str, Any]]:
     """Every configured model: aliases, versions with metrics, the version serving, last reload error."""
-    return [await describe_model(manager, catalog, m) for m in manager.states]
+    return [await describe_model(request, manager, catalog, m) for m in manager.states]
 
 
 @router.get("/{model}", response_model=ModelSummary, responses={404: ERROR_RESPONSES[404]}, summary="One model")
-async def get_model(model: str, manager: ManagerDep, catalog: CatalogDep) -> dict[str, Any]:
-    return await describe_model(manager, catalog, model)
+async def get_model(model: str, request: Request, manager: ManagerDep, catalog: CatalogDep) -> dict[str, Any]:
+    return await describe_model(request, manager, catalog, model)

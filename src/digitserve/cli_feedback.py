@@ -1,0 +1,149 @@
+"""`digitserve feedback ...`: review people's corrections before any training uses them.
+
+    digitserve feedback list [--state pending]      one line per sample, newest first
+    digitserve feedback show ID                     the sample, its decisions, and the digit in text
+    digitserve feedback accept ID [--reason TEXT]   training may use it
+    digitserve feedback reject ID [--reason TEXT]   it is never used
+    digitserve feedback export DIR [--state all]    a PNG per sample and samples.csv, to look at
+
+An ID is a sample's id or its first 8 or more hex digits. Decisions are events (who, when,
+why) kept beside the sample, like alias moves; the latest one is the sample's state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from digitserve.config import actor
+from digitserve.registry import ModelRegistry
+from digitserve.registry.feedback import FeedbackSample, FeedbackStore, label_token
+
+SHADES = " .:-=+*#%@"
+
+
+def open_feedback(args: argparse.Namespace) -> FeedbackStore:
+    return FeedbackStore(ModelRegistry.open(args.registry).store)
+
+
+def _samples(store: FeedbackStore, state: str) -> list[tuple[FeedbackSample, str]]:
+    """(sample, state) for every sample in `state` ("all": every one), newest first."""
+    states = store.states()
+    found = [(store.sample(sid), states.get(sid, "pending")) for sid in store.ids()]
+    chosen = [(s, st) for s, st in found if state in ("all", st)]
+    return sorted(chosen, key=lambda pair: (pair[0].received_at, pair[0].id), reverse=True)
+
+
+def _line(sample: FeedbackSample, state: str) -> str:
+    verdict = "right" if sample.right else "wrong"
+    return (
+        f"{sample.id[:12]}  {state:<8}  {sample.received_at:<24}  {sample.model} v{sample.version}  "
+        f"answered {label_token(sample.predicted)}, label {label_token(sample.label)} ({verdict})"
+    )
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = open_feedback(args)
+    samples = _samples(store, args.state)[: args.limit]
+    if not samples:
+        print(f"no {'' if args.state == 'all' else args.state + ' '}feedback in {store.store.uri}")
+        return 0
+    for sample, state in samples:
+        print(_line(sample, state))
+    return 0
+
+
+def ascii_digit(pixels: np.ndarray) -> str:
+    """The 28x28 input as text, so a reviewer can judge the label in a terminal."""
+    levels = (pixels.astype(np.int32) * len(SHADES) // 256).clip(0, len(SHADES) - 1)
+    return "\n".join("".join(SHADES[v] * 2 for v in row).rstrip() for row in levels)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = open_feedback(args)
+    sample = store.sample(store.resolve(args.id))
+    doc: dict[str, Any] = {k: v for k, v in sample.to_dict().items() if k != "pixels_uint8_b64"}
+    doc["state"] = store.state(sample.id)
+    doc["split"] = sample.split
+    doc["reviews"] = [vars(r) for r in store.reviews(sample.id)]
+    print(json.dumps(doc, indent=2))
+    print(ascii_digit(sample.pixels))
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    store = open_feedback(args)
+    sid = store.resolve(args.id)
+    review = store.review(sid, args.decision, actor(), args.reason or "")
+    print(f"{sid[:12]} {review.state} by {review.actor} at {review.at}")
+    return 0
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = open_feedback(args)
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = _samples(store, args.state)
+    columns = ["id", "file", "state", "label", "model", "version", "predicted", "right", "split", "received_at"]
+    with open(folder / "samples.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for sample, state in samples:
+            name = f"{sample.id[:16]}-{label_token(sample.label)}.png"
+            (folder / name).write_bytes(png_bytes(sample.pixels))
+            writer.writerow(
+                [
+                    sample.id,
+                    name,
+                    state,
+                    label_token(sample.label),
+                    sample.model,
+                    sample.version,
+                    label_token(sample.predicted),
+                    sample.right,
+                    sample.split,
+                    sample.received_at,
+                ]
+            )
+    print(f"exported {len(samples)} samples to {folder} (samples.csv and a PNG each)")
+    return 0
+
+
+def add_feedback_commands(subparsers: Any) -> None:
+    """Add `feedback {list,show,accept,reject,export}` to the `digitserve` parser."""
+    feedback = subparsers.add_parser("feedback", help="review people's corrections (feedback)")
+    sub = feedback.add_subparsers(dest="feedback_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--registry", metavar="URI", help="path, file://... or s3://... (default: $DIGITSERVE_REGISTRY)"
+    )
+    states = ["pending", "accepted", "rejected", "all"]
+    p = sub.add_parser("list", parents=[common], help="one line per sample, newest first")
+    p.add_argument("--state", choices=states, default="all", help="only samples in this state (default: all)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many lines")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("show", parents=[common], help="one sample: what it corrects, its decisions, the digit")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_show)
+    for decision, help_text in (("accept", "training may use it"), ("reject", "it is never used")):
+        p = sub.add_parser(decision, parents=[common], help=f"{decision} a sample: {help_text}")
+        p.add_argument("id")
+        p.add_argument("--reason", help="why; recorded with the decision")
+        p.set_defaults(func=cmd_review, decision=decision)
+    p = sub.add_parser("export", parents=[common], help="write a PNG per sample and samples.csv to a folder")
+    p.add_argument("dir")
+    p.add_argument("--state", choices=states, default="accepted", help="which samples (default: accepted)")
+    p.set_defaults(func=cmd_export)

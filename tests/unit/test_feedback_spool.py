@@ -1,0 +1,92 @@
+"""The server's feedback spool and rate limit, on a real folder registry that goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digitserve.registry import LocalStore
+from digitserve.registry.feedback import FeedbackSample, FeedbackStore
+from digitserve.serving import feedback as feedback_module
+from digitserve.serving.errors import OverloadedError
+from digitserve.serving.feedback import FeedbackSpool, RateLimiter
+
+
+def sample(seed: int) -> FeedbackSample:
+    pixels = np.random.default_rng(seed).integers(0, 256, (28, 28), dtype=np.uint8)
+    return FeedbackSample("cnn", 1, 3, 8, pixels, "2026-12-01T00:00:00.000Z")
+
+
+def spool_for(tmp_path: Path, max_spooled: int = 100) -> tuple[FeedbackSpool, FeedbackStore, Path]:
+    root = tmp_path / "registry"
+    root.mkdir()
+    store = FeedbackStore(LocalStore(root, must_exist=True))  # a server's view: a missing folder is an outage
+    return FeedbackSpool(tmp_path / "spool", str(root), store, max_spooled), store, root
+
+
+def test_spooled_samples_wait_while_the_registry_is_away_and_are_written_when_it_is_back(tmp_path: Path) -> None:
+    spool, store, root = spool_for(tmp_path)
+
+    async def scenario() -> None:
+        root.rename(tmp_path / "away")  # the registry is unreachable
+        assert [await spool.put(sample(i)) for i in range(5)] == [True] * 5
+        assert await spool.put(sample(0)) is False  # a duplicate is one file
+        assert spool.drain() == 5 and "does not exist" in (spool.last_error or "")
+        assert not root.exists(), "writing feedback must never recreate a missing registry folder"
+        (tmp_path / "away").rename(root)
+        assert spool.drain() == 0 and spool.last_error is None and spool.written == 5
+
+    asyncio.run(scenario())
+    assert sorted(store.ids()) == sorted(sample(i).id for i in range(5))
+    assert store.sample(sample(3).id).label == 8
+
+
+def test_what_is_spooled_survives_a_restart(tmp_path: Path) -> None:
+    spool, store, root = spool_for(tmp_path)
+    root.rename(tmp_path / "away")
+    asyncio.run(spool.put(sample(1)))
+    asyncio.run(spool.close())  # the last attempt fails: the sample stays on disk
+    (tmp_path / "away").rename(root)
+    again = FeedbackSpool(tmp_path / "spool", str(root), store, 100)  # the next server, same folder
+    assert again.pending() == 1 and again.drain() == 0
+    assert store.ids() == [sample(1).id]
+
+
+def test_a_full_spool_refuses_new_feedback(tmp_path: Path) -> None:
+    spool, _, root = spool_for(tmp_path, max_spooled=2)
+    root.rename(tmp_path / "away")
+
+    async def scenario() -> None:
+        await spool.put(sample(1))
+        await spool.put(sample(2))
+        with pytest.raises(OverloadedError, match="waiting for the registry"):
+            await spool.put(sample(3))
+
+    asyncio.run(scenario())
+
+
+def test_a_file_that_is_not_a_sample_is_set_aside(tmp_path: Path) -> None:
+    spool, store, _ = spool_for(tmp_path)
+    spool.folder.mkdir(parents=True)
+    (spool.folder / ("0" * 64 + ".json")).write_text('{"not": "a sample"}')
+    asyncio.run(spool.put(sample(4)))
+    assert spool.drain() == 0
+    assert store.ids() == [sample(4).id]
+    assert (spool.folder / "damaged" / ("0" * 64 + ".json")).exists()
+
+
+def test_the_rate_limit_is_per_client_and_refills(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(feedback_module.time, "monotonic", lambda: now[0])
+    limiter = RateLimiter(per_minute=3, max_clients=2)
+    assert [limiter.take("a") for _ in range(3)] == [None, None, None]
+    wait = limiter.take("a")
+    assert wait is not None and wait == pytest.approx(20.0)  # one token every 20 s
+    assert limiter.take("b") is None  # another client has its own bucket
+    now[0] += 20.0
+    assert limiter.take("a") is None and limiter.take("a") is not None
+    limiter.take("c")  # a third client: the longest-idle bucket goes, memory stays bounded
+    assert len(limiter._buckets) == 2
