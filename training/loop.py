@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from digitserve.data import MNISTSplit, train_val_split
 from digitserve.models.checkpoint import predict_logits, to_model_input
-from digitserve.registry.feedback import FeedbackSnapshot
+from digitserve.registry.snapshot import FeedbackSnapshot
 from digitserve.synthetic import sets
 
 

@@ -46,8 +46,9 @@ from digitserve.models import config_dict, create_model
 from digitserve.models.checkpoint import weights_bytes
 from digitserve.models.export import OPSET, export_onnx, golden_outputs
 from digitserve.preprocess import PREPROCESSING
-from digitserve.registry import ModelRegistry
-from digitserve.registry.feedback import FeedbackSnapshot, FeedbackStore
+from digitserve.registry import ModelRegistry, RegistryError
+from digitserve.registry.feedback import FeedbackStore
+from digitserve.registry.snapshot import FeedbackSnapshot
 from digitserve.synthetic import sets
 
 
@@ -170,12 +171,21 @@ def safe_open_metadata(data: bytes) -> dict[str, str]:
     return dict(json.loads(data[8 : 8 + size]).get("__metadata__", {}))
 
 
-def accepted_feedback(cfg: TrainConfig) -> FeedbackSnapshot | None:
-    """With --feedback: the registry's accepted feedback now (pending and rejected samples never)."""
+def accepted_feedback(cfg: TrainConfig, world: int) -> FeedbackSnapshot | None:
+    """With --feedback: the registry's accepted feedback now (pending and rejected samples never),
+    the same on every rank."""
     if not cfg.feedback:
         return None
+    if cfg.from_checkpoint:
+        raise RegistryError("--feedback trains on the accepted feedback; a --from-checkpoint model was trained without")
     registry = ModelRegistry.open(cfg.registry)
-    snapshot = FeedbackStore(registry.store).snapshot()
+    snapshot = FeedbackSnapshot.read(FeedbackStore(registry.store))
+    if world > 1:  # a sample accepted while the ranks started would give them different data
+        mine = torch.tensor(list(bytes.fromhex(snapshot.digest)), dtype=torch.int64)
+        every = [torch.zeros_like(mine) for _ in range(world)]
+        dist.all_gather(every, mine)
+        if not all(torch.equal(theirs, mine) for theirs in every):
+            raise RegistryError("the accepted feedback changed while the training ranks started; run again")
     summary = snapshot.summary()
     print(
         f"feedback from {registry.uri}: {summary['samples']} accepted samples ({summary['train']} to train on, "
@@ -201,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(cfg.seed)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else None
     train_set, test = load_mnist("train"), load_mnist("test")
-    feedback = accepted_feedback(cfg)
+    feedback = accepted_feedback(cfg, world)
     data = training_data(cfg, train_set, feedback)
     if rank == 0:
         prepare_sets(cfg)  # made (or read) before training, so a problem shows in seconds, not after it

@@ -16,6 +16,7 @@ import argparse
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from PIL import Image
 
 from digitserve.config import actor
 from digitserve.registry import ModelRegistry
-from digitserve.registry.feedback import FeedbackSample, FeedbackStore, label_token
+from digitserve.registry.feedback import FeedbackError, FeedbackSample, FeedbackStore, label_token
 
 SHADES = " .:-=+*#%@"
 
@@ -34,11 +35,15 @@ def open_feedback(args: argparse.Namespace) -> FeedbackStore:
 
 
 def _samples(store: FeedbackStore, state: str) -> list[tuple[FeedbackSample, str]]:
-    """(sample, state) for every sample in `state` ("all": every one), newest first."""
+    """(sample, state) for every sample in `state` ("all": every one), newest first. A damaged
+    sample is named on stderr and left out (`reject ID` still works on it)."""
     states = store.states()
-    found = [(store.sample(sid), states.get(sid, "pending")) for sid in store.ids()]
-    chosen = [(s, st) for s, st in found if state in ("all", st)]
-    return sorted(chosen, key=lambda pair: (pair[0].received_at, pair[0].id), reverse=True)
+    ids = [sid for sid in store.ids() if state in ("all", states.get(sid, "pending"))]
+    samples, damaged = store.readable(ids)
+    for sid in damaged:
+        print(f"warning: feedback sample {sid[:12]} is damaged and left out", file=sys.stderr)
+    found = [(s, states.get(s.id, "pending")) for s in samples]
+    return sorted(found, key=lambda pair: (pair[0].received_at, pair[0].id), reverse=True)
 
 
 def _line(sample: FeedbackSample, state: str) -> str:
@@ -50,6 +55,8 @@ def _line(sample: FeedbackSample, state: str) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise FeedbackError("--limit must be at least 1")
     store = open_feedback(args)
     samples = _samples(store, args.state)[: args.limit]
     if not samples:
@@ -94,9 +101,17 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 def cmd_export(args: argparse.Namespace) -> int:
     store = open_feedback(args)
-    folder = Path(args.dir)
-    folder.mkdir(parents=True, exist_ok=True)
     samples = _samples(store, args.state)
+    try:
+        _export(Path(args.dir), samples)
+    except OSError as exc:
+        raise FeedbackError(f"cannot write to {args.dir}: {exc.strerror or exc}") from None
+    print(f"exported {len(samples)} samples to {args.dir} (samples.csv and a PNG each)")
+    return 0
+
+
+def _export(folder: Path, samples: list[tuple[FeedbackSample, str]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
     columns = ["id", "file", "state", "label", "model", "version", "predicted", "right", "split", "received_at"]
     with open(folder / "samples.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -118,8 +133,6 @@ def cmd_export(args: argparse.Namespace) -> int:
                     sample.received_at,
                 ]
             )
-    print(f"exported {len(samples)} samples to {folder} (samples.csv and a PNG each)")
-    return 0
 
 
 def add_feedback_commands(subparsers: Any) -> None:

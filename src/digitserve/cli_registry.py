@@ -10,6 +10,7 @@ import argparse
 import json
 from typing import Any
 
+from digitserve.cli_rollout import add_evidence_arguments, add_rollout_commands, evidence_limits
 from digitserve.config import GATE_THRESHOLD_PREFIX
 from digitserve.gate import (
     DEFAULT_THRESHOLDS,
@@ -17,6 +18,7 @@ from digitserve.gate import (
     Promotion,
     TrustLimits,
     promote,
+    promote_from,
     promote_newest_passing,
 )
 from digitserve.registry import ModelRegistry, NotFoundError, RegistryError
@@ -96,8 +98,8 @@ def _describe(promotion: Promotion) -> str:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    if (args.version is None) == (not args.best):
-        raise RegistryError("promote needs either a VERSION or --best")
+    if sum([args.version is not None, args.best, args.from_alias is not None]) != 1:
+        raise RegistryError("promote needs one of VERSION, --best or --from ALIAS")
     if args.best and args.force:
         raise RegistryError("--best lets the gate choose; it cannot be combined with --force")
     registry = open_registry(args)
@@ -106,27 +108,25 @@ def cmd_promote(args: argparse.Namespace) -> int:
         max_digits_not_a_digit=args.max_digits_not_a_digit,
         min_negatives_not_a_digit=args.min_negatives_not_a_digit,
     )
-    if args.best:
-        promotion = promote_newest_passing(
+    gate: dict[str, Any] = {"threshold": args.threshold, "limits": limits, "max_regression": args.max_regression}
+    reason = args.reason or ""
+    if args.from_alias is not None:
+        promotion, verdict = promote_from(
             registry,
             args.model,
+            args.from_alias,
             alias=args.alias,
-            threshold=args.threshold,
-            reason=args.reason or "",
-            limits=limits,
-            max_regression=args.max_regression,
+            evidence_limits=evidence_limits(args),
+            force=args.force,
+            reason=reason,
+            **gate,
         )
+        print(verdict.summary())
+    elif args.best:
+        promotion = promote_newest_passing(registry, args.model, alias=args.alias, reason=reason, **gate)
     else:
         promotion = promote(
-            registry,
-            args.model,
-            args.version,
-            alias=args.alias,
-            threshold=args.threshold,
-            force=args.force,
-            reason=args.reason or "",
-            limits=limits,
-            max_regression=args.max_regression,
+            registry, args.model, args.version, alias=args.alias, force=args.force, reason=reason, **gate
         )
     print(_describe(promotion))
     return 0
@@ -199,6 +199,7 @@ def add_registry_commands(subparsers: Any) -> None:
     _add_read_commands(sub, common)
     _add_promote_command(sub, aliased)
     _add_rollback_history_commands(sub, aliased)
+    add_rollout_commands(sub, common)
 
 
 def _add_read_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -254,6 +255,7 @@ def _add_promote_command(sub: Any, aliased: argparse.ArgumentParser) -> None:
         help=f"how far below the alias's version the test accuracy may be (default {MAX_REGRESSION}, "
         "or $DIGITSERVE_GATE_MAX_REGRESSION)",
     )
+    add_evidence_arguments(p)
     p.add_argument("--force", action="store_true", help="bypass the gate (needs --reason; logged)")
     p.add_argument("--reason", help="why; recorded in the alias and its event log")
     p.set_defaults(func=cmd_promote)

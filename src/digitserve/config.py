@@ -153,7 +153,7 @@ class Settings(BaseSettings):
 
     feedback_enabled: bool = Field(True, description="take people's corrections on POST /v1/feedback")
     feedback_per_minute: int = Field(
-        20, ge=1, description="feedback samples one client may send a minute (429 past it)"
+        30, ge=1, description="feedback samples one client may send a minute (429 past it)"
     )
     feedback_max_body_bytes: int = Field(1 * MiB, ge=1024, description="the body of one feedback request (413 past it)")
     feedback_spool_dir: Path = Field(
@@ -162,6 +162,45 @@ class Settings(BaseSettings):
     )
     feedback_max_spooled: int = Field(
         10_000, ge=1, description="samples waiting for the registry before new feedback gets 503"
+    )
+
+    canary_alias: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="alias whose version answers a share of the traffic"
+    )
+    canary_percent: float = Field(
+        0.0, ge=0, le=100, description="share of the alias-routed requests the canary answers"
+    )
+    canary_compare_percent: float = Field(
+        25.0, ge=0, le=100, description="share of the canary's answers also computed by production, to compare"
+    )
+    canary_auto_rollback: bool = Field(True, description="retire a canary that fails its watch (rollouts.md)")
+    canary_window_s: float = Field(60.0, gt=0, description="the sliding window the canary is judged over")
+    canary_min_requests: int = Field(
+        50, ge=1, description="canary requests in the window before errors and latency count"
+    )
+    canary_min_compared: int = Field(50, ge=1, description="compared answers in the window before agreement counts")
+    canary_min_agreement: float = Field(0.97, ge=0, le=1, description="agreement with production below this: rollback")
+    canary_max_error_rate: float = Field(
+        0.02, ge=0, le=1, description="canary server errors above this share: rollback"
+    )
+    canary_max_deadline_miss_rate: float = Field(
+        0.02, ge=0, le=1, description="canary deadline misses (504) above this share, and above production's: rollback"
+    )
+    canary_max_p99_ratio: float = Field(
+        3.0, ge=1, description="canary p99 latency above this many times production's (plus the slack): rollback"
+    )
+    canary_p99_slack_ms: float = Field(50.0, ge=0, description="latency difference always allowed the canary")
+    shadow_alias: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="alias whose version also runs, unseen, beside production",
+    )
+    shadow_percent: float = Field(0.0, ge=0, le=100, description="share of production's answers the shadow also runs")
+    shadow_max_backlog: int = Field(
+        256, ge=1, description="images waiting for background comparison (shadow, canary) before more are dropped"
+    )
+    disagreement_samples: int = Field(
+        100, ge=0, description="disagreeing inputs kept in the registry per version pair and server process"
     )
 
     admin_token: SecretStr | None = None
@@ -188,6 +227,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_registry_is_the_default(cls, value: object) -> object:
         return value if value else default_registry_uri()
+
+    @field_validator("canary_alias", "shadow_alias", mode="before")
+    @classmethod
+    def _empty_alias_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("admin_token", mode="before")
     @classmethod

@@ -31,6 +31,7 @@ from support.server import model_info, running_server, wait_until
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
 from digitserve.registry.feedback import split_of
+from digitserve.registry.snapshot import FeedbackSnapshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 LOOSE_GATE = ("--threshold", "0", "--max-ece", "1", "--max-digits-not-a-digit", "1", "--min-negatives-not-a-digit", "0")
@@ -89,7 +90,7 @@ def corrections_through_the_api(url: str) -> tuple[list[str], list[str], str]:
     train, holdout = [], []
     for i in range(10, 400):
         image, label = test.images[i], int(test.labels[i])
-        split = split_of(image, label)
+        split = split_of(image)
         chosen = holdout if split == "holdout" else train
         if label == 1 or len(chosen) >= (4 if split == "holdout" else 6):
             continue
@@ -132,7 +133,7 @@ def test_a_correction_on_the_page_teaches_the_next_version(server: str, registry
     assert f"{len(train_all) + len(holdout_all)} accepted samples ({len(train_all)} to train on" in out
     manifest = registry.manifest("cnn", 2)
     recorded: dict[str, Any] = manifest.extra["feedback"]
-    assert recorded["snapshot_sha256"] == store.snapshot().digest
+    assert recorded["snapshot_sha256"] == FeedbackSnapshot.read(store).digest
     assert (recorded["train"], recorded["holdout"], recorded["repeat"]) == (len(train_all), len(holdout_all), 20)
     seen = json.loads(registry.read_report("cnn", 2, "feedback.json"))
     assert sorted(seen["train"]) == sorted(train_all) and sorted(seen["holdout"]) == sorted(holdout_all)

@@ -13,6 +13,7 @@ from support.constant import MODEL, RELAXED, publish_constant
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
 from digitserve.registry.feedback import FeedbackSample, FeedbackStore, Label, split_of
+from digitserve.registry.snapshot import FeedbackSnapshot
 
 pytestmark = pytest.mark.slow  # each promote re-measures two versions on the full test set
 
@@ -30,7 +31,7 @@ def corrections(split: str, label: Label, count: int, skip: int = 0) -> list[Fee
     """`count` corrections (of MNIST test images, whatever they show) that fall in `split`."""
     found: list[FeedbackSample] = []
     for i, image in enumerate(load_mnist("test").images[skip:]):
-        if split_of(image, label) == split:
+        if split_of(image) == split:
             found.append(FeedbackSample(MODEL, 1, 1, label, image, f"2026-12-01T00:00:{i % 60:02d}.000Z"))
         if len(found) == count:
             return found
@@ -69,7 +70,7 @@ def test_a_candidate_worse_on_the_feedback_holdout_is_refused(registry: ModelReg
     assert "feedback holdout: 4/7 right (production v1: 3/7)" in out
     gate = registry.events(MODEL, "production")[-1]["gate"]
     assert gate["feedback_holdout"] == {
-        "snapshot_sha256": store.snapshot().digest,
+        "snapshot_sha256": FeedbackSnapshot.read(store).digest,
         "samples": 7,
         "candidate": {"correct": 4, "accuracy": round(4 / 7, 6)},
         "current": {"correct": 3, "accuracy": round(3 / 7, 6)},

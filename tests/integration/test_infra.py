@@ -241,7 +241,7 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def test_service_task_role_reads_the_registry_and_writes_only_feedback_samples():
+def test_service_task_role_reads_the_registry_and_writes_only_feedback_and_rollouts():
     task_role = resources("service.yaml")["TaskRole"]
     actions = {a for s in statements(task_role) for a in as_list(s["Action"])}
     assert actions == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}, "no deletes, no other writes"
@@ -250,7 +250,16 @@ def test_service_task_role_reads_the_registry_and_writes_only_feedback_samples()
     assert "s3:prefix" in listing["Condition"]["StringLike"]
     writes = [s for s in statements(task_role) if "s3:PutObject" in as_list(s["Action"])]
     written = [r["!Sub"] for s in writes for r in as_list(s["Resource"])]
-    assert written == ["arn:${AWS::Partition}:s3:::${RegistryBucketName}/${RegistryPrefix}/feedback/samples/*"]
+    root = "arn:${AWS::Partition}:s3:::${RegistryBucketName}/${RegistryPrefix}"
+    assert sorted(written) == sorted(
+        [
+            f"{root}/feedback/samples/*",
+            f"{root}/*/rollouts/*",
+            f"{root}/disagreements/*",
+            f"{root}/*/aliases/${{CanaryAlias}}.json",  # the canary alias only: never production
+            f"{root}/*/events/*",
+        ]
+    )
 
 
 def test_ci_role_writes_only_aliases_and_events_and_trusts_one_github_repo():

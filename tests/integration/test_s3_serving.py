@@ -7,13 +7,10 @@ server stopped mid-run) and check that no client ever sees an error because of i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import tempfile
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,6 +22,7 @@ from conftest import run_moto_server, set_fake_aws_env  # tests/conftest.py
 from support.net import free_port
 from support.registries import SHIPPED, copy_shipped, png_b64, publish_network, seed_s3
 from support.server import metric, model_info, start_server, stop_server, wait_until
+from support.steady import steady_load
 
 from digitserve.data import load_mnist
 from digitserve.models import create_model
@@ -148,35 +146,6 @@ def test_starts_from_the_cache_when_s3_is_unreachable(tmp_path: Path, digits: tu
     assert "registry unreachable" in log and "using the cached alias cnn/production" in log
 
 
-@contextmanager
-def steady_load(url: str, images: np.ndarray, clients: int = 4) -> Iterator[list[tuple[int | str, int | None]]]:
-    """Clients sending predictions back to back until the block ends; yields (status, version) per answer."""
-    outcomes: list[tuple[int | str, int | None]] = []
-    stop = threading.Event()
-
-    async def client_loop(client: httpx.AsyncClient, i: int) -> None:
-        while not stop.is_set():
-            try:
-                r = await client.post("/v1/models/cnn/predict", json={"images": [png_b64(images[i % len(images)])]})
-            except httpx.HTTPError as exc:  # no answer at all: as bad as a 5xx
-                outcomes.append((type(exc).__name__, None))
-                continue
-            outcomes.append((r.status_code, r.json().get("version")))
-            await asyncio.sleep(0.02)
-
-    async def run() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            await asyncio.gather(*(client_loop(client, i) for i in range(clients)))
-
-    thread = threading.Thread(target=asyncio.run, args=(run(),), name="load")
-    thread.start()
-    try:
-        yield outcomes
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-
-
 @pytest.mark.slow  # real servers
 def test_s3_going_away_mid_run_fails_no_request_and_recovers(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]
@@ -188,7 +157,7 @@ def test_s3_going_away_mid_run_fails_no_request_and_recovers(
         log = tmp_path / "server.log"
         process, url = start_server(serve_env(uri, tmp_path / "cache"), log_path=log)
         try:
-            with steady_load(url, digits[0]) as outcomes:
+            with steady_load([url], digits[0]) as outcomes:
                 wait_until(lambda: len(outcomes) >= 20, 30, "load is flowing")
                 first_moto.close()  # S3 goes away mid-run
                 answered_before_outage = len(outcomes)
@@ -214,9 +183,9 @@ def test_s3_going_away_mid_run_fails_no_request_and_recovers(
         finally:
             assert stop_server(process) == 0
 
-    failed = [o for o in outcomes if o[0] != 200]
+    failed = [o for o in outcomes if o.status != 200]
     assert failed == [], failed[:5]
-    assert {version for _, version in outcomes} == {1}
+    assert {o.version for o in outcomes} == {1}
     assert answered_during_outage > 0
     assert log.read_text().count("using the cached alias cnn/production") >= 2
     print(

@@ -40,10 +40,12 @@ LAYERS: dict[str, set[str]] = {
         "gate",
         "cli_registry",
         "cli_feedback",
+        "cli_rollout",
         "serving",
     },
     "cli_feedback": {"config", "storage", "registry"},
-    "cli_registry": {"config", "storage", "registry", "runtime", "data", "evaluation", "gate"},
+    "cli_registry": {"config", "storage", "registry", "runtime", "data", "evaluation", "gate", "cli_rollout"},
+    "cli_rollout": {"config", "storage", "registry", "runtime", "data", "evaluation", "gate"},
 }
 TORCH = ("torch", "torchvision", "timm", "safetensors")
 

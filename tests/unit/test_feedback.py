@@ -11,13 +11,13 @@ from digitserve.registry import AlreadyExistsError, ModelRegistry, NotFoundError
 from digitserve.registry.feedback import (
     FeedbackError,
     FeedbackSample,
-    FeedbackSnapshot,
     FeedbackStore,
     content_hash,
     sample_key,
     split_of,
     states_from_keys,
 )
+from digitserve.registry.snapshot import FeedbackSnapshot
 
 
 def digit(seed: int) -> np.ndarray:
@@ -112,20 +112,21 @@ def test_only_accepted_samples_reach_a_snapshot(feedback: FeedbackStore) -> None
     feedback.review(vit_copy.id, "accept", "alice")
     feedback.review(rejected.id, "accept", "alice")
     feedback.review(rejected.id, "reject", "bob", "wrong label")
-    snapshot = feedback.snapshot()
+    snapshot = FeedbackSnapshot.read(feedback)
     # the same image and label corrected for two models is one training example
     assert [content_hash(s.pixels, s.label) for s in snapshot.samples] == [content_hash(kept.pixels, kept.label)]
     assert snapshot.summary()["samples"] == 1
     assert rejected.id not in json.dumps(snapshot.ids()) and pending.id not in json.dumps(snapshot.ids())
     feedback.review(pending.id, "accept", "alice")
-    assert feedback.snapshot().digest != snapshot.digest
+    assert FeedbackSnapshot.read(feedback).digest != snapshot.digest
 
 
 def test_the_split_is_by_content_and_holds_out_about_one_in_five() -> None:
     labels = [int(v) for v in np.random.default_rng(0).integers(0, 10, 2000)]
-    splits = [split_of(digit(i), labels[i]) for i in range(2000)]
+    splits = [split_of(digit(i)) for i in range(2000)]
     assert 0.15 < splits.count("holdout") / 2000 < 0.25
-    assert split_of(digit(3), 5) == split_of(digit(3).copy(), 5)  # the content decides, nothing else
+    assert split_of(digit(3)) == split_of(digit(3).copy())  # the image decides, nothing else
+    assert sample(3, label=5).split == sample(3, label=None).split == sample(3, model="vit").split
     assert content_hash(digit(3), 5) != content_hash(digit(3), None)
     samples = [sample(i, labels[i]) for i in range(40)] + [sample(40, None)]
     snapshot = FeedbackSnapshot.of(samples)
@@ -163,3 +164,16 @@ def test_feedback_is_not_a_model(feedback: FeedbackStore) -> None:
             golden=None,  # type: ignore[arg-type]
             metadata={},
         )
+
+
+def test_a_damaged_sample_is_left_out_and_can_still_be_rejected(feedback: FeedbackStore) -> None:
+    feedback.write(sample(1))
+    bad = "b" * 64
+    feedback.store.create(sample_key(bad), b"{damaged")
+    feedback.review(sample(1).id, "accept", "alice")
+    feedback.review(bad, "accept", "mallory")
+    good, damaged = feedback.readable(feedback.ids())
+    assert [s.id for s in good] == [sample(1).id] and damaged == [bad]
+    assert [s.id for s in feedback.accepted()] == [sample(1).id]  # a damaged sample never trains
+    feedback.review(bad, "reject", "alice", "damaged")
+    assert feedback.state(bad) == "rejected"

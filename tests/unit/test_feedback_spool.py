@@ -11,7 +11,7 @@ import pytest
 from digitserve.registry import LocalStore
 from digitserve.registry.feedback import FeedbackSample, FeedbackStore
 from digitserve.serving import feedback as feedback_module
-from digitserve.serving.errors import OverloadedError
+from digitserve.serving.errors import OverloadedError, ServiceUnavailableError
 from digitserve.serving.feedback import FeedbackSpool, RateLimiter
 
 
@@ -51,7 +51,7 @@ def test_what_is_spooled_survives_a_restart(tmp_path: Path) -> None:
     asyncio.run(spool.close())  # the last attempt fails: the sample stays on disk
     (tmp_path / "away").rename(root)
     again = FeedbackSpool(tmp_path / "spool", str(root), store, 100)  # the next server, same folder
-    assert again.pending() == 1 and again.drain() == 0
+    assert again.pending == 1 and again.drain() == 0
     assert store.ids() == [sample(1).id]
 
 
@@ -68,14 +68,23 @@ def test_a_full_spool_refuses_new_feedback(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_a_file_that_is_not_a_sample_is_set_aside(tmp_path: Path) -> None:
+@pytest.mark.parametrize("junk", ['{"not": "a sample"}', "not json at all", "[1, 2]", ""])
+def test_a_file_that_is_not_a_sample_is_set_aside(tmp_path: Path, junk: str) -> None:
     spool, store, _ = spool_for(tmp_path)
     spool.folder.mkdir(parents=True)
-    (spool.folder / ("0" * 64 + ".json")).write_text('{"not": "a sample"}')
+    (spool.folder / ("0" * 64 + ".json")).write_text(junk)  # the oldest file: it must not block the others
     asyncio.run(spool.put(sample(4)))
-    assert spool.drain() == 0
+    assert spool.drain() == 0 and spool.last_error is None
     assert store.ids() == [sample(4).id]
     assert (spool.folder / "damaged" / ("0" * 64 + ".json")).exists()
+
+
+def test_a_spool_folder_that_cannot_be_written_is_a_503(tmp_path: Path) -> None:
+    spool, _, _ = spool_for(tmp_path)
+    spool.folder.parent.mkdir(parents=True, exist_ok=True)
+    spool.folder.write_text("a file where the folder should be")
+    with pytest.raises(ServiceUnavailableError, match="spool folder is not writable"):
+        asyncio.run(spool.put(sample(5)))
 
 
 def test_the_rate_limit_is_per_client_and_refills(monkeypatch: pytest.MonkeyPatch) -> None:

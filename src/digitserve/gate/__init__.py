@@ -27,6 +27,7 @@ from digitserve.gate.core import (
     resolve_threshold,
     torch_logits,
 )
+from digitserve.gate.evidence import EvidenceLimits, Verdict, judge_evidence, promote_from
 from digitserve.gate.promotion import Promotion, promote, promote_newest_passing
 from digitserve.gate.trust import Trust, TrustLimits, measure_trust, trust_refusals
 
@@ -34,6 +35,7 @@ __all__ = [
     "AGREEMENT_ATOL",
     "DEFAULT_THRESHOLDS",
     "MAX_REGRESSION",
+    "EvidenceLimits",
     "GateRefusedError",
     "GateResult",
     "Measurement",
@@ -41,9 +43,12 @@ __all__ = [
     "PromotionGate",
     "Trust",
     "TrustLimits",
+    "Verdict",
+    "judge_evidence",
     "measure",
     "measure_trust",
     "promote",
+    "promote_from",
     "promote_newest_passing",
     "resolve_threshold",
     "torch_logits",

@@ -17,6 +17,7 @@ import numpy as np
 from digitserve.evaluation import runtime_logits
 from digitserve.registry import ModelRegistry
 from digitserve.registry.feedback import FeedbackStore
+from digitserve.registry.snapshot import FeedbackSnapshot
 from digitserve.runtime.calibration import Calibration
 
 
@@ -28,7 +29,7 @@ class FeedbackHoldout:
 
     @classmethod
     def read(cls, registry: ModelRegistry) -> FeedbackHoldout:
-        snapshot = FeedbackStore(registry.store).snapshot()
+        snapshot = FeedbackSnapshot.read(FeedbackStore(registry.store))
         images, labels = snapshot.part("holdout")
         return cls(snapshot.digest, images, labels)
 

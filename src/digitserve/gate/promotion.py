@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from digitserve.gate.core import GateRefusedError, GateResult, PromotionGate, resolve_max_regression
 from digitserve.gate.trust import TrustLimits
@@ -33,8 +35,10 @@ def promote(
     reason: str = "",
     limits: TrustLimits | None = None,
     max_regression: float | None = None,
+    evidence: Mapping[str, Any] | None = None,
 ) -> Promotion:
-    """Move `alias` to `version` if the gate passes it (or, with `force`, for a stated reason).
+    """Move `alias` to `version` if the gate passes it (or, with `force`, for a stated reason);
+    `evidence` (live evidence it was promoted on) goes into the event.
 
     The alias is read once, before the gate runs, and moved by compare-and-swap against that
     read: if someone moves it while the candidate is being measured, nothing is overwritten.
@@ -53,12 +57,13 @@ def promote(
             reason=reason,
             expected=state,
             gate={"forced": True, "passed": None, "reason": reason},
+            evidence=evidence,
         )
         return Promotion(model, alias, version, state.version if state else None, True, forced=True)
     result = _open_gate(registry, model, alias, state, threshold, limits, max_regression).check(version)
     if not result.passed:
         raise GateRefusedError(f"gate refused {result.summary()}")
-    return _move_after_gate(registry, result, state, reason)
+    return _move_after_gate(registry, result, state, reason, evidence)
 
 
 def promote_newest_passing(
@@ -104,9 +109,18 @@ def _open_gate(
     return PromotionGate(registry, model, alias, state, threshold, limits, resolve_max_regression(max_regression))
 
 
-def _move_after_gate(registry: ModelRegistry, result: GateResult, state: AliasState | None, reason: str) -> Promotion:
+def _move_after_gate(
+    registry: ModelRegistry,
+    result: GateResult,
+    state: AliasState | None,
+    reason: str,
+    evidence: Mapping[str, Any] | None = None,
+) -> Promotion:
     version = result.candidate.version
     reason = reason or f"gate passed: accuracy {result.candidate.accuracy:.4f}"
-    registry.move_alias(result.model, result.alias, version, reason=reason, expected=state, gate=result.as_event())
+    gate = result.as_event()
+    registry.move_alias(
+        result.model, result.alias, version, reason=reason, expected=state, gate=gate, evidence=evidence
+    )
     previous = state.version if state else None
     return Promotion(result.model, result.alias, version, previous, changed=True, gate=result)

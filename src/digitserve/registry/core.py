@@ -26,7 +26,6 @@ from digitserve.registry.records import (
     Artifact,
     Golden,
     Manifest,
-    ManifestError,
     check_model_name,
     dumps,
     loads_object,
@@ -42,7 +41,7 @@ from digitserve.storage import (
 )
 
 MAX_PUBLISH_ATTEMPTS = 50
-RESERVED_NAMES = frozenset({"feedback", "shadow"})  # folders beside the models (feedback, shadow samples)
+RESERVED_NAMES = frozenset({"feedback", "disagreements"})  # folders beside the models
 
 
 class IntegrityError(RegistryError):
@@ -55,7 +54,9 @@ class AliasConflictError(ConflictError):
 
 def verify_blob(data: bytes, expected: Artifact, what: str) -> None:
     if len(data) != expected.size:
-        raise IntegrityError(f"{what}: the {expected.kind} blob is {len(data)} bytes, the manifest says {expected.size}")
+        raise IntegrityError(
+            f"{what}: the {expected.kind} blob is {len(data)} bytes, the manifest says {expected.size}"
+        )
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected.sha256:
         raise IntegrityError(f"{what}: {expected.kind} sha256 {actual[:12]}... does not match the manifest")
@@ -197,6 +198,8 @@ class ModelRegistry:
         expected: AliasState | None = None,
         gate: Mapping[str, Any] | None = None,
         action: str = "promote",
+        who: str | None = None,
+        evidence: Mapping[str, Any] | None = None,
     ) -> AliasState:
         """Point `alias` at `version` by compare-and-swap, and log the move as an event.
 
@@ -206,8 +209,12 @@ class ModelRegistry:
         self.manifest(model, version)  # the version must exist
         current = expected if expected is not None else self.get_alias(model, alias)
         at = now_iso()
-        doc = {"version": int(version), "previous": current.version if current else None, "updated_at": at,
-               "reason": reason}
+        doc = {
+            "version": int(version),
+            "previous": current.version if current else None,
+            "updated_at": at,
+            "reason": reason,
+        }
         key = f"{model}/aliases/{check_model_name(alias)}.json"
         try:
             etag = self.store.replace(key, dumps(doc), current.etag if current else None)
@@ -215,8 +222,19 @@ class ModelRegistry:
             raise AliasConflictError(
                 f"alias {model}/{alias} was moved by someone else since it was read; nothing changed"
             ) from None
-        event = {"action": action, "model": model, "alias": alias, "from": doc["previous"], "to": int(version),
-                 "actor": actor(), "at": at, "reason": reason, "gate": dict(gate) if gate else None}
+        event = {
+            "action": action,
+            "model": model,
+            "alias": alias,
+            "from": doc["previous"],
+            "to": int(version),
+            "actor": who or actor(),
+            "at": at,
+            "reason": reason,
+            "gate": dict(gate) if gate else None,
+        }
+        if evidence is not None:
+            event["evidence"] = dict(evidence)
         stamp = at.replace(":", "").replace("-", "")
         self.store.create(f"{model}/events/{stamp}-{uuid.uuid4().hex[:8]}.json", dumps(event))
         return AliasState.parse(dumps(doc), etag)

@@ -12,8 +12,8 @@ one sample; it is written with a create-only write, so two replicas writing it a
 Feedback is untrusted input: anyone can send a wrong label. A sample is used only once a
 reviewer accepted it, and its state is the latest decision (the key names carry the decision,
 so one listing gives every state). Training splits accepted samples into train and holdout by
-a hash of their content (pixels and label, not the model), so a sample lands in the same split
-whichever model it corrected and however often the dataset grows.
+a hash of the image, so a sample lands in the same split whichever label or model it came with
+and however often the dataset grows.
 """
 
 from __future__ import annotations
@@ -69,9 +69,12 @@ def sample_id(model: str, pixels: np.ndarray, label: Label) -> str:
     return hashlib.sha256(f"{model}\0".encode() + content_hash(pixels, label).encode()).hexdigest()
 
 
-def split_of(pixels: np.ndarray, label: Label) -> Literal["train", "holdout"]:
-    """Deterministic train / holdout split by content: the same image and label, the same split."""
-    return "holdout" if int(content_hash(pixels, label)[:8], 16) % HOLDOUT_BUCKETS == 0 else "train"
+def split_of(pixels: np.ndarray) -> Literal["train", "holdout"]:
+    """Deterministic train / holdout split by the image alone: the same image is always in the
+    same split, whichever label or model it came with (so one image sent with two labels can
+    never be trained on and held out at once)."""
+    digest = hashlib.sha256(np.ascontiguousarray(pixels, np.uint8).tobytes()).hexdigest()
+    return "holdout" if int(digest[:8], 16) % HOLDOUT_BUCKETS == 0 else "train"
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class FeedbackSample:
 
     @property
     def split(self) -> Literal["train", "holdout"]:
-        return split_of(self.pixels, self.label)
+        return split_of(self.pixels)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,8 +122,8 @@ class FeedbackSample:
 
     @classmethod
     def parse(cls, data: bytes, what: str = "feedback sample") -> FeedbackSample:
-        doc = loads_object(data, what)
         try:
+            doc = loads_object(data, what)
             pixels = np.frombuffer(base64.b64decode(str(doc["pixels_uint8_b64"]), validate=True), np.uint8)
             sample = cls(
                 model=check_model_name(doc["model"]),
@@ -225,15 +228,20 @@ class FeedbackStore:
         found = []
         for key in self.store.list(f"{REVIEWS}{sid}/"):
             doc = loads_object(self.store.read(key)[0], f"review {key}")
-            found.append(Review(sid, str(doc.get("decision")), str(doc.get("actor")), str(doc.get("at")),
-                                str(doc.get("reason", ""))))
+            found.append(
+                Review(
+                    sid, str(doc.get("decision")), str(doc.get("actor")), str(doc.get("at")), str(doc.get("reason", ""))
+                )
+            )
         return found
 
     def review(self, sid: str, decision: str, actor: str, reason: str = "") -> Review:
-        """Record a decision (an event: who, when, why); the sample's state becomes its outcome."""
+        """Record a decision (an event: who, when, why); the sample's state becomes its outcome.
+        A damaged sample can still be rejected (it is never used either way)."""
         if decision not in DECISIONS:
             raise FeedbackError(f"a decision is one of {', '.join(DECISIONS)}, not {decision!r}")
-        self.sample(sid)  # it must exist and be readable
+        if not SAMPLE_ID.match(sid) or not self.store.exists(sample_key(sid)):
+            raise NotFoundError(f"no feedback sample {sid[:16]} in {self.store.uri}")
         at = now_iso()
         stamp = at.replace(":", "").replace("-", "")
         review = Review(sid, decision, actor, at, reason)
@@ -241,50 +249,18 @@ class FeedbackStore:
         self.store.create(f"{REVIEWS}{sid}/{stamp}-{decision}-{uuid.uuid4().hex[:8]}.json", dumps(doc))
         return review
 
+    def readable(self, ids: list[str]) -> tuple[list[FeedbackSample], list[str]]:
+        """The samples of `ids` that can be read, and the ids of those that are damaged."""
+        good, damaged = [], []
+        for sid in ids:
+            try:
+                good.append(self.sample(sid))
+            except FeedbackError:
+                damaged.append(sid)
+        return good, damaged
+
     def accepted(self) -> list[FeedbackSample]:
-        """Every accepted sample, oldest first; nothing pending or rejected ever leaves here."""
-        states = self.states()
-        samples = [self.sample(sid) for sid, state in sorted(states.items()) if state == "accepted"]
+        """Every readable accepted sample, oldest first; nothing pending or rejected ever leaves here."""
+        chosen = sorted(sid for sid, state in self.states().items() if state == "accepted")
+        samples, _ = self.readable(chosen)
         return sorted(samples, key=lambda s: (s.received_at, s.id))
-
-    def snapshot(self) -> FeedbackSnapshot:
-        return FeedbackSnapshot.of(self.accepted())
-
-
-@dataclass(frozen=True)
-class FeedbackSnapshot:
-    """The accepted samples at one moment, one per content (the same image and label corrected for
-    two models is one training example), and a digest that names exactly this set."""
-
-    samples: tuple[FeedbackSample, ...]
-    digest: str
-
-    @classmethod
-    def of(cls, accepted: list[FeedbackSample]) -> FeedbackSnapshot:
-        unique: dict[str, FeedbackSample] = {}
-        for sample in accepted:
-            unique.setdefault(content_hash(sample.pixels, sample.label), sample)
-        digest = hashlib.sha256("\n".join(sorted(unique)).encode()).hexdigest()
-        return cls(tuple(unique[k] for k in sorted(unique)), digest)
-
-    def part(self, split: Literal["train", "holdout"]) -> tuple[np.ndarray, np.ndarray]:
-        """(n, 28, 28) uint8 inputs and (n,) int64 labels of one split; -1 labels "not a digit"."""
-        chosen = [s for s in self.samples if s.split == split]
-        images = np.stack([s.pixels for s in chosen]) if chosen else np.empty((0, 28, 28), np.uint8)
-        labels = np.array([-1 if s.label is None else s.label for s in chosen], np.int64)
-        return images, labels
-
-    def summary(self) -> dict[str, Any]:
-        """What a manifest records about the feedback a version was trained with."""
-        train = [s for s in self.samples if s.split == "train"]
-        return {
-            "snapshot_sha256": self.digest,
-            "samples": len(self.samples),
-            "train": len(train),
-            "train_not_a_digit": sum(s.label is None for s in train),
-            "holdout": len(self.samples) - len(train),
-        }
-
-    def ids(self) -> dict[str, list[str]]:
-        """The sample ids in each split (for the version's report: which corrections it saw)."""
-        return {split: [s.id for s in self.samples if s.split == split] for split in ("train", "holdout")}

@@ -215,8 +215,12 @@ class AliasState:
     etag: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "previous": self.previous, "updated_at": self.updated_at,
-                "reason": self.reason}
+        return {
+            "version": self.version,
+            "previous": self.previous,
+            "updated_at": self.updated_at,
+            "reason": self.reason,
+        }
 
     @classmethod
     def parse(cls, data: bytes, etag: str, what: str = "the alias:") -> AliasState:

@@ -35,6 +35,7 @@ from digitserve.serving.middleware import Admission, AdmissionMiddleware, BodySi
 from digitserve.serving.oip import routes as oip
 from digitserve.serving.pipeline import PredictionPipeline
 from digitserve.serving.responses import JSONResponse
+from digitserve.serving.rollout import Rollouts
 from digitserve.serving.routes import admin, feedback, health, listing, predict
 from digitserve.serving.routes.feedback import FeedbackService
 from digitserve.serving.shutdown import ANSWER_ACCEPTED_S, close_listeners
@@ -85,12 +86,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     decoder = ImageDecoder(settings)
     manager = ModelManager(settings, registry, app.state.metrics, slots, loader)
     app.state.manager = manager
-    app.state.pipeline = PredictionPipeline(manager, decoder, settings)
+    admission: Admission = app.state.admission
+    rollouts = app.state.rollouts = Rollouts(settings, manager, registry, lambda: admission.in_progress)
+    app.state.pipeline = PredictionPipeline(manager, decoder, settings, rollouts)
     app.state.catalog = Catalog(registry, listings)  # its own threads: a slow listing never delays a load
     spool = _feedback_spool(app, settings, registry)
     await manager.refresh_all()  # first load; a registry outage leaves the server up but not ready
     poller = asyncio.create_task(_poll_after(manager, settings.poll_seconds), name="alias-poller")
     drainer = asyncio.create_task(spool.run(), name="feedback-writer")
+    watch = asyncio.create_task(rollouts.run(), name="rollout-watch")
     broadcast = app.state.broadcast = ReloadBroadcast.from_env()
     watcher = broadcast and asyncio.create_task(broadcast.watch(lambda: manager.refresh_all(force=True)))
     if settings.shutdown_grace_s > 0:
@@ -102,12 +106,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             COUNT_REFUSAL: lambda code: refusals.labels(code).inc(),
         }
     finally:
-        for task in (poller, watcher, drainer):
+        for task in (poller, watcher, drainer, watch):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await manager.close()  # answers everything still queued
+        await rollouts.close()  # the last evidence
         await spool.close()  # what the registry cannot take now stays on disk for the next start
         slots.shutdown()
         decoder.close()
@@ -131,7 +136,7 @@ def _feedback_spool(app: FastAPI, settings: Settings, registry: ModelRegistry) -
         settings.feedback_max_spooled,
         on_change,
     )
-    on_change(spool.pending(), 0)  # what an earlier run left spooled
+    on_change(spool.pending, 0)  # what an earlier run left spooled
     limiter = RateLimiter(settings.feedback_per_minute)
     app.state.feedback = FeedbackService(settings.feedback_enabled, spool, limiter)
     return spool

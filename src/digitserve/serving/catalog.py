@@ -7,6 +7,7 @@ listing is shown with the error, so `GET /v1/models` keeps answering.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import Executor
 from typing import Any
@@ -14,7 +15,9 @@ from typing import Any
 from digitserve.registry import Manifest, ModelRegistry, NotFoundError, RegistryError, StoreUnavailableError
 from digitserve.registry.feedback import FeedbackStore
 
-MAX_FEEDBACK_READS = 500  # new samples read per listing, so a large backlog never stalls one answer
+MAX_FEEDBACK_READS = 200  # new samples read per refresh, so a large backlog never stalls one answer
+FEEDBACK_REFRESH_S = 2.0  # at most one feedback refresh this often
+MAX_MISSING = 10_000
 
 
 class Catalog:
@@ -23,6 +26,7 @@ class Catalog:
         self.executor = executor  # its own threads: a slow listing never delays a model load
         self._manifests: dict[tuple[str, int], Manifest] = {}
         self._last: dict[str, dict[str, Any]] = {}
+        self._missing: set[tuple[str, int]] = set()  # versions asked for that did not exist then
         self.feedback = FeedbackQuality(FeedbackStore(registry.store))
 
     async def has_version(self, model: str, version: int) -> bool | None:
@@ -32,9 +36,14 @@ class Catalog:
     def _has_version(self, model: str, version: int) -> bool | None:
         if (model, version) in self._manifests:
             return True
+        if (model, version) in self._missing:
+            return False
         try:
             self._manifests[(model, version)] = self.registry.manifest(model, version)
         except NotFoundError:
+            if len(self._missing) >= MAX_MISSING:
+                self._missing.clear()
+            self._missing.add((model, version))  # versions are created, never deleted: asked for once
             return False
         except RegistryError:
             return None
@@ -93,22 +102,32 @@ class FeedbackQuality:
         self.store = store
         self._verdicts: dict[str, tuple[str, int, bool]] = {}  # id -> (model, version, answer was right)
         self._states: dict[str, str] = {}
+        self._lock = threading.Lock()  # the catalog has several threads
+        self._refreshed_at = -FEEDBACK_REFRESH_S
 
     def refresh(self) -> None:
-        unseen = [sid for sid in self.store.ids() if sid not in self._verdicts][:MAX_FEEDBACK_READS]
-        for sid in unseen:
-            try:
-                sample = self.store.sample(sid)
-            except StoreUnavailableError:
-                raise
-            except RegistryError:
-                continue  # a damaged sample counts for nothing
-            self._verdicts[sid] = (sample.model, sample.version, sample.right)
-        self._states = dict(self.store.states())
+        """Read the samples not seen yet (a bounded number) and every review state, at most every
+        FEEDBACK_REFRESH_S: a listing never waits on more than that."""
+        with self._lock:
+            if time.monotonic() - self._refreshed_at < FEEDBACK_REFRESH_S:
+                return
+            self._refreshed_at = time.monotonic()
+            unseen = [sid for sid in self.store.ids() if sid not in self._verdicts][:MAX_FEEDBACK_READS]
+            for sid in unseen:
+                try:
+                    sample = self.store.sample(sid)
+                except StoreUnavailableError:
+                    raise
+                except RegistryError:
+                    continue  # a damaged sample counts for nothing
+                self._verdicts[sid] = (sample.model, sample.version, sample.right)
+            self._states = dict(self.store.states())
 
     def by_version(self, model: str) -> dict[int, dict[str, Any]]:
         tally: dict[int, list[int]] = {}  # version -> [samples, right, accepted, accepted right]
-        for sid, (m, version, right) in self._verdicts.items():
+        with self._lock:
+            verdicts = list(self._verdicts.items())
+        for sid, (m, version, right) in verdicts:
             if m != model:
                 continue
             counts = tally.setdefault(version, [0, 0, 0, 0])

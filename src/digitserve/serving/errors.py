@@ -96,6 +96,13 @@ class OverloadedError(ServiceError):
     headers = {"Retry-After": "1"}
 
 
+class ServiceUnavailableError(ServiceError):
+    """Something the request needs on this server is not working now (a full or read-only disk, ...)."""
+
+    status_code, code = 503, "unavailable"
+    headers = {"Retry-After": "30"}
+
+
 class ShuttingDownError(ServiceError):
     """The server received SIGTERM: retry on another replica (the connection is closed)."""
 

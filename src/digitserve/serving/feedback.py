@@ -4,10 +4,12 @@
 create-only file named by the sample's id, so a duplicate is one file) and answers 201. A
 background task moves spooled samples into the registry with create-only writes, in a thread
 of its own; while the registry is unreachable it retries with a growing pause (up to a
-minute), and on shutdown it makes one last bounded attempt. Whatever is still spooled stays on
-disk and is written by the next server that starts with the same spool folder: nothing
-accepted is lost on SIGTERM or a restart. Several workers (or replicas sharing a folder) may
-drain the same spool: the registry's create-only write makes them agree.
+minute, at once when new feedback arrives), and on shutdown it makes one last bounded attempt.
+Whatever is still spooled stays on disk and is written by the next server that starts with the
+same spool folder: nothing accepted is lost on SIGTERM or a restart. Several workers (or
+replicas sharing a folder) may drain the same spool: the registry's create-only write makes them
+agree. No folder is listed on the event loop: the count of spooled samples is kept in memory and
+re-counted by the writer's thread.
 """
 
 from __future__ import annotations
@@ -17,21 +19,25 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from digitserve.registry import RegistryError
 from digitserve.registry.cache import cache_folder
 from digitserve.registry.feedback import FeedbackError, FeedbackSample, FeedbackStore
-from digitserve.serving.errors import OverloadedError
+from digitserve.serving.errors import OverloadedError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 60.0
 FLUSH_ON_SHUTDOWN_S = 5.0
 RECENT_IDS = 10_000  # ids of samples spooled lately: a duplicate of one is known without a registry read
+STALE_TEMP_S = 60.0  # a temporary file this old is what a crash mid-write left
+T = TypeVar("T")
 
 
 class FeedbackSpool:
@@ -50,26 +56,33 @@ class FeedbackSpool:
         self.folder = cache_folder(root, registry_uri)  # one registry's samples never reach another
         self.store = store
         self.max_spooled = max_spooled
-        # Spooling and draining have a thread each: a registry write that hangs never delays a spool write.
-        self.spooler = ThreadPoolExecutor(1, thread_name_prefix="feedback-spool")
-        self.drainer = ThreadPoolExecutor(1, thread_name_prefix="feedback-drain")
+        self.spooler = ThreadPoolExecutor(1, thread_name_prefix="feedback-spool")  # never behind a slow write
         self.stopping = False
         self.last_error: str | None = None
-        self.written = 0  # samples this process moved into the registry
+        self.written = 0  # samples this process moved into the registry (or found there already)
+        self.pending = self._count()
         self._wakeup = asyncio.Event()
 
     def _files(self) -> list[Path]:
-        try:
-            return sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
-        except FileNotFoundError:  # a file drained by another worker between listing and stat
-            return sorted(self.folder.glob("*.json"))
+        found = []
+        for path in self.folder.glob("*.json"):
+            with contextlib.suppress(FileNotFoundError):  # drained by another worker meanwhile
+                found.append((path.stat().st_mtime, path))
+        return [path for _, path in sorted(found)]
 
-    def pending(self) -> int:
-        return sum(1 for _ in self.folder.glob("*.json")) if self.folder.is_dir() else 0
+    def _count(self) -> int:
+        """Spooled samples on disk (and stale temporary files removed): for the writer's thread."""
+        if not self.folder.is_dir():
+            return 0
+        for tmp in self.folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                if time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
+                    tmp.unlink()
+        return sum(1 for _ in self.folder.glob("*.json"))
 
     async def put(self, sample: FeedbackSample) -> bool:
         """Spool the sample (fsync'd before this returns); False if it was already spooled."""
-        if self.pending() >= self.max_spooled:
+        if self.pending >= self.max_spooled:
             raise OverloadedError(
                 f"{self.max_spooled} feedback samples are waiting for the registry; retry in a minute"
             )
@@ -77,11 +90,17 @@ class FeedbackSpool:
         if sid in self._recent:
             self._recent.move_to_end(sid)
             return False
-        new = await asyncio.get_running_loop().run_in_executor(self.spooler, self._spool, sample)
+        try:
+            new = await asyncio.get_running_loop().run_in_executor(self.spooler, self._spool, sample)
+        except OSError as exc:
+            raise ServiceUnavailableError(
+                f"feedback cannot be saved now: the server's spool folder is not writable ({exc.strerror or exc})"
+            ) from None
         self._recent[sid] = None
         if len(self._recent) > RECENT_IDS:
             self._recent.popitem(last=False)
-        self.on_change(self.pending(), 0)
+        self.pending += new
+        self.on_change(self.pending, 0)
         self._wakeup.set()
         return new
 
@@ -110,31 +129,46 @@ class FeedbackSpool:
             if self.stopping:
                 break
             try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                continue  # another worker wrote it
-            try:
-                sample = FeedbackSample.parse(data, f"spooled feedback {path.name}")
-                self.store.write_bytes(sample.id, data)
-            except FeedbackError as exc:  # not a sample (never spooled by us): set aside, never retried
-                log.error("%s; moved to %s", exc, self.folder / "damaged")
-                (self.folder / "damaged").mkdir(exist_ok=True)
+                if not self._write(path):
+                    break
+            except Exception as exc:  # anything else about one file must not stop the writer
+                log.exception("spooled feedback %s could not be written: %s", path.name, exc)
+        self.pending = self._count()
+        return self.pending
+
+    def _write(self, path: Path) -> bool:
+        """One spooled file into the registry; False when the registry failed (try again later)."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return True  # another worker wrote it
+        try:
+            sample = FeedbackSample.parse(data, f"spooled feedback {path.name}")
+            self.store.write_bytes(sample.id, data)
+        except FeedbackError as exc:  # not a sample (never spooled by a server): set aside, never retried
+            log.error("%s; moved to %s", exc, self.folder / "damaged")
+            (self.folder / "damaged").mkdir(exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
                 path.replace(self.folder / "damaged" / path.name)
-                continue
-            except RegistryError as exc:
-                self.last_error = str(exc)
-                break
-            self.last_error = None
-            self.written += 1
-            path.unlink(missing_ok=True)
-        return self.pending()
+            return True
+        except RegistryError as exc:
+            self.last_error = str(exc)
+            return False
+        self.last_error = None
+        self.written += 1
+        path.unlink(missing_ok=True)
+        return True
 
     async def run(self) -> None:
         """Drain whenever something is spooled; while the registry fails, retry with a growing pause."""
-        loop, pause = asyncio.get_running_loop(), RETRY_FIRST_S
+        pause = RETRY_FIRST_S
         while True:
             written = self.written
-            left = await loop.run_in_executor(self.drainer, self.drain)
+            try:
+                left = await in_daemon_thread(self.drain)
+            except Exception:
+                log.exception("feedback writer failed; retrying")
+                left = self.pending
             self.on_change(left, self.written - written)
             if left and self.last_error:
                 log.warning(
@@ -147,20 +181,44 @@ class FeedbackSpool:
                 continue
             pause = RETRY_FIRST_S
             self._wakeup.clear()
-            if not self.pending():
+            if not left:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), RETRY_MAX_S)  # also picks up other workers' files
 
     async def close(self) -> None:
         """One last bounded attempt to write what is spooled; the rest stays on disk for the next start."""
-        loop = asyncio.get_running_loop()
         self.spooler.shutdown(wait=True)  # every sample answered 201 is on disk
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(loop.run_in_executor(self.drainer, self.drain), FLUSH_ON_SHUTDOWN_S)
+            await asyncio.wait_for(in_daemon_thread(self.drain), FLUSH_ON_SHUTDOWN_S)
         self.stopping = True  # a drain still running stops after the sample it is writing
-        self.drainer.shutdown(wait=False)
-        if self.pending():
-            log.warning("feedback: %d samples stay spooled in %s for the next start", self.pending(), self.folder)
+        if self.pending:
+            log.warning("feedback: %d samples stay spooled in %s for the next start", self.pending, self.folder)
+
+
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """`fn()` in a daemon thread: a registry call that hangs can never keep the process from exiting."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(target=run, name="feedback-writer", daemon=True).start()
+    return await asyncio.shield(future)
+
+
+def _settle(future: asyncio.Future[T], result: T | None, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
 
 
 def _fsync_folder(folder: Path) -> None:

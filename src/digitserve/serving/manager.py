@@ -51,6 +51,9 @@ class ModelState:
     failed: dict[int, str] = field(default_factory=dict)  # version -> why; not retried by polling
     last_poll_at: float | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    rollout: dict[str, LoadedVersion] = field(default_factory=dict)  # "canary" / "shadow" -> its version
+    rollout_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)  # rollout versions this process retired, and why
 
 
 class ModelManager:
@@ -69,6 +72,8 @@ class ModelManager:
         self.loader = loader
         self.runtime_options = RuntimeOptions(tuple(settings.onnx_providers), runtime_threads(settings.runtime_threads))
         self.states = {name: ModelState(name) for name in settings.models}
+        followed = (("canary", settings.canary_alias), ("shadow", settings.shadow_alias))
+        self.rollout_aliases = {slot: alias for slot, alias in followed if alias and alias != settings.alias}
         self.pinned: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
         self._pending: dict[tuple[str, int], asyncio.Future[LoadedVersion]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
@@ -135,14 +140,9 @@ class ModelManager:
 
     async def _load(self, model: str, version: int) -> LoadedVersion:
         loop = asyncio.get_running_loop()
+        options, warmup = self.runtime_options, self.settings.max_batch_size
         servable = await loop.run_in_executor(
-            self.loader,
-            load_servable,
-            self.registry,
-            model,
-            version,
-            self.runtime_options,
-            self.settings.max_batch_size,
+            self.loader, load_servable, self.registry, model, version, options, warmup
         )
         batcher = DynamicBatcher(
             servable.probabilities,
@@ -191,6 +191,54 @@ class ModelManager:
             self._swap(state, loaded)
             return {"model": model, "version": target, "changed": True}
 
+    async def refresh_rollouts(self, model: str) -> None:
+        """Follow the rollout aliases (canary, shadow) of one model."""
+        state = self.state(model)
+        for slot, alias in self.rollout_aliases.items():
+            async with state.lock:
+                await self._refresh_slot(state, slot, alias)
+
+    async def _refresh_slot(self, state: ModelState, slot: str, alias: str) -> None:
+        """Load the version a rollout alias names beside the served one, or drop it: when the alias is
+        gone, names the served version, or names a version this process retired."""
+        try:
+            target = await asyncio.get_running_loop().run_in_executor(
+                self.loader, self.registry.get_alias, state.name, alias
+            )
+        except RegistryError as exc:  # keep what is loaded; say why it could not be checked
+            state.rollout_errors[slot] = {"alias": alias, "step": "resolve", "message": str(exc), "at": time.time()}
+            return
+        version = target.version if target else None
+        current = state.rollout.get(slot)
+        keep = version is not None and state.served is not None and version != state.served.version
+        if not keep or version in state.refused:
+            self.drop_rollout(state, slot)
+            state.rollout_errors.pop(slot, None)
+            return
+        if current is not None and current.version == version:
+            return
+        try:
+            loaded = await self._load(state.name, int(version or 0))
+        except LoadError as exc:
+            state.rollout_errors[slot] = {"alias": alias, "version": version, "step": exc.step, "message": str(exc)}
+            return
+        state.rollout[slot] = loaded
+        state.rollout_errors.pop(slot, None)
+        self.metrics.set_served(state.name, alias, loaded.version)
+        if current is not None:
+            self._retire(current)
+        log.info("%s: %s %s is v%d", state.name, slot, alias, loaded.version)
+
+    def drop_rollout(self, state: ModelState, slot: str, refuse: str | None = None) -> None:
+        """Stop routing to a rollout version now (`refuse`: and never load it again in this process)."""
+        loaded = state.rollout.pop(slot, None)
+        if loaded is None:
+            return
+        if refuse:
+            state.refused[loaded.version] = refuse
+        self.metrics.clear_served(state.name, self.rollout_aliases[slot])
+        self._retire(loaded)
+
     def _swap(self, state: ModelState, loaded: LoadedVersion) -> None:
         old, state.served = state.served, loaded  # the atomic switch
         self._clear_error(state)
@@ -219,7 +267,10 @@ class ModelManager:
         return getattr(self.registry, "unavailable", None)
 
     async def refresh_all(self, force: bool = False) -> list[dict[str, Any]]:
-        results = [await self.refresh(m, force) for m in self.states]
+        results = []
+        for model in self.states:
+            results.append(await self.refresh(model, force))
+            await self.refresh_rollouts(model)
         down = any(r.get("registry_unreachable") for r in results) or self.registry_unavailable
         self.metrics.registry_up.set(0 if down else 1)
         return results
@@ -236,11 +287,13 @@ class ModelManager:
         return all(s.served is not None for s in self.states.values())
 
     def resident_versions(self, model: str) -> list[int]:
-        served = self.state(model).served
-        return sorted({v for (m, v) in self.pinned if m == model} | ({served.version} if served else set()))
+        state = self.state(model)
+        loaded = [state.served, *state.rollout.values()]
+        return sorted({v for (m, v) in self.pinned if m == model} | {x.version for x in loaded if x is not None})
 
     async def close(self) -> None:
-        for loaded in [s.served for s in self.states.values() if s.served] + list(self.pinned.values()):
+        rollouts = [loaded for s in self.states.values() for loaded in s.rollout.values()]
+        for loaded in [s.served for s in self.states.values() if s.served] + list(self.pinned.values()) + rollouts:
             self._retire(loaded)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -33,6 +33,7 @@ class ServiceMetrics:
         self._http_metrics(self.collectors)
         self._model_metrics(self.collectors)
         self._feedback_metrics(self.collectors)
+        self._rollout_metrics(self.collectors)
 
     def _http_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -112,8 +113,80 @@ class ServiceMetrics:
             "digitserve_feedback_written", "feedback samples moved from the spool into the registry", registry=r
         )
 
+    def _rollout_metrics(self, r: CollectorRegistry) -> None:
+        self.routed_latency = Histogram(
+            "digitserve_routed_latency_seconds",
+            "from arrival to answer of predictions, by the alias that routed them and the version that answered",
+            ["model", "alias", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rollout_failures = Counter(
+            "digitserve_routed_failures",
+            "canary failures (answered by production instead) and deadline misses, by alias and version",
+            ["model", "alias", "version", "kind"],
+            registry=r,
+        )
+        pair = ["model", "kind", "production_version", "candidate_version", "production_answer"]
+        self.compared_answers = Counter(
+            "digitserve_rollout_compared",
+            "inputs answered by production and a candidate (shadow, canary)",
+            pair,
+            registry=r,
+        )
+        self.agreed_answers = Counter(
+            "digitserve_rollout_agreed", "compared inputs where production and the candidate agree", pair, registry=r
+        )
+        self.dropped_comparisons = Counter(
+            "digitserve_rollout_comparisons_dropped",
+            "comparisons not made: busy or queue (no spare capacity), backlog, failed",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "digitserve_canary_rollbacks",
+            "canaries this process retired, by the outcome of the alias move",
+            ["model", "outcome"],
+            registry=r,
+        )
+
+    def routed(self, model: str, alias: str, version: int, latency_s: float) -> None:
+        self.routed_latency.labels(model, alias or "pinned", str(version)).observe(latency_s)
+
+    def rollout_failure(self, model: str, alias: str, version: int, kind: str) -> None:
+        self.rollout_failures.labels(model, alias or "pinned", str(version), kind).inc()
+
+    def drop_comparison(self, kind: str, reason: str) -> None:
+        self.dropped_comparisons.labels(kind, reason).inc()
+
+    def compared(self, comparison: Any, disagree: list[int]) -> None:
+        c = comparison
+        counts: dict[str, list[int]] = {}
+        disagreeing = set(disagree)
+        for i, answer in enumerate(c.production):
+            entry = counts.setdefault(answer, [0, 0])
+            entry[0] += 1
+            entry[1] += i not in disagreeing
+        for answer, (n, agreed) in counts.items():
+            labels = (c.model, c.kind, str(c.production_version), str(c.candidate_version), answer)
+            self.compared_answers.labels(*labels).inc(n)
+            self.agreed_answers.labels(*labels).inc(agreed)
+
+    def canary_rollback(self, model: str, outcome: str) -> None:
+        self.rollbacks.labels(model, outcome).inc()
+
     def count_feedback(self, model: str, version: int, right: bool) -> None:
         self.feedback.labels(model, str(version), "right" if right else "wrong").inc()
+
+    def clear_served(self, model: str, alias: str) -> None:
+        """No version serves `alias` in this worker any more (a retired canary or shadow)."""
+        previous = self._served.pop((model, alias), None)
+        if previous is None:
+            return
+        if self.shared:
+            self.model_version.labels(model, str(previous), alias).set(0)
+        else:
+            self.model_version.remove(model, str(previous), alias)
 
     def render(self) -> bytes:
         if not self.shared:

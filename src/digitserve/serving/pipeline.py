@@ -13,6 +13,7 @@ and the result back. In order, for every request:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,10 +22,13 @@ from functools import cached_property
 import numpy as np
 
 from digitserve.config import Settings
-from digitserve.serving.batching import DeadlineExceededError, RetiredError
+from digitserve.serving.batching import BatcherError, DeadlineExceededError, RetiredError
 from digitserve.serving.decoding import ImageDecoder, check_count
 from digitserve.serving.errors import InvalidInputError
 from digitserve.serving.manager import LoadedVersion, ModelManager
+from digitserve.serving.rollout import Rollouts, Route
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Selector:
 
     version: int | None = None
     alias: str | None = None
+    sticky: str | None = None  # X-Digitserve-Sticky: the same key, the same side of a canary rollout
 
     def __post_init__(self) -> None:
         if self.version is not None and self.alias is not None:
@@ -61,10 +66,11 @@ class PredictionResult:
 
 
 class PredictionPipeline:
-    def __init__(self, manager: ModelManager, decoder: ImageDecoder, settings: Settings) -> None:
+    def __init__(self, manager: ModelManager, decoder: ImageDecoder, settings: Settings, rollouts: Rollouts) -> None:
         self.manager = manager
         self.decoder = decoder
         self.settings = settings
+        self.rollouts = rollouts
 
     def deadline(self) -> float:
         """A deadline starting now (for callers that did not get one on arrival)."""
@@ -95,21 +101,48 @@ class PredictionPipeline:
     async def predict_pixels(
         self, model: str, images: np.ndarray, selector: Selector, deadline: float
     ) -> PredictionResult:
-        """MNIST-style uint8 (n, 28, 28) -> predictions of the version the selector picks."""
+        """MNIST-style uint8 (n, 28, 28) -> predictions of the version the selector picks (or the
+        rollout routes to); a canary that fails is answered by production instead."""
+        route, future = await self._submit(model, images, selector, deadline)
+        try:
+            probabilities = await self._answer(route, future, deadline)
+        except Exception as exc:
+            if route.side != "canary" or isinstance(exc, BatcherError):
+                raise
+            log.warning("%s canary v%d failed (%s); production answers", model, route.loaded.version, exc)
+            self.rollouts.failed(route, error=True)
+            route, future = await self._submit(model, images, Selector(alias=self.settings.alias), deadline)
+            probabilities = await self._answer(route, future, deadline)
+        self.manager.metrics.images.labels(model, str(route.loaded.version)).inc(len(images))
+        arrived = deadline - self.settings.request_timeout_s
+        self.rollouts.answered(route, images, probabilities, time.monotonic() - arrived)
+        return PredictionResult(route.loaded, route.alias, probabilities, images)
+
+    async def _route(self, model: str, selector: Selector) -> Route:
+        if not selector.pinned:
+            return self.rollouts.route(self.manager.state(model), selector.sticky)
+        loaded = await self.manager.get(model, selector.version, selector.alias)
+        return Route(loaded, None if selector.version is not None else selector.alias, "pinned")
+
+    async def _submit(
+        self, model: str, images: np.ndarray, selector: Selector, deadline: float
+    ) -> tuple[Route, asyncio.Future[np.ndarray]]:
+        """Pick the version and queue the images on it, with no await in between (a hot-swap
+        cannot retire the batcher in between; a version retired before the pick is picked again)."""
         for attempt in range(2):
-            loaded = await self.manager.get(model, selector.version, selector.alias)
+            route = await self._route(model, selector)
             try:
-                future = loaded.batcher.submit(images, deadline)
-                break
+                return route, route.loaded.batcher.submit(images, deadline)
             except RetiredError:
                 if attempt:  # the version was retired between lookup and submit twice: give up
                     raise
+        raise AssertionError("unreachable")
+
+    async def _answer(self, route: Route, future: asyncio.Future[np.ndarray], deadline: float) -> np.ndarray:
         try:
-            probabilities = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
+            return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+        except (TimeoutError, DeadlineExceededError):
+            self.rollouts.failed(route, miss=True)
             raise DeadlineExceededError(
                 f"no answer within {self.settings.request_timeout_s:g}s; the server is overloaded, retry later"
             ) from None
-        self.manager.metrics.images.labels(model, str(loaded.version)).inc(len(images))
-        alias = None if selector.version is not None else (selector.alias or self.settings.alias)
-        return PredictionResult(loaded, alias, probabilities, images)

@@ -293,7 +293,7 @@
     });
     const body = await response.json().catch(() => null);
     if (!response.ok) throw new Error((body && body.error) || `HTTP ${response.status}`);
-    return body;
+    return (body && body.id) || "";
   }
 
   // One correction of the drawing, sent about every model that answered it (each keeps its own tally).
@@ -304,16 +304,17 @@
     button.setAttribute("aria-pressed", "true");
     feedbackStatus.classList.remove("problem");
     feedbackStatus.textContent = "Sending…";
-    try {
-      const sent = await Promise.all(answered.map((panel) => postFeedback(panel.answer, label)));
-      if (thisRound !== round) return;
-      const ids = sent.map((body, i) => `${answered[i].title} ${body.id.slice(0, 8)}`).join(", ");
-      const what = label === NOT_A_DIGIT ? "not a digit" : `a ${label}`;
-      feedbackStatus.textContent = `Thanks — saved as ${what} for review (${ids}).`;
-    } catch (err) {
-      if (thisRound !== round) return;
-      feedbackStatus.classList.add("problem");
-      feedbackStatus.textContent = `Not saved: ${err.message}`;
+    const results = await Promise.allSettled(answered.map((panel) => postFeedback(panel.answer, label)));
+    if (thisRound !== round) return;
+    const saved = results.map((r, i) => r.status === "fulfilled" && `${answered[i].title} ${r.value.slice(0, 8)}`);
+    const failed = results.map((r, i) => r.status === "rejected" && `${answered[i].title}: ${r.reason.message}`);
+    const what = label === NOT_A_DIGIT ? "not a digit" : `a ${label}`;
+    const parts = [];
+    if (saved.some(Boolean)) parts.push(`Thanks — saved as ${what} for review (${saved.filter(Boolean).join(", ")}).`);
+    if (failed.some(Boolean)) parts.push(`Not saved for ${failed.filter(Boolean).join("; ")}`);
+    feedbackStatus.textContent = parts.join(" ");
+    feedbackStatus.classList.toggle("problem", failed.some(Boolean));
+    if (!saved.some(Boolean)) {  // nothing was kept: let the person try again
       feedbackChoices.querySelectorAll("button").forEach((b) => { b.disabled = false; });
       button.setAttribute("aria-pressed", "false");
     }

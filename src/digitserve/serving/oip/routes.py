@@ -34,6 +34,7 @@ from digitserve.serving.oip.schemas import (
 )
 from digitserve.serving.pipeline import PredictionPipeline, Selector
 from digitserve.serving.responses import JSONResponse
+from digitserve.serving.rollout import STICKY_HEADER
 from digitserve.serving.schemas import ERROR_RESPONSES, ErrorResponse
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
@@ -200,7 +201,8 @@ INFER_ROUTE: dict[str, Any] = {
 async def infer(model: str, request: Request, context: PredictionDep) -> Response:
     """Classify digits. Send one input, `pixels` or `images` (see the model metadata); outputs are
     `probabilities` (FP32 `[N, 10]`) and `label` (INT64 `[N]`), JSON or binary as asked."""
-    return await infer_with(request, context.pipeline, model, Selector(), context.deadline)
+    selector = Selector(sticky=request.headers.get(STICKY_HEADER, "")[:256] or None)
+    return await infer_with(request, context.pipeline, model, selector, context.deadline)
 
 
 @router.post("/models/{model}/versions/{version}/infer", summary="Infer with a pinned registry version", **INFER_ROUTE)

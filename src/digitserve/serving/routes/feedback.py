@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from digitserve.registry.records import now_iso
 from digitserve.serving.catalog import Catalog
 from digitserve.serving.decoding import decode_base64
 from digitserve.serving.deps import CatalogDep, PredictionDep
-from digitserve.serving.errors import ForbiddenError, RateLimitedError, UnknownVersionError
+from digitserve.serving.errors import ForbiddenError, ModelNotReadyError, RateLimitedError, UnknownVersionError
 from digitserve.serving.feedback import FeedbackSpool, RateLimiter
 from digitserve.serving.responses import JSONResponse
 from digitserve.serving.schemas import ERROR_RESPONSES, ErrorResponse, FeedbackRequest, FeedbackResponse
@@ -48,11 +49,26 @@ async def get_feedback(request: Request) -> FeedbackService:
 FeedbackDep = Annotated[FeedbackService, Depends(get_feedback)]
 
 
-def client_pseudonym(request: Request) -> str:
-    """Who sent it, as a hash of the client's address (behind a proxy: what uvicorn's
-    --forwarded-allow-ips lets X-Forwarded-For say); enough to see one sender's flood."""
+def client_of(request: Request) -> tuple[str, str]:
+    """(the key the rate limit counts by, the pseudonym a sample records) for the client's address.
+
+    The address is the connection's, or behind a load balancer what `FORWARDED_ALLOW_IPS` lets
+    X-Forwarded-For say. IPv6 clients are counted by their /64, which one client can fill. The
+    pseudonym is a hash of the network (/24, /48), not of the address: enough to see one sender's
+    flood, and not the person."""
     host = request.client.host if request.client else "unknown"
-    return hashlib.sha256(f"digitserve-client:{host}".encode()).hexdigest()[:16]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host, _hash(host)
+    if address.version == 6:
+        key = str(ipaddress.ip_network(f"{address}/64", strict=False))
+        return key, _hash(str(ipaddress.ip_network(f"{address}/48", strict=False)))
+    return host, _hash(str(ipaddress.ip_network(f"{address}/24", strict=False)))
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(f"digitserve-client:{text}".encode()).hexdigest()[:16]
 
 
 def _label(value: int | str | None) -> Label:
@@ -62,8 +78,11 @@ def _label(value: int | str | None) -> Label:
 async def _check_version(catalog: Catalog, loaded: list[int], model: str, version: int) -> None:
     if version in loaded:  # a version this server runs: no registry read
         return
-    if await catalog.has_version(model, version) is False:  # None: the registry cannot say now
+    known = await catalog.has_version(model, version)
+    if known is False:
         raise UnknownVersionError(f"model {model!r} has no version {version}; send the version that answered")
+    if known is None:  # only a version the registry confirms may name a sample (and a metrics series)
+        raise ModelNotReadyError(f"cannot check {model} v{version} in the registry now; retry shortly")
 
 
 @router.post("/feedback", status_code=201, response_model=FeedbackResponse, summary="Correct a prediction")
@@ -77,8 +96,8 @@ async def send_feedback(
     (`digitserve feedback accept ID`) before any training uses it. Each client may send
     `DIGITSERVE_FEEDBACK_PER_MINUTE` samples a minute.
     """
-    client = client_pseudonym(request)
-    wait = feedback.limiter.take(client)
+    key, client = client_of(request)
+    wait = feedback.limiter.take(key)
     if wait is not None:
         raise RateLimitedError(f"too much feedback from this client; send again in {wait:.0f} s", wait)
     pipeline = context.pipeline

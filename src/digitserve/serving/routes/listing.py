@@ -31,6 +31,7 @@ async def describe_model(request: Request, manager: ModelManager, catalog: Catal
         "versions": listing["versions"],
         "resident_versions": manager.resident_versions(model),
         "feedback": feedback_status(request),
+        "rollouts": request.app.state.rollouts.status(model),
     }
 
 
@@ -40,7 +41,7 @@ def feedback_status(request: Request) -> dict[str, Any]:
     spool = service.spool
     return {
         "enabled": service.enabled,
-        "spooled": spool.pending(),
+        "spooled": spool.pending,
         "written": spool.written,
         "last_error": spool.last_error,
     }

@@ -7,7 +7,7 @@ import io
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from PIL import Image
 from starlette.datastructures import UploadFile
 
@@ -19,6 +19,7 @@ from digitserve.serving.deps import PredictionDep
 from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
 from digitserve.serving.pipeline import PredictionResult, Selector
 from digitserve.serving.responses import JSONResponse
+from digitserve.serving.rollout import STICKY_HEADER
 from digitserve.serving.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/v1/models", tags=["predict"], responses=ERROR_RESPONSES)
@@ -37,9 +38,21 @@ AbstainQuery = Annotated[
 ]
 
 
-async def selector(version: VersionQuery = None, alias: AliasQuery = None) -> Selector:
-    """Which version answers: `?version=` pins one, `?alias=` follows another alias (not both)."""
-    return Selector(version, alias)
+StickyHeader = Annotated[
+    str | None,
+    Header(
+        alias=STICKY_HEADER,
+        max_length=256,
+        description="any stable id of the user (a session id): during a canary rollout the same id is always "
+        "answered by the same side",
+    ),
+]
+
+
+async def selector(version: VersionQuery = None, alias: AliasQuery = None, sticky: StickyHeader = None) -> Selector:
+    """Which version answers: `?version=` pins one, `?alias=` follows another alias (not both);
+    otherwise the served alias, or its canary for a share of the requests."""
+    return Selector(version, alias, sticky)
 
 
 SelectorDep = Annotated[Selector, Depends(selector)]

@@ -1,0 +1,231 @@
+"""Canary and shadow rollouts against real servers on one registry (docs/rollouts.md).
+
+The registry holds the shipped cnn as v1 (production), a `--smoke` model as v2 -- a deliberately
+bad candidate that disagrees with production on many inputs -- and v3, v1's weights nudged by
+1e-4: a good candidate that answers as production does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from support.cli import digitserve, error_line, succeeded
+from support.registries import copy_shipped, png_b64, publish_variant, train_smoke
+from support.server import metric, model_info, running_server, start_server, stop_server, wait_until
+from support.steady import steady_load
+
+from digitserve.data import load_mnist
+from digitserve.registry import ModelRegistry
+from digitserve.registry.rollouts import Evidence
+
+pytestmark = pytest.mark.slow  # real servers under load
+ROLLBACK_WITHIN_S = 30.0  # at this load (see docs/rollouts.md); measured 2-6 s
+CANARY_ENV = {
+    "DIGITSERVE_MODELS": "cnn",
+    "DIGITSERVE_POLL_SECONDS": "1",
+    "DIGITSERVE_CANARY_ALIAS": "canary",
+    "DIGITSERVE_CANARY_PERCENT": "50",
+    "DIGITSERVE_CANARY_COMPARE_PERCENT": "50",
+    "DIGITSERVE_CANARY_MIN_COMPARED": "40",
+    "DIGITSERVE_CANARY_WINDOW_S": "30",
+}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("template")
+    registry = copy_shipped(root)
+    train_smoke(registry.uri)  # v2: bad
+    assert publish_variant(registry, "cnn", 1) == 3  # v3: good
+    return root
+
+
+@pytest.fixture
+def registry(template: Path, tmp_path: Path) -> ModelRegistry:
+    shutil.copytree(template, tmp_path / "registry")
+    return ModelRegistry.open(str(tmp_path / "registry"))
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return load_mnist("test").images[:200]
+
+
+def place(registry: ModelRegistry, alias: str, version: int) -> None:
+    """Put a candidate on a rollout alias (forced: the test's bad candidate would not pass the gate)."""
+    why = f"test: v{version} as {alias}"
+    succeeded(
+        digitserve(
+            "registry",
+            "promote",
+            "cnn",
+            str(version),
+            "--alias",
+            alias,
+            "--force",
+            "--reason",
+            why,
+            "--registry",
+            registry.uri,
+        )
+    )
+
+
+def rollbacks(registry: ModelRegistry) -> list[dict[str, object]]:
+    return [e for e in registry.events("cnn", "canary") if e["action"] == "rollback"]
+
+
+def test_a_bad_canary_is_rolled_back_once_by_two_servers(registry: ModelRegistry, digits: np.ndarray) -> None:
+    place(registry, "canary", 2)
+    env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri}
+    servers = [start_server(env), start_server(env)]
+    urls = [url for _, url in servers]
+    try:
+        with steady_load(urls, digits, clients=3) as answers:
+            wait_until(lambda: any(a.alias == "canary" for a in answers), 30, "the canary answers its share")
+            started = time.monotonic()
+            wait_until(lambda: rollbacks(registry), ROLLBACK_WITHIN_S, "an automatic rollback")
+            took = time.monotonic() - started
+            wait_until(
+                lambda: all(model_info(u, "cnn")["rollouts"]["canary"]["version"] is None for u in urls),
+                10,
+                "both servers stop routing to the canary",
+            )
+            time.sleep(0.5)  # requests routed to the canary just before it stopped are answered by now
+            stopped = len(answers)
+            wait_until(lambda: len(answers) > stopped + 100, 30, "more answers after the rollback")
+    finally:
+        assert all(stop_server(process) == 0 for process, _ in servers)
+
+    assert Counter(a.status for a in answers) == {200: len(answers)}, "no client saw an error"
+    assert {a.version for a in answers[:stopped] if a.alias == "canary"} == {2}
+    assert {(a.version, a.alias) for a in answers[stopped:]} == {(1, "production")}
+    [event] = rollbacks(registry)  # two servers judged it: exactly one move, one event
+    assert (event["from"], event["to"]) == (2, 1) and registry.resolve_alias("cnn", "canary") == 1
+    assert str(event["reason"]).startswith("automatic rollback: agreement with production")
+    evidence = event["evidence"]
+    assert evidence["compared"] >= 40 and evidence["agreed"] / evidence["compared"] < 0.97
+    assert str(event["actor"]).startswith("digitserve server ")
+    assert Evidence.gather(registry, "cnn", "canary", 2).rolled_back
+    line = error_line(digitserve("registry", "promote", "cnn", "--from", "canary", "--registry", registry.uri))
+    assert "names v1, production's own version (it was rolled back)" in line
+    print(f"rolled back {took:.1f} s after the canary first answered")
+
+
+def test_a_good_canary_survives_and_is_promoted_from_its_evidence(registry: ModelRegistry, digits: np.ndarray) -> None:
+    place(registry, "canary", 3)
+    env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri}
+    with running_server(env) as url, steady_load([url], digits, clients=4) as answers:
+        wait_until(lambda: Evidence.gather(registry, "cnn", "canary", 3).compared >= 200, 90, "200 compared inputs")
+        check_routing(url)
+        evidence = Evidence.gather(registry, "cnn", "canary", 3)
+        assert evidence.agreement is not None and evidence.agreement >= 0.99 and not rollbacks(registry)
+        live = model_info(url, "cnn")["rollouts"]["canary"]
+        assert live["version"] == 3 and live["live"]["canary"]["requests"] > 0
+        assert metric(url, "digitserve_routed_latency_seconds_count", alias="canary", version="3") > 0
+        assert metric(url, "digitserve_model_version_info", alias="canary", version="3") == 1
+
+        uri = registry.uri
+        line = error_line(
+            digitserve("registry", "promote", "cnn", "--from", "canary", "--min-compared", "1000000", "--registry", uri)
+        )
+        assert "not enough live evidence to promote" in line and "at least 1000000 needed" in line
+        out = succeeded(digitserve("registry", "promote", "cnn", "--from", "canary", "--registry", uri))
+        assert "cnn/production -> v3 (was v1)" in out and "enough evidence" in out
+        wait_until(lambda: model_info(url, "cnn")["serving"]["version"] == 3, 30, "the server follows production")
+        wait_until(lambda: model_info(url, "cnn")["rollouts"]["canary"]["version"] is None, 10, "no canary left")
+        time.sleep(0.5)  # requests queued on v1 before the swap are answered by now
+        moved = len(answers)
+        wait_until(lambda: len(answers) > moved + 50, 30, "answers after the promotion")
+    assert Counter(a.status for a in answers) == {200: len(answers)}
+    assert {a.version for a in answers[moved:]} == {3}
+    event = registry.events("cnn", "production")[-1]
+    assert event["to"] == 3 and event["gate"]["passed"] is True
+    assert event["evidence"]["from_alias"] == "canary" and event["evidence"]["compared"] >= 200
+
+
+def check_routing(url: str) -> None:
+    """Pinned requests are never diverted; a sticky key keeps its side; without one both sides answer."""
+    seven = png_b64(load_mnist("test").images[0])
+
+    def ask(query: str = "", sticky: str | None = None) -> tuple[int, str | None]:
+        headers = {"X-Digitserve-Sticky": sticky} if sticky else {}
+        r = httpx.post(f"{url}/v1/models/cnn/predict{query}", json={"images": [seven]}, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["version"], r.json()["alias"]
+
+    assert {ask("?version=1") for _ in range(20)} == {(1, None)}
+    assert {ask("?alias=production") for _ in range(20)} == {(1, "production")}
+    for user in ("alice", "bob", "carol"):
+        assert len({ask(sticky=user) for _ in range(10)}) == 1, f"{user} flipped between versions"
+    sides = {ask(sticky=f"user-{i}") for i in range(40)}
+    assert sides == {(1, "production"), (3, "canary")}
+
+
+def test_a_shadow_runs_unseen_and_is_shed_first_under_overload(registry: ModelRegistry, digits: np.ndarray) -> None:
+    place(registry, "shadow", 2)
+    env = {
+        "DIGITSERVE_REGISTRY": registry.uri,
+        "DIGITSERVE_MODELS": "cnn",
+        "DIGITSERVE_POLL_SECONDS": "1",
+        "DIGITSERVE_SHADOW_ALIAS": "shadow",
+        "DIGITSERVE_SHADOW_PERCENT": "100",
+        "DIGITSERVE_DISAGREEMENT_SAMPLES": "10",
+        "DIGITSERVE_MAX_CONCURRENT_REQUESTS": "32",
+    }
+    with running_server(env) as url:
+        wait_until(lambda: model_info(url, "cnn")["rollouts"]["shadow"]["version"] == 2, 30, "the shadow is loaded")
+        with steady_load([url], digits, clients=2, pause_s=0.05) as answers:
+            wait_until(lambda: compared(url) >= 100, 60, "100 shadow comparisons")
+        assert {(a.status, a.version, a.alias) for a in answers} == {(200, 1, "production")}, "production answers"
+        shadow = model_info(url, "cnn")["rollouts"]["shadow"]
+        pair = shadow["agreement"]["v1-v2"]
+        assert pair["compared"] >= 100 and pair["agreed"] < pair["compared"]
+        assert sum(n for n, _ in pair["per_class"].values()) == pair["compared"]
+        light = compared(url) / len(answers)
+        assert light > 0.8, f"with spare capacity nearly every answer is compared ({light:.0%})"
+
+        before_compared, before_dropped = compared(url), dropped(url)
+        answered = overload(url, seconds=4)
+        overload_share = (compared(url) - before_compared) / max(answered, 1)
+        assert dropped(url) > before_dropped and overload_share < 0.2, (overload_share, answered)
+
+    kept = registry.store.list("disagreements/cnn/v1-v2/")
+    assert 1 <= len(kept) <= 10
+    assert Evidence.gather(registry, "cnn", "shadow", 2).compared >= 100
+    out = succeeded(digitserve("registry", "disagreements", "cnn", "--registry", registry.uri))
+    assert f"v1-v2: {len(kept)} inputs (shadow)" in out
+
+
+def compared(url: str) -> float:
+    return metric(url, "digitserve_rollout_compared_total", kind="shadow")
+
+
+def dropped(url: str) -> float:
+    return metric(url, "digitserve_rollout_comparisons_dropped_total", kind="shadow")
+
+
+def overload(url: str, seconds: float) -> int:
+    """64 clients back to back against a cap of 32 predictions in progress; returns the 200s."""
+    body = {"images": [png_b64(load_mnist("test").images[1])]}
+    statuses: Counter[int] = Counter()
+
+    def client() -> None:
+        end = time.monotonic() + seconds
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while time.monotonic() < end:
+                statuses[c.post("/v1/models/cnn/predict", json=body).status_code] += 1
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(64) as pool:
+        for _ in range(64):
+            pool.submit(client)
+    assert set(statuses) <= {200, 503}, statuses
+    return statuses[200]

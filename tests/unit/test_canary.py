@@ -1,0 +1,103 @@
+"""The canary's judgement, its sliding window, sticky routing and the evidence sums (no server)."""
+
+from __future__ import annotations
+
+import pytest
+
+from digitserve.config import Settings
+from digitserve.registry import ModelRegistry
+from digitserve.registry.rollouts import Evidence, publish_evidence
+from digitserve.serving import canary as canary_module
+from digitserve.serving.canary import CanaryWatch, Window, sticky_side
+from digitserve.serving.comparison import Agreement
+
+SETTINGS = Settings(canary_min_requests=10, canary_min_compared=10, canary_window_s=60)
+
+
+def watch_with(canary_ms: float = 5, production_ms: float = 5, errors: float = 0, misses: float = 0) -> CanaryWatch:
+    watch = CanaryWatch(1, 2, 60)
+    for _ in range(20):
+        watch.production.add(production_ms / 1000)
+        watch.canary.add(canary_ms / 1000)
+    for _ in range(int(errors)):
+        watch.canary.add(None, error=True)
+    for _ in range(int(misses)):
+        watch.canary.add(None, miss=True)
+    return watch
+
+
+def test_a_canary_like_production_is_kept() -> None:
+    watch = watch_with()
+    watch.canary.compare(50, 50)
+    assert watch.judge(SETTINGS) is None
+
+
+@pytest.mark.parametrize(
+    ("made", "words"),
+    [
+        ({"errors": 3}, "server errors: 3 of 23 canary requests (limit 2.0%)"),
+        ({"misses": 3}, "deadline misses: 13.0% of 23 canary requests, production 0.0%"),
+        ({"canary_ms": 400, "production_ms": 5}, "p99 latency 400.0 ms, production 5.0 ms (limit 65.0 ms)"),
+    ],
+)
+def test_a_canary_past_a_threshold_is_judged_with_its_numbers(made: dict[str, float], words: str) -> None:
+    watch = watch_with(**made)  # made here: a window only holds what is younger than it
+    assert watch.judge(SETTINGS) == words
+
+
+def test_agreement_counts_only_with_enough_compared_inputs() -> None:
+    watch = watch_with()
+    watch.canary.compare(9, 0)
+    assert watch.judge(SETTINGS) is None  # 9 < the 10 needed
+    watch.canary.compare(11, 10)
+    assert watch.judge(SETTINGS) == "agreement with production 50.0% on 20 compared inputs (minimum 97.0%)"
+
+
+def test_the_window_forgets_what_is_older_than_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(canary_module.time, "monotonic", lambda: now[0])
+    window = Window(60)
+    window.add(0.01, error=True)
+    now[0] += 30
+    window.add(0.02)
+    assert window.totals()["requests"] == 2 and window.totals()["errors"] == 1
+    now[0] += 35  # the first answer is 65 s old now
+    totals = window.totals()
+    assert (totals["requests"], totals["errors"], totals["p99_ms"]) == (1, 0, 20.0)
+
+
+def test_a_sticky_key_always_lands_on_the_same_side_and_the_shares_follow_the_percent() -> None:
+    assert all(sticky_side("alice", 30) == sticky_side("alice", 30) for _ in range(5))
+    share = sum(sticky_side(f"user-{i}", 30) for i in range(5000)) / 5000
+    assert 0.27 < share < 0.33
+    assert not any(sticky_side(f"user-{i}", 0) for i in range(100))
+    assert all(sticky_side(f"user-{i}", 100) for i in range(100))
+
+
+def test_agreement_is_counted_per_production_answer() -> None:
+    agreement = Agreement()
+    assert agreement.add(["7", "7", "not_a_digit", "1"], ["7", "1", "not_a_digit", "1"]) == [1]
+    assert (agreement.compared, agreement.agreed) == (4, 3)
+    assert agreement.per_class == {"7": [2, 1], "not_a_digit": [1, 1], "1": [1, 1]}
+
+
+def test_evidence_from_every_process_is_summed(tmp_path: object) -> None:
+    registry = ModelRegistry.open(f"{tmp_path}/registry")
+    a = Evidence(production_version=1, candidate_requests=100, compared=40, agreed=39, per_class={"7": [40, 39]})
+    b = Evidence(
+        production_version=1,
+        candidate_requests=50,
+        candidate_errors=1,
+        compared=10,
+        agreed=10,
+        per_class={"7": [5, 5], "1": [5, 5]},
+        candidate_p99_ms=12.0,
+    )
+    publish_evidence(registry, "cnn", "canary", 2, "replica-a", a)
+    publish_evidence(registry, "cnn", "canary", 2, "replica-b", b)
+    registry.store.put("cnn/rollouts/canary/v2/damaged.json", b'{"compared": -5}')
+    total = Evidence.gather(registry, "cnn", "canary", 2)
+    assert (total.replicas, total.candidate_requests, total.compared, total.agreed) == (2, 150, 50, 49)
+    assert total.per_class == {"7": [45, 44], "1": [5, 5]} and total.candidate_p99_ms == 12.0
+    assert total.agreement == 0.98 and total.error_rate == round(1 / 150, 6)
+    assert Evidence.gather(registry, "cnn", "canary", 3).replicas == 0
