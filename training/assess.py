@@ -23,6 +23,8 @@ from digitserve.evaluation import (
     trust_metrics,
 )
 from digitserve.models.checkpoint import predict_logits
+from digitserve.registry.samples import NAME as SAMPLES_NAME
+from digitserve.registry.samples import make_test_samples
 from digitserve.runtime.calibration import SCORE, Calibration
 from digitserve.runtime.session import softmax
 from digitserve.synthetic import sets
@@ -111,5 +113,6 @@ def evaluate(
         "curves.png": curves_png(history, title),
         "reliability.png": reliability_png(raw, probabilities, labels, calibration.temperature, title),
         "not_a_digit.png": not_a_digit_png(images, probabilities, held_out.images, negative_probs, calibration, title),
+        SAMPLES_NAME: make_test_samples(images, labels, probabilities, calibration.is_digit(probabilities)),
     }
     return metrics, report

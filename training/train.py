@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from digitserve.cli import run_reporting_errors
+from digitserve.config import actor
 from digitserve.data import MNISTSplit, load_mnist
 from digitserve.models import config_dict, create_model
 from digitserve.models.checkpoint import weights_bytes
@@ -139,6 +140,7 @@ def publish(
             "training": training,
             "metrics": summary,
             "git_commit": git_commit(),
+            "created_by": actor(),
             "data": {"train_sha256": train_set.checksum, "test_sha256": test.checksum},
         },
     )

@@ -65,7 +65,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     while True:
         try:
             verdict = judge_evidence(registry, args.model, args.alias, args.production, evidence_limits(args))
-        except GateRefusedError as exc:  # the alias names production's version: rolled back, or promoted
+        except GateRefusedError as exc:  # retired (rolled back), or production's version, or older than it
             raise RegistryError(f"{exc}; nothing to watch") from None
         print(verdict.summary(), flush=True)
         if verdict.ready:
@@ -82,10 +82,12 @@ def cmd_retire(args: argparse.Namespace) -> int:
     registry = ModelRegistry.open(args.registry)
     state = registry.get_alias(args.model, args.alias)
     production = registry.resolve_alias(args.model, args.production)
-    if state is None or state.version == production:
-        print(f"{args.model}/{args.alias} already names {args.production}'s v{production}; nothing to retire")
+    if state is None or state.retired:
+        print(f"{args.model}/{args.alias} is not routing anything; nothing to retire")
         return 0
-    registry.move_alias(args.model, args.alias, production, reason=args.reason, expected=state, action="retire")
+    registry.move_alias(
+        args.model, args.alias, production, reason=args.reason, expected=state, action="retire", retire=True
+    )
     print(f"{args.model}/{args.alias} -> v{production} ({args.production}'s version; retired v{state.version})")
     return 0
 

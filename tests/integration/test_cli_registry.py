@@ -240,7 +240,7 @@ def test_failures_are_one_line(registry: ModelRegistry) -> None:
     line = error_line(digitserve("registry", "show", MODEL, "9", "--registry", registry.uri))
     assert line.startswith("error: model 'digits' has no version 9")
     line = error_line(digitserve("registry", "promote", MODEL, "--registry", registry.uri))
-    assert line == "error: promote needs either a VERSION or --best"
+    assert line == "error: promote needs one of VERSION, --best or --from ALIAS"
     line = error_line(digitserve("registry", "rollback", MODEL, "--registry", registry.uri))
     assert line == "error: alias digits/production has no previous version to roll back to"
 

@@ -100,21 +100,27 @@ def test_a_bad_canary_is_rolled_back_once_by_two_servers(registry: ModelRegistry
             time.sleep(0.5)  # requests routed to the canary just before it stopped are answered by now
             stopped = len(answers)
             wait_until(lambda: len(answers) > stopped + 100, 30, "more answers after the rollback")
+            place(registry, "production", 3)  # a later promotion must not bring the retired canary back
+            wait_until(lambda: all(model_info(u, "cnn")["serving"]["version"] == 3 for u in urls), 30, "v3 serves")
+            time.sleep(2.5)  # two more polls
+            assert all(model_info(u, "cnn")["rollouts"]["canary"]["version"] is None for u in urls)
     finally:
         assert all(stop_server(process) == 0 for process, _ in servers)
 
     assert Counter(a.status for a in answers) == {200: len(answers)}, "no client saw an error"
     assert {a.version for a in answers[:stopped] if a.alias == "canary"} == {2}
-    assert {(a.version, a.alias) for a in answers[stopped:]} == {(1, "production")}
+    assert {(a.version, a.alias) for a in answers[stopped:]} <= {(1, "production"), (3, "production")}
     [event] = rollbacks(registry)  # two servers judged it: exactly one move, one event
-    assert (event["from"], event["to"]) == (2, 1) and registry.resolve_alias("cnn", "canary") == 1
+    assert (event["from"], event["to"]) == (2, 1)
+    canary = registry.get_alias("cnn", "canary")
+    assert canary is not None and (canary.version, canary.retired) == (1, True), "parked: it routes nothing"
     assert str(event["reason"]).startswith("automatic rollback: agreement with production")
     evidence = event["evidence"]
     assert evidence["compared"] >= 40 and evidence["agreed"] / evidence["compared"] < 0.97
     assert str(event["actor"]).startswith("digitserve server ")
     assert Evidence.gather(registry, "cnn", "canary", 2).rolled_back
     line = error_line(digitserve("registry", "promote", "cnn", "--from", "canary", "--registry", registry.uri))
-    assert "names v1, production's own version (it was rolled back)" in line
+    assert "cnn/canary is rolled back: automatic rollback: agreement with production" in line
     print(f"rolled back {took:.1f} s after the canary first answered")
 
 
@@ -143,9 +149,15 @@ def test_a_good_canary_survives_and_is_promoted_from_its_evidence(registry: Mode
         time.sleep(0.5)  # requests queued on v1 before the swap are answered by now
         moved = len(answers)
         wait_until(lambda: len(answers) > moved + 50, 30, "answers after the promotion")
+        promoted = len(answers)
+        succeeded(digitserve("registry", "rollback", "cnn", "--registry", uri))  # production back to v1
+        wait_until(lambda: model_info(url, "cnn")["serving"]["version"] == 1, 30, "v1 serves again")
+        time.sleep(2.5)  # the canary alias still names v3, but it is older than production's move: no canary
+        assert model_info(url, "cnn")["rollouts"]["canary"]["version"] is None
     assert Counter(a.status for a in answers) == {200: len(answers)}
-    assert {a.version for a in answers[moved:]} == {3}
-    event = registry.events("cnn", "production")[-1]
+    assert {a.version for a in answers[moved:promoted]} == {3}
+    assert {a.alias for a in answers[promoted:]} == {"production"}
+    event = registry.events("cnn", "production")[-2]  # the promotion (the last one is the rollback)
     assert event["to"] == 3 and event["gate"]["passed"] is True
     assert event["evidence"]["from_alias"] == "canary" and event["evidence"]["compared"] >= 200
 

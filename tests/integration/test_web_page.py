@@ -135,6 +135,7 @@ def test_page_loads_with_nothing_from_other_hosts(watched: tuple[Page, PageWatch
     page, watch = watched
     expect(page).to_have_title(re.compile("digitserve"))
     expect(page.get_by_role("navigation").get_by_role("link", name="API docs")).to_have_attribute("href", "/docs")
+    expect(page.get_by_role("navigation").get_by_role("link", name="Models")).to_have_attribute("href", "/models")
     for model, version in served_versions(server).items():
         expect(panel(page, model).locator(".version")).to_have_text(re.compile(rf"^v{version}\b"))
         expect(panel(page, model).locator(".digit")).to_have_text("–")
@@ -325,7 +326,7 @@ def test_keyboard_reaches_every_control_with_visible_focus(watched: tuple[Page, 
         assert focused["outline"] != "none" and focused["width"] >= 2, f"no visible focus on {focused['name']}"
         if focused["name"] == "file":
             break
-    assert reached[:5] == ["Skip to the drawing pad", "API docs", "undo", "clear", "file"], reached
+    assert reached[:6] == ["Skip to the drawing pad", "Models", "API docs", "undo", "clear", "file"], reached
 
     draw(page, handwritten(7, seed=700))
     wait_for_answers(page)

@@ -30,6 +30,7 @@ class Verdict:
     evidence: Evidence
     refusals: tuple[str, ...]
     rolled_back: bool
+    etag: str = ""  # the canary alias as it was judged
 
     @property
     def ready(self) -> bool:
@@ -50,11 +51,17 @@ def judge_evidence(registry: ModelRegistry, model: str, alias: str, production: 
     state = registry.get_alias(model, alias)
     if state is None:
         raise RegistryError(f"model {model!r} has no alias {alias!r} to promote from")
+    if state.retired:
+        last = registry.events(model, alias)[-1:] or [{}]
+        why = f"rolled back: {last[0].get('reason')}" if last[0].get("action") == "rollback" else "retired"
+        raise GateRefusedError(f"{model}/{alias} is {why}; move it to a candidate again first")
     held = registry.get_alias(model, production)
     if held is not None and held.version == state.version:
-        last = registry.events(model, alias)[-1:] or [{}]
-        why = "it was rolled back" if last[0].get("action") == "rollback" else f"{production} already holds it"
-        raise GateRefusedError(f"{model}/{alias} names v{state.version}, {production}'s own version ({why})")
+        raise GateRefusedError(f"{model}/{alias} names v{state.version}, {production}'s own version already")
+    if held is not None and held.updated_at > state.updated_at:
+        raise GateRefusedError(
+            f"{model}/{production} moved after {alias} was set; the canary was judged beside another production"
+        )
     evidence = Evidence.gather(registry, model, alias, state.version)
     refusals = []
     if evidence.rolled_back:
@@ -65,7 +72,7 @@ def judge_evidence(registry: ModelRegistry, model: str, alias: str, production: 
         refusals.append(f"agreement {evidence.agreement:.2%} < {limits.min_agreement:.2%}")
     if evidence.error_rate is not None and evidence.error_rate > limits.max_error_rate:
         refusals.append(f"error rate {evidence.error_rate:.2%} > {limits.max_error_rate:.2%}")
-    return Verdict(model, alias, state.version, evidence, tuple(refusals), bool(evidence.rolled_back))
+    return Verdict(model, alias, state.version, evidence, tuple(refusals), bool(evidence.rolled_back), state.etag)
 
 
 def promote_from(
@@ -85,7 +92,25 @@ def promote_from(
     if not verdict.ready and not force:
         raise GateRefusedError(f"not enough live evidence to promote: {verdict.summary()}")
     record = {"from_alias": source, **verdict.evidence.to_dict(), "refusals": list(verdict.refusals)}
+
+    def still_the_same() -> None:  # the gate takes a while: a server may have rolled the canary back meanwhile
+        now = registry.get_alias(model, source)
+        if (
+            now is None
+            or now.etag != verdict.etag
+            or Evidence.gather(registry, model, source, verdict.version).rolled_back
+        ):
+            raise GateRefusedError(f"{model}/{source} changed (or was rolled back) while the gate measured it")
+
     promotion = promote(
-        registry, model, verdict.version, alias=alias, force=force, reason=reason, evidence=record, **gate
+        registry,
+        model,
+        verdict.version,
+        alias=alias,
+        force=force,
+        reason=reason,
+        evidence=record,
+        before_move=None if force else still_the_same,
+        **gate,
     )
     return promotion, verdict

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +36,11 @@ def promote(
     limits: TrustLimits | None = None,
     max_regression: float | None = None,
     evidence: Mapping[str, Any] | None = None,
+    before_move: Callable[[], None] | None = None,
 ) -> Promotion:
     """Move `alias` to `version` if the gate passes it (or, with `force`, for a stated reason);
-    `evidence` (live evidence it was promoted on) goes into the event.
+    `evidence` (live evidence it was promoted on) goes into the event; `before_move` runs after the
+    gate passed and before the move, and may still refuse it.
 
     The alias is read once, before the gate runs, and moved by compare-and-swap against that
     read: if someone moves it while the candidate is being measured, nothing is overwritten.
@@ -63,6 +65,8 @@ def promote(
     result = _open_gate(registry, model, alias, state, threshold, limits, max_regression).check(version)
     if not result.passed:
         raise GateRefusedError(f"gate refused {result.summary()}")
+    if before_move is not None:
+        before_move()
     return _move_after_gate(registry, result, state, reason, evidence)
 
 

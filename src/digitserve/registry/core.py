@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -37,10 +38,12 @@ from digitserve.storage import (
     NotFoundError,
     RegistryError,
     Store,
+    StoreUnavailableError,
     open_store,
 )
 
 MAX_PUBLISH_ATTEMPTS = 50
+EVENT_ATTEMPTS = 3
 RESERVED_NAMES = frozenset({"feedback", "disagreements"})  # folders beside the models
 
 
@@ -183,10 +186,12 @@ class ModelRegistry:
             raise NotFoundError(f"model {model!r} has no alias {alias!r} in {self.uri}")
         return state.version
 
-    def list_aliases(self, model: str) -> dict[str, int]:
+    def list_aliases(self, model: str, include_retired: bool = True) -> dict[str, int]:
+        """Alias -> version; `include_retired=False` leaves out parked rollout aliases."""
         keys = self.store.list(f"{check_model_name(model)}/aliases/")
         names = [k.rsplit("/", 1)[1].removesuffix(".json") for k in keys if k.endswith(".json")]
-        return {n: s.version for n in names if MODEL_NAME.match(n) and (s := self.get_alias(model, n)) is not None}
+        states = {n: self.get_alias(model, n) for n in names if MODEL_NAME.match(n)}
+        return {n: s.version for n, s in states.items() if s is not None and (include_retired or not s.retired)}
 
     def move_alias(
         self,
@@ -200,21 +205,19 @@ class ModelRegistry:
         action: str = "promote",
         who: str | None = None,
         evidence: Mapping[str, Any] | None = None,
+        retire: bool = False,
     ) -> AliasState:
         """Point `alias` at `version` by compare-and-swap, and log the move as an event.
 
         `expected` is the alias as the caller last read it: if someone moved it since, this
-        raises AliasConflictError rather than overwrite their move.
+        raises AliasConflictError rather than overwrite their move. `retire` parks a rollout
+        alias (canary, shadow): it then routes nothing until it is moved again.
         """
         self.manifest(model, version)  # the version must exist
         current = expected if expected is not None else self.get_alias(model, alias)
         at = now_iso()
-        doc = {
-            "version": int(version),
-            "previous": current.version if current else None,
-            "updated_at": at,
-            "reason": reason,
-        }
+        doc = {"version": int(version), "previous": current.version if current else None, "updated_at": at}
+        doc.update(reason=reason, **({"retired": True} if retire else {}))
         key = f"{model}/aliases/{check_model_name(alias)}.json"
         try:
             etag = self.store.replace(key, dumps(doc), current.etag if current else None)
@@ -235,9 +238,24 @@ class ModelRegistry:
         }
         if evidence is not None:
             event["evidence"] = dict(evidence)
-        stamp = at.replace(":", "").replace("-", "")
-        self.store.create(f"{model}/events/{stamp}-{uuid.uuid4().hex[:8]}.json", dumps(event))
+        self._log_event(model, at, event)
         return AliasState.parse(dumps(doc), etag)
+
+    def _log_event(self, model: str, at: str, event: dict[str, Any]) -> None:
+        """Create the event of a move that has happened: retried under one key, so a store that
+        fails for a moment neither loses the event nor writes it twice."""
+        stamp = at.replace(":", "").replace("-", "")
+        key = f"{model}/events/{stamp}-{uuid.uuid4().hex[:8]}.json"
+        for attempt in range(EVENT_ATTEMPTS):
+            try:
+                self.store.create(key, dumps(event))
+                return
+            except AlreadyExistsError:
+                return  # an earlier attempt did write it
+            except StoreUnavailableError as exc:
+                if attempt == EVENT_ATTEMPTS - 1:
+                    raise StoreUnavailableError(f"the alias moved, but its event could not be logged: {exc}") from None
+                time.sleep(0.5 * (attempt + 1))
 
     def rollback(self, model: str, alias: str, reason: str = "rollback") -> AliasState:
         """Move `alias` back to the version it held before its last move."""

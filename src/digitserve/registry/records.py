@@ -213,14 +213,16 @@ class AliasState:
     updated_at: str
     reason: str
     etag: str
+    retired: bool = False  # a rollout alias (canary, shadow) that routes nothing until it is moved again
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "version": self.version,
             "previous": self.previous,
             "updated_at": self.updated_at,
             "reason": self.reason,
         }
+        return {**doc, "retired": True} if self.retired else doc
 
     @classmethod
     def parse(cls, data: bytes, etag: str, what: str = "the alias:") -> AliasState:
@@ -229,4 +231,5 @@ class AliasState:
         previous = doc.get("previous")
         if previous is not None:
             previous = check_version(previous, f"{what} 'previous'")
-        return cls(version, previous, str(doc.get("updated_at", ""))[:64], str(doc.get("reason", ""))[:1000], etag)
+        updated, reason = str(doc.get("updated_at", ""))[:64], str(doc.get("reason", ""))[:1000]
+        return cls(version, previous, updated, reason, etag, doc.get("retired") is True)

@@ -24,6 +24,7 @@ from digitserve.registry import LocalStore, ModelRegistry, open_store
 from digitserve.registry.cache import CachedRegistry
 from digitserve.registry.feedback import FeedbackStore
 from digitserve.serving.batching import InferenceSlots
+from digitserve.serving.browse import RegistryBrowser
 from digitserve.serving.catalog import Catalog
 from digitserve.serving.connections import COUNT_REFUSAL, EARLY_ANSWER
 from digitserve.serving.decoding import ImageDecoder
@@ -36,7 +37,7 @@ from digitserve.serving.oip import routes as oip
 from digitserve.serving.pipeline import PredictionPipeline
 from digitserve.serving.responses import JSONResponse
 from digitserve.serving.rollout import Rollouts
-from digitserve.serving.routes import admin, feedback, health, listing, predict
+from digitserve.serving.routes import admin, browse, feedback, health, listing, predict
 from digitserve.serving.routes.feedback import FeedbackService
 from digitserve.serving.shutdown import ANSWER_ACCEPTED_S, close_listeners
 from digitserve.serving.workers import ReloadBroadcast
@@ -90,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     rollouts = app.state.rollouts = Rollouts(settings, manager, registry, lambda: admission.in_progress)
     app.state.pipeline = PredictionPipeline(manager, decoder, settings, rollouts)
     app.state.catalog = Catalog(registry, listings)  # its own threads: a slow listing never delays a load
+    app.state.browser = RegistryBrowser(registry)
     spool = _feedback_spool(app, settings, registry)
     await manager.refresh_all()  # first load; a registry outage leaves the server up but not ready
     poller = asyncio.create_task(_poll_after(manager, settings.poll_seconds), name="alias-poller")
@@ -163,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False
     app.state.broadcast = None
     install_error_handlers(app)
-    for router in (predict.router, feedback.router, listing.router, health.router, oip.router):
+    for router in (predict.router, feedback.router, listing.router, browse.router, health.router, oip.router):
         app.include_router(router)
     if settings.admin_token is not None:
         app.include_router(admin.router)
@@ -199,6 +201,12 @@ def _mount_page(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return HTMLResponse(STATIC.joinpath("index.html").read_text(encoding="utf-8"))
+
+    # The models pages are one static page that reads the path: /models, /models/cnn/4, /models/compare.
+    @app.get("/models", include_in_schema=False, response_class=HTMLResponse)
+    @app.get("/models/{path:path}", include_in_schema=False, response_class=HTMLResponse)
+    async def models_page(path: str = "") -> HTMLResponse:
+        return HTMLResponse(STATIC.joinpath("models.html").read_text(encoding="utf-8"))
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 

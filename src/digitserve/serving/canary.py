@@ -87,6 +87,8 @@ class CanaryWatch:
     canary: Window = field(init=False)
     evidence: Evidence = field(init=False)
     retired: str | None = None  # why this process retired it
+    moved: bool = False  # the canary alias has been parked (by this process or another)
+    tried_at: float = 0.0  # when this process last tried to park it
 
     def __post_init__(self) -> None:
         self.production, self.canary = Window(self.window_s), Window(self.window_s)

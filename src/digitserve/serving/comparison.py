@@ -132,14 +132,21 @@ class Comparer:
 
     async def _run(self, job: Job) -> None:
         other = job.other
+
+        def work() -> np.ndarray | None:  # spare capacity is asked again when the job's turn comes
+            return None if self.spare() is not None else other.probabilities(job.images)
+
         try:
-            computed = await asyncio.get_running_loop().run_in_executor(self.executor, other.probabilities, job.images)
+            computed = await asyncio.get_running_loop().run_in_executor(self.executor, work)
         except Exception:  # a candidate that cannot run: nothing to compare, and nobody waits for it
             log.exception("%s comparison of %s v%d failed", job.kind, other.model, other.version)
             self.on_drop(job.kind, "failed")
             return
         finally:
             self.backlog -= len(job.images)
+        if computed is None:
+            self.on_drop(job.kind, "busy")
+            return
         mine, theirs = answers(job.answered, job.probabilities), answers(other, computed)
         production, candidate = (job.answered, other) if job.answered_is_production else (other, job.answered)
         production_answers, candidate_answers = (mine, theirs) if job.answered_is_production else (theirs, mine)
@@ -166,14 +173,16 @@ class DisagreementLog:
 
         disagreements/<model>/v<production>-v<candidate>/<sha256 of the pixels>.json
 
-    At most `per_pair` per version pair and process, written by a thread of its own with
-    create-only writes (the same input twice is one file). A sample the registry cannot take
-    now is dropped: it is a sample, not a record."""
+    At most `per_pair` per version pair (counting what earlier processes kept; several processes
+    at once may each add a few), written by a thread of its own with create-only writes (the same
+    input twice is one file). A sample the registry cannot take now is dropped: it is a sample,
+    not a record."""
 
     def __init__(self, store: Store, per_pair: int) -> None:
         self.store = store
         self.per_pair = per_pair
-        self.kept: dict[tuple[str, int, int], int] = {}
+        self.kept: dict[tuple[str, int, int], int] = {}  # offered to the writer, per pair
+        self.stored: dict[str, int] = {}  # in the registry, per pair prefix (read once, then counted)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="disagreements")
 
     def keep(self, comparison: Comparison, indices: list[int]) -> None:
@@ -184,6 +193,14 @@ class DisagreementLog:
             self.executor.submit(self._write, comparison, i)
 
     def _write(self, c: Comparison, i: int) -> None:
+        prefix = f"disagreements/{c.model}/v{c.production_version}-v{c.candidate_version}/"
+        if prefix not in self.stored:  # what earlier processes kept counts too: the bound is per pair
+            try:
+                self.stored[prefix] = len(self.store.list(prefix))
+            except RegistryError:
+                return
+        if self.stored[prefix] >= self.per_pair:
+            return
         pixels = np.ascontiguousarray(c.images[i], np.uint8)
         digest = hashlib.sha256(pixels.tobytes()).hexdigest()
         doc = {
@@ -197,9 +214,9 @@ class DisagreementLog:
             "shape": [28, 28],
             "at": now_iso(),
         }
-        key = f"disagreements/{c.model}/v{c.production_version}-v{c.candidate_version}/{digest}.json"
         try:
-            self.store.create(key, dumps(doc))
+            self.store.create(f"{prefix}{digest}.json", dumps(doc))
+            self.stored[prefix] += 1
         except AlreadyExistsError:
             pass
         except RegistryError as exc:

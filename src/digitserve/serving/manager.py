@@ -22,6 +22,7 @@ from digitserve.runtime import LoadError, RuntimeOptions, Servable, load_servabl
 from digitserve.serving.batching import BatchStats, DynamicBatcher, InferenceSlots
 from digitserve.serving.errors import ModelNotReadyError, UnknownModelError, UnknownVersionError
 from digitserve.serving.metrics import ServiceMetrics
+from digitserve.serving.slots import RolloutVersions
 from digitserve.serving.workers import runtime_threads
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,7 @@ class ModelManager:
         self.loader = loader
         self.runtime_options = RuntimeOptions(tuple(settings.onnx_providers), runtime_threads(settings.runtime_threads))
         self.states = {name: ModelState(name) for name in settings.models}
-        followed = (("canary", settings.canary_alias), ("shadow", settings.shadow_alias))
-        self.rollout_aliases = {slot: alias for slot, alias in followed if alias and alias != settings.alias}
+        self.rollouts = RolloutVersions(self)
         self.pinned: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
         self._pending: dict[tuple[str, int], asyncio.Future[LoadedVersion]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
@@ -122,7 +122,7 @@ class ModelManager:
 
     async def _load_pinned(self, model: str, version: int) -> LoadedVersion:
         try:
-            loaded = await self._load(model, version)
+            loaded = await self.load_version(model, version)
         except LoadError as exc:
             if exc.missing:
                 raise UnknownVersionError(f"model {model!r} has no version {version}") from None
@@ -133,12 +133,12 @@ class ModelManager:
         keep = max(self.settings.resident_versions - 1, 1)
         while sum(1 for m, _ in self.pinned if m == model) > keep:
             evict = next(k for k in self.pinned if k[0] == model)
-            self._retire(self.pinned.pop(evict))
+            self.retire_version(self.pinned.pop(evict))
         return loaded
 
     # --- loading, swapping, retiring ----------------------------------------------------------
 
-    async def _load(self, model: str, version: int) -> LoadedVersion:
+    async def load_version(self, model: str, version: int) -> LoadedVersion:
         loop = asyncio.get_running_loop()
         options, warmup = self.runtime_options, self.settings.max_batch_size
         servable = await loop.run_in_executor(
@@ -158,7 +158,7 @@ class ModelManager:
         batcher.start()
         return LoadedVersion(servable, batcher)
 
-    def _retire(self, loaded: LoadedVersion) -> None:
+    def retire_version(self, loaded: LoadedVersion) -> None:
         """Let the old version answer what it has queued, then drop it."""
         task = asyncio.get_running_loop().create_task(loaded.batcher.close())
         self._retiring.add(task)
@@ -184,60 +184,12 @@ class ModelManager:
             if target in state.failed and not force:
                 return {"model": model, "version": target, "changed": False, "error": state.failed[target]}
             try:
-                loaded = await self._load(model, target)
+                loaded = await self.load_version(model, target)
             except LoadError as exc:
                 self._record_failure(state, target, exc.step, str(exc))
                 return {"model": model, "version": target, "changed": False, "error": str(exc)}
             self._swap(state, loaded)
             return {"model": model, "version": target, "changed": True}
-
-    async def refresh_rollouts(self, model: str) -> None:
-        """Follow the rollout aliases (canary, shadow) of one model."""
-        state = self.state(model)
-        for slot, alias in self.rollout_aliases.items():
-            async with state.lock:
-                await self._refresh_slot(state, slot, alias)
-
-    async def _refresh_slot(self, state: ModelState, slot: str, alias: str) -> None:
-        """Load the version a rollout alias names beside the served one, or drop it: when the alias is
-        gone, names the served version, or names a version this process retired."""
-        try:
-            target = await asyncio.get_running_loop().run_in_executor(
-                self.loader, self.registry.get_alias, state.name, alias
-            )
-        except RegistryError as exc:  # keep what is loaded; say why it could not be checked
-            state.rollout_errors[slot] = {"alias": alias, "step": "resolve", "message": str(exc), "at": time.time()}
-            return
-        version = target.version if target else None
-        current = state.rollout.get(slot)
-        keep = version is not None and state.served is not None and version != state.served.version
-        if not keep or version in state.refused:
-            self.drop_rollout(state, slot)
-            state.rollout_errors.pop(slot, None)
-            return
-        if current is not None and current.version == version:
-            return
-        try:
-            loaded = await self._load(state.name, int(version or 0))
-        except LoadError as exc:
-            state.rollout_errors[slot] = {"alias": alias, "version": version, "step": exc.step, "message": str(exc)}
-            return
-        state.rollout[slot] = loaded
-        state.rollout_errors.pop(slot, None)
-        self.metrics.set_served(state.name, alias, loaded.version)
-        if current is not None:
-            self._retire(current)
-        log.info("%s: %s %s is v%d", state.name, slot, alias, loaded.version)
-
-    def drop_rollout(self, state: ModelState, slot: str, refuse: str | None = None) -> None:
-        """Stop routing to a rollout version now (`refuse`: and never load it again in this process)."""
-        loaded = state.rollout.pop(slot, None)
-        if loaded is None:
-            return
-        if refuse:
-            state.refused[loaded.version] = refuse
-        self.metrics.clear_served(state.name, self.rollout_aliases[slot])
-        self._retire(loaded)
 
     def _swap(self, state: ModelState, loaded: LoadedVersion) -> None:
         old, state.served = state.served, loaded  # the atomic switch
@@ -246,7 +198,7 @@ class ModelManager:
         self.metrics.set_served(state.name, self.settings.alias, loaded.version)
         if old is not None:
             self.metrics.swaps.labels(state.name).inc()
-            self._retire(old)
+            self.retire_version(old)
         log.info("%s: now serving v%d (was %s)", state.name, loaded.version, old.version if old else "none")
 
     def _clear_error(self, state: ModelState) -> None:
@@ -270,7 +222,7 @@ class ModelManager:
         results = []
         for model in self.states:
             results.append(await self.refresh(model, force))
-            await self.refresh_rollouts(model)
+            await self.rollouts.refresh(model)
         down = any(r.get("registry_unreachable") for r in results) or self.registry_unavailable
         self.metrics.registry_up.set(0 if down else 1)
         return results
@@ -294,6 +246,6 @@ class ModelManager:
     async def close(self) -> None:
         rollouts = [loaded for s in self.states.values() for loaded in s.rollout.values()]
         for loaded in [s.served for s in self.states.values() if s.served] + list(self.pinned.values()) + rollouts:
-            self._retire(loaded)
+            self.retire_version(loaded)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)

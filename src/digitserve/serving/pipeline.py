@@ -22,7 +22,7 @@ from functools import cached_property
 import numpy as np
 
 from digitserve.config import Settings
-from digitserve.serving.batching import BatcherError, DeadlineExceededError, RetiredError
+from digitserve.serving.batching import BatcherError, DeadlineExceededError, QueueFullError, RetiredError
 from digitserve.serving.decoding import ImageDecoder, check_count
 from digitserve.serving.errors import InvalidInputError
 from digitserve.serving.manager import LoadedVersion, ModelManager
@@ -110,8 +110,7 @@ class PredictionPipeline:
             if route.side != "canary" or isinstance(exc, BatcherError):
                 raise
             log.warning("%s canary v%d failed (%s); production answers", model, route.loaded.version, exc)
-            self.rollouts.failed(route, error=True)
-            route, future = await self._submit(model, images, Selector(alias=self.settings.alias), deadline)
+            route, future = self._instead_of_canary(route, images, deadline)
             probabilities = await self._answer(route, future, deadline)
         self.manager.metrics.images.labels(model, str(route.loaded.version)).inc(len(images))
         arrived = deadline - self.settings.request_timeout_s
@@ -133,10 +132,22 @@ class PredictionPipeline:
             route = await self._route(model, selector)
             try:
                 return route, route.loaded.batcher.submit(images, deadline)
+            except QueueFullError:
+                if route.side != "canary":
+                    raise
+                return self._instead_of_canary(route, images, deadline)  # a canary without room is not for clients
             except RetiredError:
                 if attempt:  # the version was retired between lookup and submit twice: give up
                     raise
         raise AssertionError("unreachable")
+
+    def _instead_of_canary(
+        self, canary: Route, images: np.ndarray, deadline: float
+    ) -> tuple[Route, asyncio.Future[np.ndarray]]:
+        """Production answers what the canary could not (counted against the canary)."""
+        self.rollouts.failed(canary, error=True)
+        route = self.rollouts.production_route(canary.loaded.model)
+        return route, route.loaded.batcher.submit(images, deadline)
 
     async def _answer(self, route: Route, future: asyncio.Future[np.ndarray], deadline: float) -> np.ndarray:
         try:

@@ -4,17 +4,17 @@ production, and the watch that retires a canary doing worse than production (doc
 - **Routing.** A request that the served alias would answer goes to the canary with probability
   `CANARY_PERCENT` -- decided by a hash of its `X-Digitserve-Sticky` header when it sends one, so
   one user stays on one side. A request pinned with `?version=` or `?alias=` is never diverted.
-- **Watching** (canary.py). Each side's answers, server errors (a canary that fails is answered
-  by production instead, and counted), deadline misses and latency go into a sliding window,
-  and a share of the canary's answers is compared with production's (comparison.py). The
-  canary is judged every second.
-- **Retiring.** A canary past a threshold stops getting traffic from this process at once, and
-  its alias is moved to production's version by compare-and-swap, with an event naming the
-  reason and the numbers. Of several processes deciding at once exactly one swap succeeds, so
-  there is one event; the others see the alias moved at their next poll. Requests the canary
-  already queued are answered by it, as in a hot-swap: no client sees an error.
-- **Evidence.** Every `POLL_SECONDS` each process publishes what it saw of each candidate to the
-  registry (registry/rollouts.py); `digitserve registry promote MODEL --from canary` judges it.
+- **Watching** (canary.py). Each (production, canary) pair has its own sliding window of each
+  side's answers, server errors (a canary that fails is answered by production instead, and
+  counted), deadline misses and latency, and a share of the canary's answers is compared with
+  production's (comparison.py). The canary is judged every second.
+- **Retiring.** A canary past a threshold stops getting traffic from this process at once; then
+  its alias is moved to production's version and marked retired, by compare-and-swap, with an
+  event naming the reason and the numbers -- retried every few seconds until it is done or the
+  alias no longer names that canary. Of several processes deciding at once exactly one swap
+  succeeds, so there is one event; the others find the alias moved. Requests the canary already
+  queued are answered by it, as in a hot-swap: no client sees an error.
+- **Evidence** (evidence.py): every `POLL_SECONDS` each process publishes what it saw.
 """
 
 from __future__ import annotations
@@ -35,15 +35,18 @@ import numpy as np
 
 from digitserve.config import Settings
 from digitserve.registry import AliasConflictError, ModelRegistry, RegistryError
-from digitserve.registry.rollouts import Evidence, publish_evidence
 from digitserve.serving.canary import CanaryWatch, sticky_side
 from digitserve.serving.comparison import Agreement, Comparer, Comparison, DisagreementLog, Job
+from digitserve.serving.evidence import EvidencePublisher
 from digitserve.serving.manager import LoadedVersion, ModelManager, ModelState
 
 log = logging.getLogger(__name__)
 STICKY_HEADER = "x-digitserve-sticky"
 WATCH_INTERVAL_S = 1.0
+RETIRE_RETRY_S = 5.0
 FINAL_PUBLISH_S = 5.0
+MAX_WATCHES = 32
+Pair = tuple[str, int, int]  # (model, production version, canary version)
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,11 @@ class Rollouts:
         self.metrics = manager.metrics
         self.in_progress = in_progress
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.watches: dict[str, CanaryWatch] = {}  # model -> the watch of its canary now
+        self.watches: dict[Pair, CanaryWatch] = {}
         self.agreement: dict[tuple[str, str, int, int], Agreement] = {}  # (kind, model, production, candidate)
         self.comparer = Comparer(self._spare, self._record, settings.shadow_max_backlog, self.metrics.drop_comparison)
         self.disagreements = DisagreementLog(registry.store, settings.disagreement_samples)
-        self._published: dict[tuple[str, str, int], tuple[int, ...]] = {}
+        self.evidence = EvidencePublisher(registry, settings, self.replica)
 
     # --- on the request path ------------------------------------------------------------------
 
@@ -84,6 +87,10 @@ class Rollouts:
                 return Route(canary, self.settings.canary_alias, "canary")
         return Route(served, self.settings.alias, "production")
 
+    def production_route(self, model: str) -> Route:
+        """Where a request the canary could not take goes instead."""
+        return Route(self.manager.current(model), self.settings.alias, "production")
+
     def answered(self, route: Route, images: np.ndarray, probabilities: np.ndarray, latency_s: float) -> None:
         """After the answer is computed: count it, and offer the comparisons it calls for."""
         loaded = route.loaded
@@ -91,7 +98,7 @@ class Rollouts:
         if route.side == "pinned":
             return
         state = self.manager.state(loaded.model)
-        watch = self._watch(state)
+        watch = self._watch(state, route)
         if route.side == "canary":
             if watch is not None:
                 watch.canary.add(latency_s)
@@ -107,10 +114,10 @@ class Rollouts:
             self.comparer.offer(Job("shadow", loaded.servable, probabilities, shadow.servable, images, True))
 
     def failed(self, route: Route, *, error: bool = False, miss: bool = False) -> None:
-        """A canary that failed (answered by production instead) or a missed deadline, on either side."""
+        """A canary that failed or had no room (answered by production instead), or a missed deadline."""
         loaded = route.loaded
         self.metrics.rollout_failure(loaded.model, route.alias or "", loaded.version, "error" if error else "deadline")
-        watch = self._watch(self.manager.state(loaded.model)) if route.side != "pinned" else None
+        watch = self._watch(self.manager.state(loaded.model), route) if route.side != "pinned" else None
         if watch is None:
             return
         side = watch.canary if route.side == "canary" else watch.production
@@ -121,16 +128,32 @@ class Rollouts:
         else:
             watch.evidence.production_deadline_misses += miss
 
-    def _watch(self, state: ModelState) -> CanaryWatch | None:
+    def _watch(self, state: ModelState, route: Route) -> CanaryWatch | None:
+        """The watch of the pair this answer belongs to: the version that answered, and the other side."""
         canary, served = state.rollout.get("canary"), state.served
         if canary is None or served is None:
             return None
-        watch = self.watches.get(state.name)
-        if watch is None or (watch.production_version, watch.canary_version) != (served.version, canary.version):
-            watch = self.watches[state.name] = CanaryWatch(
-                served.version, canary.version, self.settings.canary_window_s
-            )
+        if route.side == "canary":
+            pair = (state.name, served.version, route.loaded.version)
+        else:
+            pair = (state.name, route.loaded.version, canary.version)
+        watch = self.watches.get(pair)
+        if watch is None:
+            watch = self.watches[pair] = CanaryWatch(pair[1], pair[2], self.settings.canary_window_s)
+            self._forget_old_watches(state)
         return watch
+
+    def _forget_old_watches(self, state: ModelState) -> None:
+        if len(self.watches) <= MAX_WATCHES:
+            return
+        current = self._current_pair(state)
+        for pair in list(self.watches):
+            if pair != current and len(self.watches) > MAX_WATCHES:
+                del self.watches[pair]
+
+    def _current_pair(self, state: ModelState) -> Pair | None:
+        canary, served = state.rollout.get("canary"), state.served
+        return (state.name, served.version, canary.version) if canary and served else None
 
     def _spare(self) -> str | None:
         """None while this process has room for background comparisons, else why not."""
@@ -147,55 +170,58 @@ class Rollouts:
         agreement = self.agreement.setdefault(key, Agreement())
         disagree = agreement.add(c.production, c.candidate)
         self.metrics.compared(c, disagree)
-        watch = self.watches.get(c.model)
-        if c.kind == "canary" and watch is not None and watch.canary_version == c.candidate_version:
+        watch = self.watches.get((c.model, c.production_version, c.candidate_version))
+        if c.kind == "canary" and watch is not None:
             watch.canary.compare(len(c.production), len(c.production) - len(disagree))
         self.disagreements.keep(c, disagree)
 
-    # --- the watch and the evidence ----------------------------------------------------------------
+    # --- the watch -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Judge every canary each second; publish the evidence every poll interval."""
         published_at = 0.0
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            try:
-                for model, watch in list(self.watches.items()):
-                    await self._judge(model, watch)
-                if time.monotonic() - published_at >= self.settings.poll_seconds:
-                    published_at = time.monotonic()
-                    await asyncio.get_running_loop().run_in_executor(self.manager.loader, self.publish)
-            except Exception:  # the watch must survive anything the registry throws at it
-                log.exception("rollout watch failed")
+            for pair, watch in list(self.watches.items()):
+                try:
+                    await self._judge(pair, watch)
+                except Exception:  # one model's trouble must not stop the watch of the others
+                    log.exception("the watch of %s failed", pair)
+            if time.monotonic() - published_at >= self.settings.poll_seconds:
+                published_at = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await self.publish()
 
-    async def _judge(self, model: str, watch: CanaryWatch) -> None:
+    async def _judge(self, pair: Pair, watch: CanaryWatch) -> None:
+        model = pair[0]
+        loop = asyncio.get_running_loop()
+        if watch.retired and not watch.moved and time.monotonic() - watch.tried_at >= RETIRE_RETRY_S:
+            watch.tried_at = time.monotonic()  # the alias move failed before: try again
+            watch.moved = await loop.run_in_executor(self.manager.loader, self._retire, model, watch)
+            return
         state = self.manager.state(model)
-        canary = state.rollout.get("canary")
-        if watch.retired or canary is None or canary.version != watch.canary_version:
+        if watch.retired or self._current_pair(state) != pair:
             return
         reason = watch.judge(self.settings)
         if reason is None or not self.settings.canary_auto_rollback:
             return
         watch.retired = watch.evidence.rolled_back = reason
+        watch.tried_at = time.monotonic()
         log.warning("%s: canary v%d fails its watch (%s); rolling it back", model, watch.canary_version, reason)
-        self.manager.drop_rollout(state, "canary", refuse=reason)  # this process stops at once
-        moved = await asyncio.get_running_loop().run_in_executor(self.manager.loader, self._retire, model, watch)
-        self.metrics.canary_rollback(model, "moved" if moved else "already moved or unreachable")
+        self.manager.rollouts.drop(state, "canary", refuse=reason)  # this process stops at once
+        watch.moved = await loop.run_in_executor(self.manager.loader, self._retire, model, watch)
+        self.metrics.canary_rollback(model, "moved" if watch.moved else "retrying")
 
     def _retire(self, model: str, watch: CanaryWatch) -> bool:
-        """Move the canary alias to production's version, if it still names the judged version."""
+        """Park the canary alias on production's version, if it still names the judged version.
+        True when nothing is left to do; False to try again (the registry failed, or it moved under us)."""
         alias = self.settings.canary_alias or ""
         try:
             state = self.registry.get_alias(model, alias)
-            if state is None or state.version != watch.canary_version:
-                return False  # someone (another replica) has moved it already
+            if state is None or state.retired or state.version != watch.canary_version:
+                return True  # someone (another replica) has retired or moved it already
             production = self.registry.resolve_alias(model, self.settings.alias)
-            evidence = {
-                "reason": watch.retired,
-                "replica": self.replica,
-                **watch.live(),
-                **self._agreement(model, watch),
-            }
+            evidence = {"reason": watch.retired, "replica": self.replica, **watch.live(), **self.agreed(model, watch)}
             self.registry.move_alias(
                 model,
                 alias,
@@ -205,78 +231,45 @@ class Rollouts:
                 action="rollback",
                 who=f"digitserve server {self.replica}",
                 evidence=evidence,
+                retire=True,
             )
         except AliasConflictError:
-            return False
+            return False  # moved meanwhile: the next try sees by whom
         except RegistryError as exc:
-            log.warning("%s: could not move the canary alias back (%s); other replicas judge it themselves", model, exc)
+            log.warning("%s: could not retire the canary alias yet (%s); retrying", model, exc)
             return False
         return True
 
-    def _agreement(self, model: str, watch: CanaryWatch) -> dict[str, Any]:
+    def agreed(self, model: str, watch: CanaryWatch) -> dict[str, Any]:
         a = self.agreement.get(("canary", model, watch.production_version, watch.canary_version), Agreement())
-        return {"compared": a.compared, "agreed": a.agreed, "per_class": a.per_class}
+        return {"compared": a.compared, "agreed": a.agreed, "per_class": {k: list(v) for k, v in a.per_class.items()}}
 
-    def publish(self) -> None:
-        """This process's evidence for each candidate it has seen, where it changed (blocking)."""
-        for model, watch in list(self.watches.items()):
-            evidence = watch.evidence
-            a = self._agreement(model, watch)
-            evidence.compared, evidence.agreed, evidence.per_class = a["compared"], a["agreed"], a["per_class"]
-            live = watch.live()
-            evidence.candidate_p99_ms, evidence.production_p99_ms = (
-                live["canary"]["p99_ms"],
-                live["production"]["p99_ms"],
-            )
-            self._publish(model, self.settings.canary_alias or "", watch.canary_version, evidence)
-        for (kind, model, production, candidate), pair in list(self.agreement.items()):
-            if kind == "shadow" and self.settings.shadow_alias:
-                shadow = Evidence(
-                    production_version=production, compared=pair.compared, agreed=pair.agreed, per_class=pair.per_class
-                )
-                self._publish(model, self.settings.shadow_alias, candidate, shadow)
-
-    def _publish(self, model: str, alias: str, version: int, evidence: Evidence) -> None:
-        counts = (
-            evidence.candidate_requests,
-            evidence.production_requests,
-            evidence.compared,
-            evidence.candidate_errors,
-            int(bool(evidence.rolled_back)),
-        )
-        if self._published.get((model, alias, version)) == counts:
-            return
-        evidence.updated_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        try:
-            publish_evidence(self.registry, model, alias, version, self.replica, evidence)
-            self._published[(model, alias, version)] = counts
-        except RegistryError as exc:
-            log.warning("%s: rollout evidence not published now (%s)", model, exc)
+    async def publish(self) -> None:
+        """Evidence taken on the event loop, written by a registry thread."""
+        snapshots = self.evidence.snapshots(self.watches, self.agreed, self.agreement)
+        await asyncio.get_running_loop().run_in_executor(self.manager.loader, self.evidence.write, snapshots)
 
     def status(self, model: str) -> dict[str, Any]:
         """The canary and the shadow of one model, with their live numbers (GET /v1/models/{model})."""
         state = self.manager.state(model)
-        out: dict[str, Any] = {}
         canary, shadow = state.rollout.get("canary"), state.rollout.get("shadow")
-        watch = self.watches.get(model)
-        refused = {str(v): why for v, why in state.refused.items()}
-        out["canary"] = (
-            {
+        pair = self._current_pair(state)
+        watch = self.watches.get(pair) if pair else None
+        out: dict[str, Any] = {"canary": None, "shadow": None}
+        if self.settings.canary_alias:
+            out["canary"] = {
                 "alias": self.settings.canary_alias,
                 "percent": self.settings.canary_percent,
                 "version": canary.version if canary else None,
                 "auto_rollback": self.settings.canary_auto_rollback,
-                "live": watch.live() if watch and canary and watch.canary_version == canary.version else None,
-                "agreement": self._agreement(model, watch) if watch else None,
-                "rolled_back_here": refused,
+                "live": watch.live() if watch else None,
+                "agreement": self.agreed(model, watch) if watch else None,
+                "rolled_back_here": {str(v): why for v, why in state.refused.items()},
                 "error": state.rollout_errors.get("canary"),
             }
-            if self.settings.canary_alias
-            else None
-        )
-        pairs = {k: a for k, a in self.agreement.items() if k[0] == "shadow" and k[1] == model}
-        out["shadow"] = (
-            {
+        if self.settings.shadow_alias:
+            pairs = {k: a for k, a in self.agreement.items() if k[0] == "shadow" and k[1] == model}
+            out["shadow"] = {
                 "alias": self.settings.shadow_alias,
                 "percent": self.settings.shadow_percent,
                 "version": shadow.version if shadow else None,
@@ -286,13 +279,10 @@ class Rollouts:
                     for (_, _, p, c), a in pairs.items()
                 },
             }
-            if self.settings.shadow_alias
-            else None
-        )
         return out
 
     async def close(self) -> None:
         await self.comparer.close()
         self.disagreements.close()
-        with contextlib.suppress(TimeoutError):  # a registry that cannot take it now never holds up a stop
-            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, self.publish), FINAL_PUBLISH_S)
+        with contextlib.suppress(Exception):  # a registry that cannot take it now never holds up a stop
+            await asyncio.wait_for(self.publish(), FINAL_PUBLISH_S)

@@ -1,0 +1,172 @@
+"""What the models pages show, read from the registry: versions as cards, alias histories, report
+files, the digits in a confusion-matrix cell, two versions compared digit by digit.
+
+Everything here blocks (registry reads) and runs in the catalog's threads. Manifests, report
+files and test samples are immutable once written, so they are cached: report files in a
+bounded LRU by bytes. Listings are paginated.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from digitserve.registry import Manifest, ModelRegistry, NotFoundError
+from digitserve.registry.records import check_model_name
+from digitserve.registry.samples import NAME as SAMPLES
+from digitserve.registry.samples import TestSamples
+
+REPORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\.(png|json)$")
+CACHE_BYTES = 32 * 1024 * 1024
+
+
+def png_data_url(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def page(items: list[Any], offset: int, limit: int) -> dict[str, Any]:
+    return {"total": len(items), "offset": offset, "limit": limit, "items": items[offset : offset + limit]}
+
+
+def _section(extra: dict[str, Any], key: str) -> dict[str, Any]:
+    value = extra.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def version_card(manifest: Manifest, aliases: list[str]) -> dict[str, Any]:
+    """One version in a few numbers: what the models page lists."""
+    metrics, extra = manifest.metrics, manifest.extra
+    training, calibration, rule = (_section(extra, key) for key in ("training", "calibration", "not_a_digit"))
+    return {
+        "version": manifest.version,
+        "architecture": manifest.architecture,
+        "aliases": aliases,
+        "created_at": manifest.created_at,
+        "created_by": extra.get("created_by"),
+        "git_commit": extra.get("git_commit"),
+        "accuracy": metrics.get("accuracy"),
+        "errors": metrics.get("errors"),
+        "test_ece": metrics.get("test_ece"),
+        "mnist_test_not_a_digit": metrics.get("mnist_test_not_a_digit"),
+        "held_out_negatives_not_a_digit": metrics.get("held_out_negatives_not_a_digit"),
+        "params": metrics.get("params"),
+        "train_seconds": training.get("train_seconds"),
+        "hardware": training.get("hardware"),
+        "epochs": training.get("epochs"),
+        "smoke": training.get("smoke"),
+        "temperature": calibration.get("temperature"),
+        "not_a_digit_threshold": rule.get("threshold"),
+        "feedback": extra.get("feedback"),
+        "onnx": manifest.onnx is not None,
+    }
+
+
+class RegistryBrowser:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._manifests: dict[tuple[str, int], Manifest] = {}
+        self._files: OrderedDict[str, bytes] = OrderedDict()
+        self._samples: OrderedDict[tuple[str, int], TestSamples | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def manifest(self, model: str, version: int) -> Manifest:
+        key = (check_model_name(model), int(version))
+        if key not in self._manifests:
+            self._manifests[key] = self.registry.manifest(model, version)
+        return self._manifests[key]
+
+    def _aliases_by_version(self, model: str) -> dict[int, list[str]]:
+        found: dict[int, list[str]] = {}
+        for alias, version in sorted(self.registry.list_aliases(model, include_retired=False).items()):
+            found.setdefault(version, []).append(alias)
+        return found
+
+    def models(self) -> list[dict[str, Any]]:
+        out = []
+        for model in self.registry.list_models():
+            versions = self.registry.list_versions(model)
+            aliases = self.registry.list_aliases(model, include_retired=False)
+            out.append(
+                {
+                    "name": model,
+                    "versions": len(versions),
+                    "latest": versions[-1] if versions else None,
+                    "aliases": aliases,
+                }
+            )
+        return out
+
+    def versions(self, model: str, offset: int, limit: int) -> dict[str, Any]:
+        """The model's versions, newest first, a page at a time."""
+        numbers = sorted(self.registry.list_versions(model), reverse=True)
+        if not numbers:
+            raise NotFoundError(f"model {model!r} has no versions in {self.registry.uri}")
+        aliases = self._aliases_by_version(model)
+        chosen = numbers[offset : offset + limit]
+        items = [version_card(self.manifest(model, v), aliases.get(v, [])) for v in chosen]
+        return {"total": len(numbers), "offset": offset, "limit": limit, "items": items}
+
+    def version(self, model: str, version: int) -> dict[str, Any]:
+        """One version: its card, the report's files, its metrics.json, whether it has test samples."""
+        card = version_card(self.manifest(model, version), self._aliases_by_version(model).get(version, []))
+        files = self.registry.list_report(model, version)
+        metrics = json.loads(self.report_file(model, version, "metrics.json")) if "metrics.json" in files else None
+        if isinstance(metrics, dict):
+            metrics.pop("history", None)  # curves.png draws it; the page needs the numbers
+        return {
+            **card,
+            "report": [f for f in files if REPORT_NAME.match(f)],
+            "metrics": metrics,
+            "test_samples": SAMPLES in files,
+        }
+
+    def report_file(self, model: str, version: int, name: str) -> bytes:
+        if not REPORT_NAME.match(name):
+            raise NotFoundError(f"{name[:80]!r} is not a report file name")
+        key = f"{check_model_name(model)}/{int(version)}/{name}"
+        with self._lock:
+            if key in self._files:
+                self._files.move_to_end(key)
+                return self._files[key]
+        data = self.registry.read_report(model, version, name)
+        with self._lock:
+            self._files[key] = data
+            while sum(len(v) for v in self._files.values()) > CACHE_BYTES and len(self._files) > 1:
+                self._files.popitem(last=False)
+        return data
+
+    def samples(self, model: str, version: int) -> TestSamples | None:
+        """The version's test samples; None for a version published before they were kept."""
+        key = (check_model_name(model), int(version))
+        with self._lock:
+            if key in self._samples:
+                return self._samples[key]
+        self.manifest(model, version)  # a version that does not exist is a 404, not "no samples"
+        try:
+            data = self.registry.read_report(model, version, SAMPLES)
+        except NotFoundError:
+            found = None
+        else:
+            found = TestSamples.parse(data, f"{model} v{version}: {SAMPLES}")
+        with self._lock:
+            self._samples[key] = found
+            while len(self._samples) > 16:
+                self._samples.popitem(last=False)
+        return found
+
+    def events(self, model: str, alias: str | None, offset: int, limit: int) -> dict[str, Any]:
+        """The alias moves, newest first."""
+        if not self.registry.list_versions(model):
+            raise NotFoundError(f"model {model!r} has no versions in {self.registry.uri}")
+        events = list(reversed(self.registry.events(model, alias)))
+        return page(events, offset, limit)
