@@ -170,6 +170,7 @@ def test_the_models_page(browser: Browser, server: str) -> None:
     screenshot(page, "models-desktop.png", full_page=True)  # the README's picture
     page.get_by_role("link", name="v1").first.click()
     expect(page.get_by_role("heading", name=re.compile(r"^cnn v1"))).to_be_visible()
+    page.wait_for_load_state("networkidle")  # its report's pictures are loading: leaving now would abort them
     page.go_back()
     expect(page.locator("main")).to_have_attribute("aria-busy", "false")
     assert_controls_are_labelled(page)
@@ -250,3 +251,12 @@ def assert_controls_are_labelled(page: Page) -> None:
     page.keyboard.press("Tab")
     outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none", "the focused control shows no focus ring"
+
+
+def test_show_more_pages_by_a_cursor(server: str) -> None:
+    first = get(server, "/models/cnn/events?limit=2").json()
+    rest = get(server, f"/models/cnn/events?limit=20&before={first['items'][-1]['key']}").json()
+    keys = [e["key"] for e in first["items"] + rest["items"]]
+    assert len(keys) == 4 == len(set(keys)) and keys == sorted(keys, reverse=True)
+    older = get(server, "/models/cnn/versions?before=2").json()
+    assert [v["version"] for v in older["items"]] == [1] and older["total"] == 1

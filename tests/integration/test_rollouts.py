@@ -207,6 +207,7 @@ def test_a_shadow_runs_unseen_and_is_shed_first_under_overload(registry: ModelRe
         answered = overload(url, seconds=4)
         overload_share = (compared(url) - before_compared) / max(answered, 1)
         assert dropped(url) > before_dropped and overload_share < 0.2, (overload_share, answered)
+        print(f"shadow compared {light:.0%} of answers with spare capacity, {overload_share:.1%} under overload")
 
     kept = registry.store.list("disagreements/cnn/v1-v2/")
     assert 1 <= len(kept) <= 10

@@ -270,6 +270,6 @@ class ModelRegistry:
         for key in self.store.list(f"{check_model_name(model)}/events/"):
             try:
                 docs.append(json.loads(self.store.read(key)[0]))
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
         return [d for d in docs if isinstance(d, dict) and (alias is None or d.get("alias") == alias)]

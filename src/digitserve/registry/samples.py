@@ -75,7 +75,7 @@ class TestSamples:
             is_digit = np.frombuffer(doc["is_digit"].encode(), np.uint8) == ord("1")
             confidence = np.frombuffer(base64.b64decode(doc["confidence_uint8_b64"]), np.uint8) / 255.0
             pixels = {int(k): base64.b64decode(v) for k, v in doc["pixels"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise ManifestError(f"{what} is damaged ({type(exc).__name__})") from None
         sizes = {len(labels), len(predicted), len(is_digit), len(confidence)}
         if sizes != {n} or labels.max(initial=0) > 9 or predicted.max(initial=0) > 9:

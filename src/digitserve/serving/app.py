@@ -92,6 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     app.state.pipeline = PredictionPipeline(manager, decoder, settings, rollouts)
     app.state.catalog = Catalog(registry, listings)  # its own threads: a slow listing never delays a load
     app.state.browser = RegistryBrowser(registry)
+    browsing = app.state.browsing = ThreadPoolExecutor(2, thread_name_prefix="browse")  # the models pages' own
     spool = _feedback_spool(app, settings, registry)
     await manager.refresh_all()  # first load; a registry outage leaves the server up but not ready
     poller = asyncio.create_task(_poll_after(manager, settings.poll_seconds), name="alias-poller")
@@ -120,6 +121,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         decoder.close()
         loader.shutdown(wait=False, cancel_futures=True)
         listings.shutdown(wait=False, cancel_futures=True)
+        browsing.shutdown(wait=False, cancel_futures=True)
         if app.state.metrics.shared:
             multiprocess.mark_process_dead(os.getpid())
 
@@ -203,10 +205,12 @@ def _mount_page(app: FastAPI) -> None:
         return HTMLResponse(STATIC.joinpath("index.html").read_text(encoding="utf-8"))
 
     # The models pages are one static page that reads the path: /models, /models/cnn/4, /models/compare.
+    models_html = STATIC.joinpath("models.html").read_text(encoding="utf-8")
+
     @app.get("/models", include_in_schema=False, response_class=HTMLResponse)
     @app.get("/models/{path:path}", include_in_schema=False, response_class=HTMLResponse)
     async def models_page(path: str = "") -> HTMLResponse:
-        return HTMLResponse(STATIC.joinpath("models.html").read_text(encoding="utf-8"))
+        return HTMLResponse(models_html)
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 

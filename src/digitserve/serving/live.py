@@ -1,6 +1,8 @@
 """The server's own numbers for the models pages' live view, from its Prometheus metrics (the sum
-over every worker). Counters and histogram buckets go out as they are; the page turns two
-readings a few seconds apart into requests per second, p50/p99 and the mean batch size."""
+over every worker): counters and histogram buckets go out as they are, and the page turns two
+readings a few seconds apart into requests per second, p50/p99 and the mean batch size. Which
+version each alias serves (canary and shadow too) and their agreement come from the same shared
+metrics, so every worker answers alike."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ WANTED = {
     "digitserve_batch_size",
     "digitserve_queue_depth",
     "digitserve_workers",
+    "digitserve_model_version_info",
+    "digitserve_rollout_compared",
+    "digitserve_rollout_agreed",
 }
 
 
@@ -28,42 +33,48 @@ def _families(metrics: ServiceMetrics) -> list[Any]:
     return list(merged.collect())
 
 
+def _empty() -> dict[str, Any]:
+    return {"routes": {}, "images": {}, "queue": {}, "batch": {"sum": 0.0, "count": 0.0}, "aliases": {}, "compared": {}}
+
+
+def _latency(entry: dict[str, Any], name: str, labels: dict[str, str], value: float) -> None:
+    key = f"{labels['alias']}:{labels['version']}"
+    empty = {"alias": labels["alias"], "version": int(labels["version"]), "count": 0.0, "sum": 0.0, "buckets": []}
+    route = entry["routes"].setdefault(key, empty)
+    if name.endswith("_bucket"):
+        route["buckets"].append([labels["le"], value])
+    elif name.endswith(("_count", "_sum")):
+        route[name.rsplit("_", 1)[1]] = value
+
+
+def _sample(entry: dict[str, Any], family: str, name: str, labels: dict[str, str], value: float) -> None:
+    """One metrics sample into the model's entry."""
+    if family == "digitserve_routed_latency_seconds":
+        _latency(entry, name, labels, value)
+    elif family == "digitserve_images" and name.endswith("_total"):
+        entry["images"][labels["version"]] = value
+    elif family == "digitserve_queue_depth":
+        entry["queue"][labels["version"]] = value
+    elif family == "digitserve_batch_size" and name.endswith(("_sum", "_count")):
+        entry["batch"][name.rsplit("_", 1)[1]] = value
+    elif family == "digitserve_model_version_info" and value > 0:
+        entry["aliases"][labels["alias"]] = int(labels["version"])
+    elif family in ("digitserve_rollout_compared", "digitserve_rollout_agreed") and name.endswith("_total"):
+        key = f"{labels['kind']}:v{labels['production_version']}-v{labels['candidate_version']}"
+        pair = entry["compared"].setdefault(key, {"compared": 0.0, "agreed": 0.0})
+        pair["compared" if family.endswith("compared") else "agreed"] += value
+
+
 def live_numbers(metrics: ServiceMetrics) -> dict[str, Any]:
     models: dict[str, dict[str, Any]] = {}
     workers = 1.0
-
-    def model(name: str) -> dict[str, Any]:
-        return models.setdefault(name, {"routes": {}, "images": {}, "queue": {}, "batch": {"sum": 0.0, "count": 0.0}})
-
     for family in _families(metrics):
         if family.name not in WANTED:
             continue
         for s in family.samples:
-            labels, value = s.labels, float(s.value)
             if family.name == "digitserve_workers":
-                workers = value
-            elif family.name == "digitserve_routed_latency_seconds":
-                key = f"{labels['alias']}:{labels['version']}"
-                route = model(labels["model"])["routes"].setdefault(
-                    key,
-                    {
-                        "alias": labels["alias"],
-                        "version": int(labels["version"]),
-                        "count": 0.0,
-                        "sum": 0.0,
-                        "buckets": [],
-                    },
-                )
-                if s.name.endswith("_bucket"):
-                    route["buckets"].append([labels["le"], value])
-                elif s.name.endswith("_count"):
-                    route["count"] = value
-                elif s.name.endswith("_sum"):
-                    route["sum"] = value
-            elif family.name == "digitserve_images" and s.name.endswith("_total"):
-                model(labels["model"])["images"][labels["version"]] = value
-            elif family.name == "digitserve_queue_depth":
-                model(labels["model"])["queue"][labels["version"]] = value
-            elif family.name == "digitserve_batch_size" and s.name.endswith(("_sum", "_count")):
-                model(labels["model"])["batch"][s.name.rsplit("_", 1)[1]] = value
+                workers = float(s.value)
+            elif "model" in s.labels:
+                entry = models.setdefault(s.labels["model"], _empty())
+                _sample(entry, family.name, s.name, s.labels, float(s.value))
     return {"at": time.time(), "workers": workers, "models": models}

@@ -46,7 +46,7 @@
   }
 
   function show(title, ...content) {
-    clearInterval(liveTimer);
+    clearTimeout(liveTimer);
     document.title = `digitserve — ${title}`;
     main.replaceChildren(...content);
     main.setAttribute("aria-busy", "false");
@@ -69,27 +69,30 @@
   // --- the overview: every model ------------------------------------------------------------------
 
   async function renderOverview() {
-    const [registry, served] = await Promise.all([getJSON(api("/models?limit=100")), getJSON("/v1/models").catch(() => [])]);
-    const servedBy = new Map(served.map((m) => [m.name, m]));
+    const [registry, live] = await Promise.all([getJSON(api("/models?limit=100")), getJSON("/v1/live").catch(() => ({ models: {} }))]);
+    const servedBy = new Map(Object.entries(live.models).filter(([, m]) => "serving" in m));
     const sections = [];
     const options = [];
     for (const model of registry.items) {
-      const versions = await getJSON(api(`/models/${model.name}/versions?limit=${PAGE}`));
+      const versions = await getJSON(api(`/models/${model.name}/versions?limit=${PAGE}`))
+        .catch((err) => ({ total: 0, items: [], error: err.message }));
       versions.items.forEach((v) => options.push(`${model.name}:${v.version}`));
       sections.push(modelSection(model, versions, servedBy.get(model.name)));
     }
     show("models", h("h1", {}, "Models"), compareForm(options, options[0], options[1]), ...sections);
-    startLive(servedBy);
+    startLive();
   }
 
   function modelSection(model, versions, served) {
     const aliasText = Object.entries(model.aliases).map(([a, v]) => `${a} → v${v}`).join(", ") || "no aliases";
     const tbody = h("tbody", {}, versions.items.map((v) => versionRow(model.name, v)));
+    if (versions.error) tbody.append(h("tr", {}, h("td", { colspan: 8 }, versions.error)));
+    else if (!versions.items.length) tbody.append(h("tr", {}, h("td", { colspan: 8 }, "Nothing published yet.")));
     const section = h("section", { class: "card model-card", "aria-labelledby": `model-${model.name}` },
       h("div", { class: "model-head" },
         h("h2", { id: `model-${model.name}` }, model.name),
         h("p", { class: "hint" }, `${model.versions} ${model.versions === 1 ? "version" : "versions"} · ${aliasText}`)),
-      served ? h("div", { class: "live", id: `live-${model.name}`, "aria-label": `${model.name} live numbers` },
+      served ? h("div", { class: "live", id: `live-${model.name}`, role: "region", "aria-label": `${model.name} live numbers` },
         h("p", { class: "hint" }, "Live numbers arrive in a few seconds…"))
         : h("p", { class: "hint" }, "This server does not serve this model."),
       h("h3", {}, "Versions"),
@@ -99,10 +102,13 @@
           "Parameters", "Training", "Created"].map((c) => h("th", { scope: "col" }, c)))),
         tbody)));
     if (versions.total > versions.items.length) {
-      section.append(moreButton(`Show older versions of ${model.name}`, versions, async (offset) => {
-        const next = await getJSON(api(`/models/${model.name}/versions?offset=${offset}&limit=${PAGE}`));
-        tbody.append(...next.items.map((v) => versionRow(model.name, v)));
-        return next;
+      let oldest = versions.items[versions.items.length - 1].version;
+      section.append(moreButton(`Show older versions of ${model.name}`, versions, async () => {
+        const next = await getJSON(api(`/models/${model.name}/versions?before=${oldest}&limit=${PAGE}`));
+        const rows = next.items.map((v) => versionRow(model.name, v));
+        tbody.append(...rows);
+        if (next.items.length) oldest = next.items[next.items.length - 1].version;
+        return { ...next, rows };
       }));
     }
     section.append(h("h3", {}, "Alias history"), timeline(model.name));
@@ -110,6 +116,9 @@
   }
 
   function versionRow(model, v) {
+    if (v.error) {
+      return h("tr", {}, h("th", { scope: "row" }, `v${v.version}`), h("td", { colspan: 7 }, `unreadable: ${v.error}`));
+    }
     const training = v.train_seconds ? `${secs(v.train_seconds)}${v.hardware ? ` on ${hardwareText(v.hardware)}` : ""}` : "–";
     return h("tr", {},
       h("th", { scope: "row" }, h("a", { href: versionUrl(model, v.version) }, `v${v.version}`)),
@@ -130,17 +139,22 @@
     return [cores, hw.cpu].filter(Boolean).join(" ") || "?";
   }
 
+  // "Show more" by a cursor (the oldest item shown), so what is added meanwhile shifts nothing.
   function moreButton(label, first, load) {
     let shown = first.items.length;
     const button = h("button", { type: "button", class: "button more" }, label);
     button.addEventListener("click", async () => {
       button.disabled = true;
-      const next = await load(shown).catch((err) => { say(err.message); return null; });
+      const next = await load().catch((err) => { say(err.message); return null; });
       button.disabled = false;
       if (!next) return;
       shown += next.items.length;
-      say(`${shown} of ${next.total} shown`);
-      if (shown >= next.total) button.remove();
+      say(`${next.items.length} more shown`);
+      if (next.items.length >= next.total) {  // that was the last page: focus what came, not the body
+        const target = next.rows && next.rows.length ? next.rows[0].querySelector("a, th") : null;
+        button.remove();
+        if (target) { target.setAttribute("tabindex", "-1"); target.focus(); }
+      }
     });
     return button;
   }
@@ -148,15 +162,20 @@
   function timeline(model) {
     const list = h("ol", { class: "timeline", "aria-label": `Alias moves of ${model}, newest first` });
     const box = h("div", {}, list);
-    const add = (events) => list.append(...events.items.map((e) => eventItem(e)));
+    let oldest = null;
+    const add = (events) => {
+      const rows = events.items.map((e) => eventItem(e));
+      list.append(...rows);
+      if (events.items.length) oldest = events.items[events.items.length - 1].key;
+      return rows;
+    };
     getJSON(api(`/models/${model}/events?limit=${PAGE}`)).then((events) => {
       if (!events.total) list.replaceWith(h("p", { class: "hint" }, "No alias has moved yet."));
       add(events);
       if (events.total > events.items.length) {
-        box.append(moreButton(`Show older alias moves of ${model}`, events, async (offset) => {
-          const next = await getJSON(api(`/models/${model}/events?offset=${offset}&limit=${PAGE}`));
-          add(next);
-          return next;
+        box.append(moreButton(`Show older alias moves of ${model}`, events, async () => {
+          const next = await getJSON(api(`/models/${model}/events?before=${encodeURIComponent(oldest)}&limit=${PAGE}`));
+          return { ...next, rows: add(next) };
         }));
       }
     }).catch((err) => list.replaceWith(h("p", { class: "hint" }, err.message)));
@@ -171,8 +190,11 @@
       : e.action === "rollback" || e.action === "retire" ? null : "no gate";
     const holdout = gate.feedback_holdout && gate.feedback_holdout.samples
       ? `feedback holdout ${gate.feedback_holdout.candidate ? gate.feedback_holdout.candidate.correct : "–"}/${gate.feedback_holdout.samples}` : null;
-    const evidence = e.evidence && e.evidence.compared !== undefined
-      ? `live evidence: ${num(e.evidence.compared)} compared${e.evidence.agreement !== undefined && e.evidence.agreement !== null ? `, ${pct(e.evidence.agreement)} agree` : ""}` : null;
+    const ev = e.evidence || {};
+    const agreement = ev.agreement !== undefined && ev.agreement !== null ? ev.agreement
+      : ev.compared ? ev.agreed / ev.compared : null;
+    const evidence = ev.compared !== undefined
+      ? `live evidence: ${num(ev.compared)} compared${agreement !== null ? `, ${pct(agreement, 1)} agree` : ""}` : null;
     return h("li", { class: `event event-${e.action}${automatic ? " event-automatic" : ""}` },
       h("p", { class: "event-head" },
         h("span", { class: "badge" }, e.alias),
@@ -183,81 +205,77 @@
       e.reason ? h("p", { class: "event-reason" }, e.reason) : null);
   }
 
-  // --- live: what serves now ---------------------------------------------------------------------------
+  // --- live: what serves now (all from /v1/live: the metrics every worker shares) ----------------------
 
-  function startLive(servedBy) {
+  function startLive() {
     let previous = null;
     const tick = async () => {
       try {
-        const [live, models] = await Promise.all([getJSON("/v1/live"), getJSON("/v1/models")]);
-        for (const info of models) {
-          const box = document.getElementById(`live-${info.name}`);
-          if (box) box.replaceChildren(...liveView(info, live, previous));
+        const live = await getJSON("/v1/live");
+        for (const [name, numbers] of Object.entries(live.models)) {
+          const box = document.getElementById(`live-${name}`);
+          if (box) box.replaceChildren(...liveView(numbers, previous && previous.models[name], previous ? live.at - previous.at : null));
         }
         previous = live;
       } catch (err) {
         say(`Live numbers unavailable: ${err.message}`);
       }
+      liveTimer = setTimeout(tick, LIVE_EVERY_MS);  // the next tick only once this one is done
     };
     tick();
-    liveTimer = setInterval(tick, LIVE_EVERY_MS);
   }
 
   function quantile(now, before, q) {
-    const buckets = now.buckets.map(([le, count], i) => [Number(le === "+Inf" ? Infinity : le),
-      count - (before ? before.buckets[i][1] : 0)]).sort((a, b) => a[0] - b[0]);
+    const earlier = before ? new Map(before.buckets) : new Map();
+    const buckets = now.buckets.map(([le, count]) => [le === "+Inf" ? Infinity : Number(le), count - (earlier.get(le) || 0)])
+      .sort((a, b) => a[0] - b[0]);
     const total = buckets.length ? buckets[buckets.length - 1][1] : 0;
-    if (!total) return null;
+    if (total <= 0) return null;
     const found = buckets.find(([, count]) => count >= q * total);
     return found ? found[0] : null;
   }
 
-  function liveView(info, live, previous) {
-    const model = live.models[info.name] || { routes: {}, batch: {}, queue: {} };
-    const before = previous && previous.models[info.name];
-    const elapsed = previous ? live.at - previous.at : null;
-    const serving = info.serving ? info.serving.version : null;
-    const stats = [stat("Serving", serving ? `v${serving}` : "not ready", info.alias)];
-    for (const [key, route] of Object.entries(model.routes)) {
-      const old = before && before.routes[key];
+  function liveView(model, before, elapsed) {
+    const serving = model.serving;
+    const stats = [stat("Serving", serving ? `v${serving}` : "not ready", model.alias || "")];
+    const routes = { ...model.routes };
+    const main = `${model.alias}:${serving}`;
+    if (serving && !routes[main]) routes[main] = { alias: model.alias, version: serving, count: 0, sum: 0, buckets: [] };
+    for (const [key, route] of Object.entries(routes)) {
+      let old = before && before.routes[key];
+      const restarted = Boolean(old && old.count > route.count);  // its counters began again: no rate this time
+      if (restarted) old = null;
       const count = route.count - (old ? old.count : 0);
-      const rate = elapsed ? count / elapsed : null;
-      const p50 = quantile(route, old, 0.5);
-      const p99 = quantile(route, old, 0.99);
-      const latency = count > 0 ? `p50 ≤ ${ms(p50)} · p99 ≤ ${ms(p99)}` : "no requests lately";
-      stats.push(stat(`${route.alias} v${route.version}`, rate === null ? "…" : `${rate.toFixed(1)} req/s`, latency));
+      const rate = elapsed && !restarted ? count / elapsed : null;
+      const latency = !before ? "measuring…" : count > 0
+        ? `p50 ≤ ${ms(quantile(route, old, 0.5))} · p99 ≤ ${ms(quantile(route, old, 0.99))}` : "no requests lately";
+      stats.push(stat(`${route.alias} v${route.version}`, rate === null ? "…" : `${Math.max(rate, 0).toFixed(1)} req/s`, latency));
     }
-    const batches = model.batch.count - (before ? before.batch.count : 0);
-    const images = model.batch.sum - (before ? before.batch.sum : 0);
-    stats.push(stat("Mean batch", batches > 0 ? (images / batches).toFixed(1) : "–", "images per forward pass"));
-    const queued = Object.values(model.queue).reduce((a, b) => a + b, 0);
+    const batch = model.batch || { sum: 0, count: 0 };
+    const prior = before && before.batch && before.batch.count <= batch.count ? before.batch : { sum: 0, count: 0 };
+    const batches = batch.count - prior.count;
+    stats.push(stat("Mean batch", before && batches > 0 ? ((batch.sum - prior.sum) / batches).toFixed(1) : "–", "images per forward pass"));
+    const queued = Object.values(model.queue || {}).reduce((a, b) => a + b, 0);
     stats.push(stat("Queue", num(queued), "images waiting now"));
-    const mine = (info.versions || []).find((v) => v.version === serving);
-    const fb = mine && mine.feedback;
+    const fb = model.feedback;
     stats.push(stat("Feedback", fb && fb.samples ? pct(fb.accuracy, 0) : "–",
       fb && fb.samples ? `right in ${fb.samples} corrections (${fb.accepted} accepted)` : "no corrections yet"));
-    const rollouts = info.rollouts || {};
-    if (rollouts.canary) stats.push(rolloutStat("Canary", rollouts.canary));
-    if (rollouts.shadow) stats.push(rolloutStat("Shadow", rollouts.shadow));
-    return [h("div", { class: "stats" }, stats)];
-  }
-
-  function rolloutStat(name, r) {
-    if (!r.version) {
-      const retired = Object.keys(r.rolled_back_here || {});
-      return stat(name, "none", retired.length ? `rolled back here: v${retired.join(", v")}` : `alias ${r.alias}`);
+    for (const [alias, version] of Object.entries(model.aliases || {})) {
+      if (alias === model.alias) continue;
+      const pair = Object.entries(model.compared || {}).find(([k]) => k.endsWith(`:v${serving}-v${version}`));
+      const agree = pair && pair[1].compared ? `${pct(pair[1].agreed / pair[1].compared, 1)} agree on ${num(pair[1].compared)}`
+        : "nothing compared yet";
+      stats.push(stat(`${alias[0].toUpperCase()}${alias.slice(1)}`, `v${version}`, agree));
     }
-    const a = r.agreement && r.agreement.compared !== undefined ? r.agreement
-      : Object.values(r.agreement || {})[0];
-    const agree = a && a.compared ? `${pct(a.agreed / a.compared, 1)} agree on ${num(a.compared)}` : "nothing compared yet";
-    return stat(name, `v${r.version} · ${r.percent}%`, agree);
+    return [h("div", { class: "stats" }, stats)];
   }
 
   const ms = (s) => (s === null ? "–" : s === Infinity ? "> 10 s" : s < 1 ? `${Math.round(s * 1000)} ms` : `${s} s`);
 
   // --- compare form --------------------------------------------------------------------------------
 
-  function compareForm(options, a, b) {
+  function compareForm(choices, a, b) {
+    const options = [...new Set([...choices, a, b].filter(Boolean))];  // what the page shows is always selectable
     const select = (name, label, chosen) => h("label", { class: "field" }, h("span", {}, label),
       h("select", { name }, options.map((o) => h("option", { value: o, selected: o === chosen }, o.replace(":", " v")))));
     return h("form", { class: "card compare-form", action: "/models/compare", method: "get", "aria-label": "Compare two versions" },
@@ -269,11 +287,10 @@
   window.digitserveModels = { h, getJSON, show, problem, stat, badges, pct, num, secs, when, api, versionUrl,
     compareForm, hardwareText, say };
 
-  function route() {
-    const parts = location.pathname.split("/").filter(Boolean);  // ["models", ...]
-    if (parts.length <= 1) return renderOverview();
-    if (parts[1] === "compare") return window.digitserveVersion.renderCompare();
-    if (parts.length === 3 && /^\d+$/.test(parts[2])) return window.digitserveVersion.renderVersion(decodeURIComponent(parts[1]), Number(parts[2]));
+  async function route() {
+    const parts = location.pathname.split("/").filter(Boolean).map(decodeURIComponent);  // ["models", ...]
+    if (parts.length === 2 && parts[1] === "compare") return window.digitserveVersion.renderCompare();
+    if (parts.length === 3 && /^\d+$/.test(parts[2])) return window.digitserveVersion.renderVersion(parts[1], Number(parts[2]));
     return renderOverview();
   }
 

@@ -50,13 +50,20 @@
     }
     section.append(h("p", { class: "hint", id: "matrix-hint" }, "Rows: the true digit. Columns: what the version answered. "
       + "Choose a cell to see its digits, least confident first."));
-    const cells = h("div", { class: "cell-digits", id: "cell-digits", tabindex: "-1", "aria-live": "polite" });
+    const cells = h("div", { class: "cell-digits", id: "cell-digits" });
     const cellFor = (count, t, p) => {
-      if (!count) return h("td", {}, h("span", { class: "zero", "aria-label": `true ${t}, answered ${p}: none` }, "·"));
+      if (!count) {
+        return h("td", {}, h("span", { class: "zero", "aria-hidden": "true" }, "·"),
+          h("span", { class: "visually-hidden" }, `true ${t}, answered ${p}: none`));
+      }
       const button = h("button", {
-        type: "button", class: "cell", "data-true": t, "data-predicted": p,
+        type: "button", class: "cell", "data-true": t, "data-predicted": p, "aria-pressed": "false",
         "aria-label": `true ${t}, answered ${p}: ${count} digits`,
-        onclick: () => openCell(model, version, t, p, cells, 0),
+        onclick: () => {
+          table.querySelectorAll("button.cell[aria-pressed=true]").forEach((b) => b.setAttribute("aria-pressed", "false"));
+          button.setAttribute("aria-pressed", "true");
+          openCell(model, version, t, p, cells, 0);
+        },
       }, num(count));
       return h("td", { class: t === p ? "diag" : "err" }, button);
     };
@@ -71,11 +78,15 @@
     return section;
   }
 
+  let opened = 0;  // the latest cell asked for: an older answer arriving late is dropped
+
   async function openCell(model, version, t, p, box, offset) {
     const { h, getJSON, api, pct, say } = M();
+    const mine = ++opened;
     box.setAttribute("aria-busy", "true");
     const url = api(`/models/${model}/versions/${version}/confusion/${t}/${p}?offset=${offset}&limit=${CELL_PAGE}`);
     const cell = await getJSON(url).catch((err) => ({ error: err.message }));
+    if (mine !== opened) return;
     box.setAttribute("aria-busy", "false");
     if (cell.error) {
       box.replaceChildren(h("p", { role: "alert" }, cell.error));

@@ -5,6 +5,7 @@ Every listing is paginated (`offset`, `limit` at most 100)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -32,11 +33,12 @@ MEDIA = {"png": "image/png", "json": "application/json"}
 
 
 async def read(request: Request, fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking registry read in the catalog's threads; registry failures become 404 / 503."""
+    """Run blocking work (registry reads, image encoding) in the browsing threads; registry failures
+    become 404 / 503."""
     browser: RegistryBrowser = request.app.state.browser
     loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(request.app.state.catalog.executor, fn, *args)
+        return await loop.run_in_executor(request.app.state.browsing, fn, *args)
     except NotFoundError as exc:
         raise UnknownVersionError(str(exc)) from None
     except RegistryError as exc:
@@ -54,8 +56,14 @@ async def models(request: Request, offset: Offset = 0, limit: Limit = 20) -> dic
 
 
 @router.get("/registry/models/{model}/versions", summary="A model's versions, newest first")
-async def versions(request: Request, model: ModelPath, offset: Offset = 0, limit: Limit = 20) -> dict[str, Any]:
-    return await read(request, browser_of(request).versions, model, offset, limit)
+async def versions(
+    request: Request,
+    model: ModelPath,
+    offset: Offset = 0,
+    limit: Limit = 20,
+    before: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="only versions below this one")] = None,
+) -> dict[str, Any]:
+    return await read(request, browser_of(request).versions, model, offset, limit, before)
 
 
 @router.get("/registry/models/{model}/versions/{version}", summary="One version: numbers, metrics, report files")
@@ -93,7 +101,7 @@ async def confusion_cell(
     samples = await read(request, browser_of(request).samples, model, version)
     if samples is None:
         raise UnknownVersionError(f"{model} v{version} was published before per-digit test samples were kept")
-    return analysis.cell(samples, true, predicted, offset, limit)
+    return await read(request, analysis.cell, samples, true, predicted, offset, limit)
 
 
 @router.get("/registry/models/{model}/events", summary="Alias moves, newest first")
@@ -103,12 +111,17 @@ async def events(
     alias: Annotated[str | None, Query(pattern=NAME)] = None,
     offset: Offset = 0,
     limit: Limit = 20,
+    before: Annotated[
+        str | None, Query(pattern=r"^[0-9A-Za-z._-]{1,80}$", description="only events older than this key")
+    ] = None,
 ) -> dict[str, Any]:
-    return await read(request, browser_of(request).events, model, alias, offset, limit)
+    return await read(request, browser_of(request).events, model, alias, offset, limit, before)
 
 
 def _ref(ref: str) -> tuple[str, int]:
     name, _, number = ref.partition(":")
+    if int(number) > MAX_VERSION:
+        raise InvalidInputError(f"{ref[:40]}: versions are at most {MAX_VERSION}")
     return name, int(number)
 
 
@@ -130,4 +143,18 @@ async def compare(request: Request, a: VersionRef, b: VersionRef, limit: Limit =
 
 @router.get("/live", summary="The server's own numbers now (counters; two readings give rates)")
 async def live(request: Request) -> dict[str, Any]:
-    return live_numbers(request.app.state.metrics)
+    state = request.app.state
+    return await read(request, live_view, state.metrics, state.manager, state.catalog)
+
+
+def live_view(metrics: Any, manager: Any, catalog: Any) -> dict[str, Any]:
+    """The metrics, and per served model its version and the feedback about it (no listing)."""
+    numbers = live_numbers(metrics)
+    with contextlib.suppress(RegistryError):  # a registry away leaves the last feedback figures
+        catalog.feedback.refresh()  # at most every few seconds, a bounded number of reads
+    for name, state in manager.states.items():
+        served = state.served.version if state.served else None
+        feedback = catalog.feedback.by_version(name).get(served) if served else None
+        entry = numbers["models"].setdefault(name, {"routes": {}, "batch": {"sum": 0.0, "count": 0.0}, "queue": {}})
+        entry.update(serving=served, alias=manager.settings.alias, feedback=feedback)
+    return numbers
