@@ -26,20 +26,20 @@ HERE = Path(__file__).resolve().parent
 LOADS = (1, 16, 64)
 
 
-def measure(rounds: int, seconds: float) -> dict[str, Any]:
+def measure(rounds: int, seconds: float, loads: tuple[int, ...] = LOADS) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="shadow-cost-"))
     registry, _ = h.make_registry(work / "registry")
     registry.move_alias("cnn", "shadow", 2, reason="bench: a shadow", gate={"forced": True, "passed": None})
     body = h.write_payloads(work / "payloads")["one"]
     settings = {"off": {}, "on": {"shadow_alias": "shadow", "shadow_percent": 100}}
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in LOADS} for name in settings}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in loads} for name in settings}
     for _ in range(rounds):
         for name, extra in settings.items():
             env = h.server_env(registry, "cnn", **extra)
             with h.start(f"shadow-{name}", h.digitserve_cmd(), env, work) as server:
                 url = f"{server.url}/v1/models/cnn/predict"
                 h.wrk(url, body, 16, 2)  # warm-up
-                for connections in LOADS:
+                for connections in loads:
                     before = sum(h.metric_sum(server.url, "digitserve_rollout_compared_total").values())
                     result = h.wrk(url, body, connections, seconds)
                     after = sum(h.metric_sum(server.url, "digitserve_rollout_compared_total").values())
@@ -58,9 +58,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, nargs="*", default=list(LOADS))
     parser.add_argument("--out", type=Path, default=HERE / "shadow_results.json")
     args = parser.parse_args()
-    figures = measure(args.rounds, args.seconds)
+    figures = measure(args.rounds, args.seconds, tuple(args.connections))
     figures["ratio_on_over_off"] = {
         c: {k: figures["on"][c][k] / figures["off"][c][k] for k in ("rps", "p50_ms", "p99_ms")} for c in figures["on"]
     }

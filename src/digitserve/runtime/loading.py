@@ -48,6 +48,7 @@ class Servable:
     runtime: OnnxModel
     calibration: Calibration = field(default_factory=Calibration)
     loaded_at: float = field(default_factory=time.time)
+    graph: bytes = field(default=b"", repr=False)  # the verified ONNX graph (for a comparison process)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """uint8 (B, 28, 28) -> calibrated class probabilities (B, 10), float32."""
@@ -103,4 +104,4 @@ def load_servable(
     if not worst <= golden.atol:  # NaN fails too
         raise LoadError("golden", f"outputs differ from the recorded golden logits by {worst:.3g}")
     log.info("loaded %s v%d (onnx sha256 %s...)", model, version, manifest.artifact("onnx").sha256[:12])
-    return Servable(model, version, manifest, runtime, calibration)
+    return Servable(model, version, manifest, runtime, calibration, graph=graph)

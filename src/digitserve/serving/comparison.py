@@ -4,13 +4,15 @@ A shadow version runs on a share of the inputs production answered; a canary's a
 checked against production's on a share of the inputs the canary answered. Either way one
 answer is already out and the other is computed here, after the client has its answer:
 
-- **Never on the request path.** The second forward pass runs in a thread of its own at the
-  lowest CPU priority (nice 19), outside the inference slots, so it never holds up a batch.
+- **Never on the request path.** The second forward pass runs in a thread of its own that Linux
+  schedules only on CPU nobody else wants (SCHED_IDLE, else nice 19; background.py), outside
+  the inference slots, in small batches gathered for a few milliseconds, so it never holds up a
+  batch; its agreement is counted there too, and the event loop only adds the counts up.
 - **Only with spare capacity, and dropped first.** A comparison is taken only while this
-  process has less than one batch of images waiting for the forward pass and fewer than an
-  eighth of `MAX_CONCURRENT_REQUESTS` in progress, and while fewer than `SHADOW_MAX_BACKLOG`
-  images wait here; otherwise it is dropped, and counted by reason. Under overload nothing is
-  compared, long before any request is refused.
+  process has less than one batch of images waiting for the forward pass and fewer than 4
+  predictions in progress, and while fewer than `SHADOW_MAX_BACKLOG`
+  images wait here; otherwise it is dropped, and counted by reason. The rule is asked again when
+  a comparison's turn comes. Under overload nothing is compared, long before any request is refused.
 
 Two answers agree when both name the same digit, or both say "not a digit" (each under its own
 version's threshold). Agreement is counted per version pair and per production answer.
@@ -23,34 +25,22 @@ import base64
 import contextlib
 import hashlib
 import logging
-import os
-import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from digitserve.registry import AlreadyExistsError, RegistryError, Store
 from digitserve.registry.records import dumps, now_iso
-from digitserve.registry.rollouts import CLASSES
 from digitserve.runtime import Servable
+from digitserve.serving.background import Other, compare_batch, lower_priority
 
 log = logging.getLogger(__name__)
-BACKGROUND_NICE = 19
-
-
-def _lower_priority() -> None:
-    """Run this thread (only) at the lowest CPU priority: Linux applies nice per thread."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-
-
-def answers(servable: Servable, probabilities: np.ndarray) -> list[str]:
-    """Each input's answer as a class name: the digit, or "not_a_digit"."""
-    is_digit = servable.calibration.is_digit(probabilities)
-    labels = probabilities.argmax(axis=1)
-    return [str(int(label)) if digit else CLASSES[-1] for label, digit in zip(labels, is_digit, strict=True)]
+BATCH_WAIT_S = 0.005  # how long comparisons gather before they are run together
+BATCH_IMAGES = 256
 
 
 @dataclass
@@ -60,6 +50,15 @@ class Agreement:
     compared: int = 0
     agreed: int = 0
     per_class: dict[str, list[int]] = field(default_factory=dict)  # production's answer -> [compared, agreed]
+
+    def merge(self, per_class: dict[str, list[int]]) -> None:
+        """Add counts already made (per production answer: compared, agreed)."""
+        for answer, (n, agreed) in per_class.items():
+            counts = self.per_class.setdefault(answer, [0, 0])
+            counts[0] += n
+            counts[1] += agreed
+            self.compared += n
+            self.agreed += agreed
 
     def add(self, production: list[str], candidate: list[str]) -> list[int]:
         """Count a batch of answers; returns the indices where the two disagree."""
@@ -87,6 +86,8 @@ class Comparison:
     images: np.ndarray
     production: list[str]
     candidate: list[str]
+    per_class: dict[str, list[int]]  # production's answer -> [compared, agreed]
+    disagree: list[int]  # indices where the two answered differently
 
 
 @dataclass(frozen=True)
@@ -106,66 +107,103 @@ Record = Callable[[Comparison], None]
 
 
 class Comparer:
-    """Runs the second version of a comparison in a low-priority background thread."""
+    """Runs the second version of each comparison in the background thread (background.py), a
+    small batch at a time from a bounded queue, asking for spare capacity again before each."""
 
     def __init__(self, spare: Spare, record: Record, max_backlog: int, on_drop: Callable[[str, str], None]) -> None:
         self.spare = spare
         self.record = record
         self.max_backlog = max_backlog
         self.on_drop = on_drop  # (kind, reason)
-        self.backlog = 0  # images waiting for, or in, the background forward pass
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="compare", initializer=_lower_priority)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.backlog = 0  # images waiting for, or in, the comparison thread
+        self._queue: deque[Job] = deque()
+        self._pool: ThreadPoolExecutor | None = None  # started on the first comparison
+        self._pump: asyncio.Task[None] | None = None
 
     def offer(self, job: Job) -> bool:
         """Compare `job.answered` (already answered) with `job.other`, if there is room."""
-        images = job.images
-        reason = "backlog" if self.backlog + len(images) > self.max_backlog else self.spare()
+        reason = "backlog" if self.backlog + len(job.images) > self.max_backlog else self.spare()
         if reason is not None:
             self.on_drop(job.kind, reason)
             return False
-        self.backlog += len(images)
-        task = asyncio.get_running_loop().create_task(self._run(job))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.backlog += len(job.images)
+        self._queue.append(job)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._drain())
         return True
 
-    async def _run(self, job: Job) -> None:
-        other = job.other
+    async def _drain(self) -> None:
+        """Every BATCH_WAIT_S, the queued jobs run as one batch per version pair: one forward pass,
+        and one count of agreements, for several answers."""
+        while self._queue:
+            if self.backlog < BATCH_IMAGES:
+                await asyncio.sleep(BATCH_WAIT_S)
+            jobs, size = [], 0
+            while self._queue and size < BATCH_IMAGES:
+                jobs.append(self._queue.popleft())
+                size += len(jobs[-1].images)
+            try:
+                if self.spare() is not None:  # load arrived since they were offered: it goes first
+                    for job in jobs:
+                        self.on_drop(job.kind, "busy")
+                    continue
+                await self._compare(jobs)
+            except Exception:  # a candidate that cannot run: nothing to compare, and nobody waits for it
+                log.exception("a comparison of %d jobs failed", len(jobs))
+                for job in jobs:
+                    self.on_drop(job.kind, "failed")
+                self._restart()
+            finally:
+                self.backlog -= size
 
-        def work() -> np.ndarray | None:  # spare capacity is asked again when the job's turn comes
-            return None if self.spare() is not None else other.probabilities(job.images)
-
-        try:
-            computed = await asyncio.get_running_loop().run_in_executor(self.executor, work)
-        except Exception:  # a candidate that cannot run: nothing to compare, and nobody waits for it
-            log.exception("%s comparison of %s v%d failed", job.kind, other.model, other.version)
-            self.on_drop(job.kind, "failed")
-            return
-        finally:
-            self.backlog -= len(job.images)
-        if computed is None:
-            self.on_drop(job.kind, "busy")
-            return
-        mine, theirs = answers(job.answered, job.probabilities), answers(other, computed)
-        production, candidate = (job.answered, other) if job.answered_is_production else (other, job.answered)
-        production_answers, candidate_answers = (mine, theirs) if job.answered_is_production else (theirs, mine)
-        self.record(
-            Comparison(
-                job.kind,
-                other.model,
-                production.version,
-                candidate.version,
-                job.images,
-                production_answers,
-                candidate_answers,
+    async def _compare(self, jobs: list[Job]) -> None:
+        groups: dict[tuple[str, int, int], list[Job]] = {}
+        for job in jobs:
+            first, second = (job.answered, job.other) if job.answered_is_production else (job.other, job.answered)
+            groups.setdefault((job.kind, first.version, second.version), []).append(job)
+        for (kind, production, candidate), group in groups.items():
+            head = group[0]
+            images = np.concatenate([job.images for job in group])
+            answered = np.concatenate([job.probabilities for job in group])
+            args = (images, answered, head.answered.calibration.threshold, head.answered_is_production)
+            found = await self._in_background(head.other, *args)
+            self.record(
+                Comparison(
+                    kind,
+                    head.other.model,
+                    production,
+                    candidate,
+                    images,
+                    found["production"],
+                    found["candidate"],
+                    found["per_class"],
+                    found["disagree"],
+                )
             )
-        )
+
+    async def _in_background(self, other: Servable, *args: Any) -> dict[str, Any]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="compare", initializer=lower_priority)
+        sha = other.manifest.onnx.sha256 if other.manifest.onnx else f"{other.model}-{other.version}"
+        c = other.calibration
+        job = Other(sha, other.graph, c.temperature, c.threshold)
+        found = await asyncio.get_running_loop().run_in_executor(self._pool, compare_batch, job, *args)
+        if found is None:
+            raise RuntimeError("the version's graph could not be loaded for comparing")
+        return found
+
+    def _restart(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
 
     async def close(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self._queue.clear()
+        if self._pump is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._pump, 5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class DisagreementLog:

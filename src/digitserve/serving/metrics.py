@@ -156,18 +156,9 @@ class ServiceMetrics:
     def rollout_failure(self, model: str, alias: str, version: int, kind: str) -> None:
         self.rollout_failures.labels(model, alias or "pinned", str(version), kind).inc()
 
-    def drop_comparison(self, kind: str, reason: str) -> None:
-        self.dropped_comparisons.labels(kind, reason).inc()
-
-    def compared(self, comparison: Any, disagree: list[int]) -> None:
+    def compared(self, comparison: Any) -> None:
         c = comparison
-        counts: dict[str, list[int]] = {}
-        disagreeing = set(disagree)
-        for i, answer in enumerate(c.production):
-            entry = counts.setdefault(answer, [0, 0])
-            entry[0] += 1
-            entry[1] += i not in disagreeing
-        for answer, (n, agreed) in counts.items():
+        for answer, (n, agreed) in c.per_class.items():
             labels = (c.model, c.kind, str(c.production_version), str(c.candidate_version), answer)
             self.compared_answers.labels(*labels).inc(n)
             self.agreed_answers.labels(*labels).inc(agreed)

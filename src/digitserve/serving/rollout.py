@@ -27,6 +27,7 @@ import random
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ WATCH_INTERVAL_S = 1.0
 RETIRE_RETRY_S = 5.0
 FINAL_PUBLISH_S = 5.0
 MAX_WATCHES = 32
+SPARE_IN_PROGRESS = 4  # with this many predictions in progress a process has no spare capacity
 Pair = tuple[str, int, int]  # (model, production version, canary version)
 
 
@@ -70,7 +72,8 @@ class Rollouts:
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.watches: dict[Pair, CanaryWatch] = {}
         self.agreement: dict[tuple[str, str, int, int], Agreement] = {}  # (kind, model, production, candidate)
-        self.comparer = Comparer(self._spare, self._record, settings.shadow_max_backlog, self.metrics.drop_comparison)
+        self.dropped: Counter[tuple[str, str]] = Counter()  # counted here, added to the metrics each second
+        self.comparer = Comparer(self._spare, self._record, settings.shadow_max_backlog, self._dropped)
         self.disagreements = DisagreementLog(registry.store, settings.disagreement_samples)
         self.evidence = EvidencePublisher(registry, settings, self.replica)
 
@@ -155,9 +158,17 @@ class Rollouts:
         canary, served = state.rollout.get("canary"), state.served
         return (state.name, served.version, canary.version) if canary and served else None
 
+    def _dropped(self, kind: str, reason: str) -> None:
+        self.dropped[(kind, reason)] += 1  # on the request path under load: a dict, not a metrics write
+
+    def _flush_drops(self) -> None:
+        for (kind, reason), n in self.dropped.items():
+            self.metrics.dropped_comparisons.labels(kind, reason).inc(n)
+        self.dropped.clear()
+
     def _spare(self) -> str | None:
         """None while this process has room for background comparisons, else why not."""
-        if self.in_progress() > max(1, self.settings.max_concurrent_requests // 8):
+        if self.in_progress() >= SPARE_IN_PROGRESS:
             return "busy"
         for state in self.manager.states.values():
             for loaded in (state.served, state.rollout.get("canary")):
@@ -167,13 +178,12 @@ class Rollouts:
 
     def _record(self, c: Comparison) -> None:
         key = (c.kind, c.model, c.production_version, c.candidate_version)
-        agreement = self.agreement.setdefault(key, Agreement())
-        disagree = agreement.add(c.production, c.candidate)
-        self.metrics.compared(c, disagree)
+        self.agreement.setdefault(key, Agreement()).merge(c.per_class)
+        self.metrics.compared(c)
         watch = self.watches.get((c.model, c.production_version, c.candidate_version))
         if c.kind == "canary" and watch is not None:
-            watch.canary.compare(len(c.production), len(c.production) - len(disagree))
-        self.disagreements.keep(c, disagree)
+            watch.canary.compare(len(c.production), len(c.production) - len(c.disagree))
+        self.disagreements.keep(c, c.disagree)
 
     # --- the watch -------------------------------------------------------------------------------------
 
@@ -182,6 +192,7 @@ class Rollouts:
         published_at = 0.0
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
+            self._flush_drops()
             for pair, watch in list(self.watches.items()):
                 try:
                     await self._judge(pair, watch)
