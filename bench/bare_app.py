@@ -20,9 +20,9 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from digitserve.serving.connections import LimitedHttpProtocol
+from digitserve.serving.api.schemas import PredictRequest
+from digitserve.serving.http.protocol import LimitedHttpProtocol
 from digitserve.serving.responses import JSONResponse
-from digitserve.serving.schemas import PredictRequest
 
 HERE = Path(__file__).resolve().parent
 ANSWER = {

@@ -38,7 +38,7 @@ from digitserve.registry import ModelRegistry  # noqa: E402
 ADMIN_TOKEN = "bench-admin-token"
 JSON = "application/json"
 BOUNDARY = "digitservebenchboundary"
-# The shape of the shipped ViT (training/recipe.py RECIPES["vit"]), for an untrained stand-in.
+# The shape of the shipped ViT (src/digitserve/training/recipe.py RECIPES["vit"]), for an untrained stand-in.
 VIT_SHAPE = {"embed_dim": 64, "depth": 6, "num_heads": 4, "mlp_ratio": 3.0, "drop_rate": 0.0, "drop_path_rate": 0.05}
 
 
@@ -142,7 +142,7 @@ def digitserve_cmd(src: Path | None = None, workers: int = 0) -> list[str]:
     count = ["--workers", str(workers)] if workers else []
     if src is None:
         return [str(Path(PYTHON).with_name("digitserve")), "serve", *count]
-    return [PYTHON, "-m", "digitserve.cli", "serve", *(count or ["--workers", "1"])]
+    return [PYTHON, "-m", "digitserve.cli.main", "serve", *(count or ["--workers", "1"])]
 
 
 def server_env(

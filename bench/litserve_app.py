@@ -1,6 +1,6 @@
 """The peer: LitServe serving the same registry version, as a new LitServe user would write it.
 
-Same body (`{"images": [base64 PNG]}`), same decoding and preprocessing (`digitserve.preprocess`),
+Same body (`{"images": [base64 PNG]}`), same decoding and preprocessing (`digitserve.imaging.mnist`),
 the same ONNX artifact under ONNX Runtime with the same thread count, the same JSON answer, and
 the batching the issue names: 64 images, 2 ms. LitServe runs the model in its own worker process
 and its API server in another; /health answers once the model is loaded.
@@ -15,7 +15,7 @@ from typing import Any  # no `from __future__ import annotations`: LitServe read
 import litserve as ls
 import numpy as np
 
-from digitserve.preprocess import prepare
+from digitserve.imaging.mnist import prepare
 from digitserve.registry import ModelRegistry
 from digitserve.runtime import RuntimeOptions, load_servable
 

@@ -21,7 +21,7 @@ from support.photolike import make_photo_set, prepare_samples
 
 from digitserve.data import load_mnist
 from digitserve.evaluation import predict_logits
-from digitserve.preprocess import mnist_style
+from digitserve.imaging.mnist import mnist_style
 from digitserve.registry import ModelRegistry
 
 

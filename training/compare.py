@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from reports import gallery_png
 
-from digitserve.cli import run_reporting_errors
 from digitserve.data import load_mnist
 from digitserve.evaluation import classification_metrics
 from digitserve.models.checkpoint import load_network, predict_logits
 from digitserve.registry import ModelRegistry
+from digitserve.reporting import run_reporting_errors
+from digitserve.training.reports import gallery_png
 
 REPORTS = Path(__file__).parent / "reports"
 

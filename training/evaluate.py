@@ -15,10 +15,10 @@ import argparse
 import json
 import sys
 
-from digitserve.cli import run_reporting_errors
 from digitserve.data import load_mnist
 from digitserve.evaluation import evaluate_artifact, load_runtime, runtime_logits, trust_metrics
 from digitserve.registry import ModelRegistry
+from digitserve.reporting import run_reporting_errors
 from digitserve.runtime.calibration import Calibration
 from digitserve.synthetic import sets
 

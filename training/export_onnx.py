@@ -14,10 +14,10 @@ import argparse
 import json
 import sys
 
-from digitserve.cli import run_reporting_errors
 from digitserve.models.checkpoint import load_network, predict_logits, weights_bytes
 from digitserve.models.export import OPSET, export_onnx
 from digitserve.registry import ModelRegistry, RegistryError
+from digitserve.reporting import run_reporting_errors
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from digitserve.cli import run_reporting_errors
 from digitserve.data import load_mnist
 from digitserve.evaluation import evaluate_artifact, load_runtime
 from digitserve.registry import ModelRegistry
 from digitserve.registry.samples import NAME, make_test_samples
+from digitserve.reporting import run_reporting_errors
 from digitserve.runtime.calibration import Calibration
 
 

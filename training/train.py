@@ -31,26 +31,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from assess import calibrate, evaluate
-from loop import TrainingData, run_epoch, training_data, validate
-from provenance import git_commit, hardware
-from recipe import TrainConfig, parse_args
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from digitserve.cli import run_reporting_errors
 from digitserve.config import actor
 from digitserve.data import MNISTSplit, load_mnist
+from digitserve.imaging.mnist import PREPROCESSING
 from digitserve.models import config_dict, create_model
 from digitserve.models.checkpoint import weights_bytes
 from digitserve.models.export import OPSET, export_onnx, golden_outputs
-from digitserve.preprocess import PREPROCESSING
 from digitserve.registry import ModelRegistry, RegistryError
 from digitserve.registry.feedback import FeedbackStore
-from digitserve.registry.snapshot import FeedbackSnapshot
+from digitserve.registry.feedback_snapshot import FeedbackSnapshot
+from digitserve.reporting import run_reporting_errors
 from digitserve.synthetic import sets
+from digitserve.training.assess import calibrate, evaluate
+from digitserve.training.loop import TrainingData, run_epoch, training_data, validate
+from digitserve.training.provenance import git_commit, hardware
+from digitserve.training.recipe import TrainConfig, parse_args
 
 
 def setup_distributed() -> tuple[int, int]:

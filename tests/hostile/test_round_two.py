@@ -20,7 +20,7 @@ from support.server import metric, model_info, start_server, stop_server, wait_u
 from support.shutdown import sigterm_under_load
 
 from digitserve.registry import ModelRegistry
-from digitserve.serving.schemas import EXAMPLE_PNG_B64
+from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from support.registries import copy_shipped, publish_variant
 from support.server import DIGITSERVE, metric, model_info, spawn, start_server, stop_server, wait_until
 
 from digitserve.registry import ModelRegistry
-from digitserve.serving.schemas import EXAMPLE_PNG_B64
+from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
 pytestmark = pytest.mark.slow
 

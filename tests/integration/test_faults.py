@@ -23,7 +23,7 @@ from support.registries import blob_path, copy_shipped, publish_variant
 from support.server import metric, model_info, start_server, stop_server, wait_until
 
 from digitserve.registry import ModelRegistry
-from digitserve.serving.schemas import EXAMPLE_PNG_B64
+from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
 pytestmark = pytest.mark.slow
 

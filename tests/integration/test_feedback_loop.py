@@ -31,7 +31,7 @@ from support.server import model_info, running_server, wait_until
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
 from digitserve.registry.feedback import split_of
-from digitserve.registry.snapshot import FeedbackSnapshot
+from digitserve.registry.feedback_snapshot import FeedbackSnapshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 LOOSE_GATE = ("--threshold", "0", "--max-ece", "1", "--max-digits-not-a-digit", "1", "--min-negatives-not-a-digit", "0")

@@ -13,7 +13,7 @@ from support.constant import MODEL, RELAXED, publish_constant
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
 from digitserve.registry.feedback import FeedbackSample, FeedbackStore, Label, split_of
-from digitserve.registry.snapshot import FeedbackSnapshot
+from digitserve.registry.feedback_snapshot import FeedbackSnapshot
 
 pytestmark = pytest.mark.slow  # each promote re-measures two versions on the full test set
 

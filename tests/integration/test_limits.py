@@ -37,7 +37,7 @@ from support.registries import copy_shipped
 from support.server import start_server, stop_server
 
 from digitserve.config import MiB, Settings
-from digitserve.serving.schemas import EXAMPLE_PNG_B64
+from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
 pytestmark = pytest.mark.slow
 

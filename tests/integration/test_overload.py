@@ -25,7 +25,7 @@ from support.loadgen import ConnectionPool, Outcome, build_request, closed_loop,
 from support.registries import copy_shipped
 from support.server import metric, start_server, stop_server
 
-from digitserve.serving.schemas import EXAMPLE_PNG_B64
+from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from support.server import spawn, stop_server
 
-from digitserve.serving.schemas import EXAMPLE_PNG_B64
+from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ from support.steady import steady_load
 
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
-from digitserve.registry.rollouts import Evidence
+from digitserve.registry.evidence import Evidence
 
 pytestmark = pytest.mark.slow  # real servers under load
 ROLLBACK_WITHIN_S = 30.0  # at this load (see docs/rollouts.md); measured 2-6 s

@@ -74,9 +74,10 @@ def test_an_admin_reload_reaches_every_worker_and_a_swap_drops_nothing(server: s
 
 
 def test_worker_count_auto_is_one_process_per_two_cores() -> None:
+    from digitserve.config import SettingError
     from digitserve.serving.workers import worker_count
 
     assert worker_count("3") == 3
-    with pytest.raises(SystemExit):
+    with pytest.raises(SettingError):
         worker_count("many")
     assert worker_count("auto") >= 1

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from digitserve.serving.schemas import EXAMPLE_PNG_B64  # a real MNIST "7"
+from digitserve.serving.api.schemas import EXAMPLE_PNG_B64  # a real MNIST "7"
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-from digitserve.preprocess import NoDigitError, prepare
+from digitserve.imaging.mnist import NoDigitError, prepare
 
 CANVAS_STYLES = ("black_on_white", "black_on_transparent", "white_on_black")
 INKS = ((25, 25, 30), (30, 40, 120), (90, 90, 95), (55, 35, 30))  # black, blue pen, pencil, brown

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from digitserve.serving.schemas import EXAMPLE_PNG_B64
+from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 from support.server import start_server
 
 

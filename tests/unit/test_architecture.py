@@ -20,33 +20,33 @@ LAYERS: dict[str, set[str]] = {
     "storage": {"config"},
     "registry": {"config", "storage"},
     "imaging": set(),
-    "ink": {"imaging"},
-    "pixelcsv": {"imaging"},
-    "preprocess": {"imaging", "ink", "pixelcsv"},
     "data": {"config"},
-    "synthetic": {"config", "data", "imaging", "ink", "pixelcsv", "preprocess"},
+    "reporting": {"config", "storage", "registry", "data"},
+    "synthetic": {"config", "data", "imaging"},
     "runtime": {"config", "storage", "registry"},
-    "models": {"config", "storage", "registry", "runtime", "preprocess", "imaging", "ink", "pixelcsv", "data"},
+    "models": {"config", "storage", "registry", "runtime", "imaging", "data"},
     "evaluation": {"config", "storage", "registry", "runtime", "data", "synthetic"},
     "gate": {"config", "storage", "registry", "runtime", "data", "evaluation", "models", "synthetic"},
-    "serving": {"config", "storage", "registry", "runtime", "preprocess", "imaging", "ink", "pixelcsv"},
-    "cli": {
-        "config",
-        "storage",
-        "registry",
-        "runtime",
-        "data",
-        "evaluation",
-        "gate",
-        "cli_registry",
-        "cli_feedback",
-        "cli_rollout",
-        "serving",
-    },
-    "cli_feedback": {"config", "storage", "registry"},
-    "cli_registry": {"config", "storage", "registry", "runtime", "data", "evaluation", "gate", "cli_rollout"},
-    "cli_rollout": {"config", "storage", "registry", "runtime", "data", "evaluation", "gate"},
+    "training": {"config", "storage", "registry", "runtime", "data", "evaluation", "models", "synthetic", "imaging"},
+    "serving": {"config", "storage", "registry", "runtime", "imaging"},
+    "cli": {"config", "storage", "registry", "runtime", "data", "evaluation", "gate", "serving", "reporting"},
 }
+# Inside serving/: the rooms a module of each room (or top-level module) may import (docs/architecture.md).
+ROOM_BELOW = {"errors": set(), "responses": set(), "workers": set()}
+ROOMS: dict[str, set[str]] = {
+    **ROOM_BELOW,
+    "http": {"errors"},
+    "observability": {"http"},
+    "inference": {"errors", "observability", "workers"},
+    "rollouts": {"errors", "observability", "inference", "workers"},
+    "feedback": {"errors"},
+    "browsing": {"errors", "observability", "inference", "workers"},
+    "pipeline": {"errors", "observability", "inference", "rollouts", "workers"},
+}
+ROOMS["services"] = {room for room in ROOMS} | {"browsing", "feedback"}
+ROOMS["deps"] = ROOMS["services"] | {"services"}
+ROOMS["api"] = ROOMS["deps"] | {"deps", "responses"}
+ROOMS["app"] = ROOMS["api"] | {"api"}
 TORCH = ("torch", "torchvision", "timm", "safetensors")
 
 
@@ -83,8 +83,32 @@ def test_layers_point_one_way(module: str) -> None:
         if name.startswith("digitserve.") and name.count("."):
             target = name.split(".")[1]
             assert target == own or target in LAYERS[own], f"{module} ({own}) imports {name} ({target})"
-        if own not in ("models", "gate"):  # gate imports torch only inside its agreement check
+        if own not in ("models", "gate", "training"):  # gate imports torch only inside its agreement check
             assert name.split(".")[0] not in TORCH, f"{module} imports {name}: only models/ and training may"
+
+
+def room(module: str) -> str:
+    """The room of a module inside serving/: its folder, or its own name for a top-level module."""
+    return module.split(".")[2] if module.count(".") >= 2 else "serving"
+
+
+@pytest.mark.parametrize("module", [m for m in modules() if layer(m) == "serving" and m.count(".") >= 2])
+def test_serving_rooms_point_one_way(module: str) -> None:
+    """No room imports a room above it (no circle between rooms, no TYPE_CHECKING back-edge)."""
+    own = room(module)
+    for name in imports(module):
+        if name.startswith("digitserve.serving.") and room(name) != own:
+            assert room(name) in ROOMS[own], f"{module} ({own}) imports {name} ({room(name)})"
+
+
+def test_every_package_says_what_lives_there() -> None:
+    """Each package's __init__ has a docstring naming what it holds (more than a title line)."""
+    thin = []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        if len(doc) < 60:
+            thin.append(str(init.relative_to(SRC)))
+    assert not thin, thin
 
 
 def test_every_module_imports_on_its_own() -> None:
@@ -102,10 +126,10 @@ def test_every_module_imports_on_its_own() -> None:
 def test_help_and_the_server_import_no_torch() -> None:
     code = (
         "import sys, contextlib, io\n"
-        "from digitserve.cli import main\n"
+        "from digitserve.cli.main import main\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    main(['--help'])\n"
-        "import digitserve.serving.app, digitserve.cli_registry\n"
+        "import digitserve.serving.app, digitserve.cli.registry\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchvision', 'timm'}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -119,7 +143,7 @@ def test_a_server_serving_onnx_never_imports_torch(tmp_path: Path) -> None:
         "import asyncio, sys, httpx\n"
         "from digitserve.config import Settings\n"
         "from digitserve.serving.app import create_app\n"
-        "from digitserve.serving.schemas import EXAMPLE_PNG_B64\n"
+        "from digitserve.serving.api.schemas import EXAMPLE_PNG_B64\n"
         "async def main():\n"
         "    app = create_app(Settings(poll_seconds=3600, shutdown_grace_s=0))\n"
         "    async with app.router.lifespan_context(app):\n"
@@ -156,6 +180,6 @@ def test_only_config_reads_the_environment() -> None:
     readers = [
         str(path.relative_to(SRC))
         for path in PACKAGE.rglob("*.py")
-        if path.name != "config.py" and ("os.environ" in path.read_text() or "getenv(" in path.read_text())
+        if path.parent.name != "config" and ("os.environ" in path.read_text() or "getenv(" in path.read_text())
     ]
     assert not readers, readers

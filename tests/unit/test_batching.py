@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from digitserve.serving.batching import (
+from digitserve.serving.inference.batching import (
     BatchStats,
     DeadlineExceededError,
     DynamicBatcher,

@@ -6,12 +6,12 @@ import pytest
 
 from digitserve.config import Settings
 from digitserve.registry import ModelRegistry
-from digitserve.registry.rollouts import Evidence, publish_evidence
-from digitserve.serving import canary as canary_module
-from digitserve.serving.canary import CanaryWatch, Window, sticky_side
-from digitserve.serving.comparison import Agreement
+from digitserve.registry.evidence import Evidence, publish_evidence
+from digitserve.serving.rollouts import watch as canary_module
+from digitserve.serving.rollouts.compare import Agreement
+from digitserve.serving.rollouts.watch import CanaryWatch, Window, sticky_side
 
-SETTINGS = Settings(canary_min_requests=10, canary_min_compared=10, canary_window_s=60)
+SETTINGS = Settings(canary_min_requests=10, canary_min_compared=10, canary_window_s=60).canary
 
 
 def watch_with(canary_ms: float = 5, production_ms: float = 5, errors: float = 0, misses: float = 0) -> CanaryWatch:
@@ -60,10 +60,10 @@ def test_the_window_forgets_what_is_older_than_it(monkeypatch: pytest.MonkeyPatc
     window.add(0.01, error=True)
     now[0] += 30
     window.add(0.02)
-    assert window.totals()["requests"] == 2 and window.totals()["errors"] == 1
+    assert window.totals().requests == 2 and window.totals().errors == 1
     now[0] += 35  # the first answer is 65 s old now
     totals = window.totals()
-    assert (totals["requests"], totals["errors"], totals["p99_ms"]) == (1, 0, 20.0)
+    assert (totals.requests, totals.errors, totals.p99_ms) == (1, 0, 20.0)
 
 
 def test_a_sticky_key_always_lands_on_the_same_side_and_the_shares_follow_the_percent() -> None:
@@ -78,7 +78,7 @@ def test_agreement_is_counted_per_production_answer() -> None:
     agreement = Agreement()
     assert agreement.add(["7", "7", "not_a_digit", "1"], ["7", "1", "not_a_digit", "1"]) == [1]
     assert (agreement.compared, agreement.agreed) == (4, 3)
-    assert agreement.per_class == {"7": [2, 1], "not_a_digit": [1, 1], "1": [1, 1]}
+    assert agreement.per_class == {"7": (2, 1), "not_a_digit": (1, 1), "1": (1, 1)}
 
 
 def test_evidence_from_every_process_is_summed(tmp_path: object) -> None:
@@ -98,6 +98,6 @@ def test_evidence_from_every_process_is_summed(tmp_path: object) -> None:
     registry.store.put("cnn/rollouts/canary/v2/damaged.json", b'{"compared": -5}')
     total = Evidence.gather(registry, "cnn", "canary", 2)
     assert (total.replicas, total.candidate_requests, total.compared, total.agreed) == (2, 150, 50, 49)
-    assert total.per_class == {"7": [45, 44], "1": [5, 5]} and total.candidate_p99_ms == 12.0
+    assert total.per_class == {"7": (45, 44), "1": (5, 5)} and total.candidate_p99_ms == 12.0
     assert total.agreement == 0.98 and total.error_rate == round(1 / 150, 6)
     assert Evidence.gather(registry, "cnn", "canary", 3).replicas == 0

@@ -11,7 +11,13 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from digitserve.serving.connections import EARLY_ANSWER, ConnectionLimits, LimitedHttpProtocol, response_bytes
+from digitserve.serving.http.protocol import (
+    EARLY_ANSWER,
+    LIMITS,
+    ConnectionLimits,
+    LimitedHttpProtocol,
+    response_bytes,
+)
 
 REFUSED = response_bytes(503, "full", "overloaded", {"Retry-After": "1"}, close=False)
 
@@ -32,11 +38,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 async def serve(early: bool, body_timeout_s: float = 20.0) -> tuple[asyncio.Server, int, list[LimitedHttpProtocol]]:
-    LimitedHttpProtocol.limits = ConnectionLimits(100, 10.0, body_timeout_s, 32 * 1024, 8 * 1024)
+    limits = ConnectionLimits(100, 10.0, body_timeout_s, 32 * 1024, 8 * 1024)
     config = Config(app, lifespan="off", log_level="warning")
     config.load()
     state = ServerState()
-    app_state: dict[str, Any] = {EARLY_ANSWER: (lambda *_: REFUSED)} if early else {}
+    app_state: dict[str, Any] = {LIMITS: limits, **({EARLY_ANSWER: (lambda *_: REFUSED)} if early else {})}
     made: list[LimitedHttpProtocol] = []
 
     def protocol() -> LimitedHttpProtocol:

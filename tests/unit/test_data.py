@@ -131,7 +131,11 @@ def test_fetch_without_network_prints_one_clear_line(tmp_path: Path) -> None:
     }
     env.pop("DIGITSERVE_MNIST_IDX_DIR", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "digitserve.cli", "data", "fetch"], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "digitserve.cli", "data", "fetch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

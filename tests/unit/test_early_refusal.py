@@ -25,8 +25,8 @@ from fastapi import FastAPI
 
 from digitserve.config import Settings, shipped_registry
 from digitserve.registry import ModelRegistry
+from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 from digitserve.serving.app import create_app
-from digitserve.serving.schemas import EXAMPLE_PNG_B64
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BATCH, MAX_QUEUE = 4, 8
@@ -102,8 +102,8 @@ def test_a_full_queue_refuses_before_the_body_is_read(target: str) -> None:
         hold = threading.Event()
         async with running_app() as app:
             try:
-                app.state.manager.slots.executor.submit(hold.wait)  # the forward thread is busy
-                batcher = app.state.manager.current("cnn").batcher
+                app.state.services.versions.slots.executor.submit(hold.wait)  # the forward thread is busy
+                batcher = app.state.services.versions.states["cnn"].served.batcher
                 deadline = time.monotonic() + 30
                 futures = [batcher.submit(np.zeros((MAX_BATCH, 28, 28), np.uint8), deadline)]
                 await asyncio.sleep(0.05)  # that batch has left the queue and waits for the forward thread

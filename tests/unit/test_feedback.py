@@ -17,7 +17,7 @@ from digitserve.registry.feedback import (
     split_of,
     states_from_keys,
 )
-from digitserve.registry.snapshot import FeedbackSnapshot
+from digitserve.registry.feedback_snapshot import FeedbackSnapshot
 
 
 def digit(seed: int) -> np.ndarray:

@@ -10,9 +10,10 @@ import pytest
 
 from digitserve.registry import LocalStore
 from digitserve.registry.feedback import FeedbackSample, FeedbackStore
-from digitserve.serving import feedback as feedback_module
 from digitserve.serving.errors import OverloadedError, ServiceUnavailableError
-from digitserve.serving.feedback import FeedbackSpool, RateLimiter
+from digitserve.serving.feedback import limits as feedback_module
+from digitserve.serving.feedback.limits import RateLimiter
+from digitserve.serving.feedback.spool import FeedbackSpool
 
 
 def sample(seed: int) -> FeedbackSample:

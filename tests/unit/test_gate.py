@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digitserve.config import gate_threshold_variable
+from digitserve.config import SettingError, gate_threshold_variable
 from digitserve.gate import resolve_threshold
 from digitserve.gate.core import MAX_REGRESSION, resolve_max_regression
 from digitserve.gate.feedback import FeedbackHoldout, score
-from digitserve.registry import RegistryError
 from digitserve.runtime.calibration import Calibration
 
 
@@ -34,11 +33,11 @@ def test_environment_overrides_default_and_flag_overrides_both(monkeypatch: pyte
 
 def test_bad_thresholds_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIGITSERVE_GATE_THRESHOLD_CNN", "high")
-    with pytest.raises(RegistryError, match="DIGITSERVE_GATE_THRESHOLD_CNN='high' is not a number"):
+    with pytest.raises(SettingError, match="DIGITSERVE_GATE_THRESHOLD_CNN='high' is not a number"):
         resolve_threshold("cnn", "cnn", None)
-    with pytest.raises(RegistryError, match=r"must be an accuracy in \[0, 1\], got 99.6"):
+    with pytest.raises(SettingError, match=r"must be an accuracy in \[0, 1\], got 99.6"):
         resolve_threshold("cnn", "cnn", 99.6)
-    with pytest.raises(RegistryError, match="no default gate threshold for architecture 'mlp'"):
+    with pytest.raises(SettingError, match="no default gate threshold for architecture 'mlp'"):
         resolve_threshold("other", "mlp", None)
 
 
@@ -64,7 +63,7 @@ def test_the_regression_limit_comes_from_the_flag_then_the_environment(monkeypat
     assert resolve_max_regression(None) == 0.02
     assert resolve_max_regression(0.5) == 0.5
     monkeypatch.setenv("DIGITSERVE_GATE_MAX_REGRESSION", "lots")
-    with pytest.raises(RegistryError, match="is not a number"):
+    with pytest.raises(SettingError, match="is not a number"):
         resolve_max_regression(None)
-    with pytest.raises(RegistryError, match=r"in \[0, 1\]"):
+    with pytest.raises(SettingError, match=r"in \[0, 1\]"):
         resolve_max_regression(2.0)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitserve.imaging import InvalidImageError
-from digitserve.pixelcsv import MAX_CSV_BYTES, looks_like_csv, parse_pixel_csv
-from digitserve.preprocess import prepare
-from digitserve.serving.schemas import EXAMPLE_PNG_B64
+from digitserve.imaging.decode import InvalidImageError
+from digitserve.imaging.mnist import prepare
+from digitserve.imaging.pixelcsv import MAX_CSV_BYTES, looks_like_csv, parse_pixel_csv
+from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
 SEVEN = np.asarray(Image.open(io.BytesIO(base64.b64decode(EXAMPLE_PNG_B64))).convert("L"))
 

@@ -1,4 +1,4 @@
-"""Decoding and MNIST-style normalisation of uploaded images (digitserve.preprocess)."""
+"""Decoding and MNIST-style normalisation of uploaded images (digitserve.imaging.mnist)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageFilter
 
 from digitserve.data import load_mnist
-from digitserve.preprocess import (
+from digitserve.imaging.mnist import (
     ImageError,
     ImageTooLargeError,
     InvalidImageError,

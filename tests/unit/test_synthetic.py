@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from augment import Augmentation
 
 from digitserve.data import load_mnist
 from digitserve.synthetic import sets
 from digitserve.synthetic.negatives import GLYPHS, HELD_OUT_FONTS, KINDS, fonts_for, make_negatives
 from digitserve.synthetic.robustness import VARIANTS, make_robustness_set
+from digitserve.training.augment import Augmentation
 
 
 def test_negatives_are_deterministic_and_splits_differ() -> None:

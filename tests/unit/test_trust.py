@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from digitserve.config import SettingError
 from digitserve.evaluation import (
     MAX_VALIDATION_DIGIT_REJECTION,
     MAX_VALIDATION_VARIANT_REJECTION,
@@ -21,7 +22,6 @@ from digitserve.evaluation import (
 )
 from digitserve.gate import Trust as GateTrust
 from digitserve.gate import TrustLimits, trust_refusals
-from digitserve.registry import RegistryError
 from digitserve.runtime.calibration import Calibration, CalibrationError
 from digitserve.runtime.session import softmax
 
@@ -150,8 +150,8 @@ def test_gate_trust_limits_from_settings_and_flags(monkeypatch: pytest.MonkeyPat
     assert TrustLimits.resolve().min_negatives_not_a_digit == 0.5
     assert TrustLimits.resolve(min_negatives_not_a_digit=0.25).min_negatives_not_a_digit == 0.25
     monkeypatch.setenv("DIGITSERVE_GATE_MAX_ECE", "low")
-    with pytest.raises(RegistryError, match="DIGITSERVE_GATE_MAX_ECE='low' is not a number"):
+    with pytest.raises(SettingError, match="DIGITSERVE_GATE_MAX_ECE='low' is not a number"):
         TrustLimits.resolve()
-    with pytest.raises(RegistryError, match=r"must be a fraction in \[0, 1\]"):
+    with pytest.raises(SettingError, match=r"must be a fraction in \[0, 1\]"):
         TrustLimits.resolve(max_ece=1.5)
     assert math.isclose(TrustLimits.resolve(max_ece=0.5).max_ece, 0.5)

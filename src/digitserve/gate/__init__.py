@@ -27,8 +27,8 @@ from digitserve.gate.core import (
     resolve_threshold,
     torch_logits,
 )
-from digitserve.gate.evidence import EvidenceLimits, Verdict, judge_evidence, promote_from
 from digitserve.gate.promotion import Promotion, promote, promote_newest_passing
+from digitserve.gate.rollout import EvidenceLimits, Verdict, judge_evidence, promote_from
 from digitserve.gate.trust import Trust, TrustLimits, measure_trust, trust_refusals
 
 __all__ = [

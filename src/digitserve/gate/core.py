@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from digitserve.config import gate_limit_setting, gate_threshold_setting, gate_threshold_variable
+from digitserve.config import ENV_PREFIX, SettingError, gate_fraction, gate_threshold_variable
 from digitserve.data import load_mnist
 from digitserve.evaluation import (
     classification_metrics,
@@ -139,43 +139,23 @@ class GateResult:
         }
 
 
-def _checked_threshold(value: float, source: str) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise RegistryError(f"gate threshold from {source} must be an accuracy in [0, 1], got {value}")
-    return value
-
-
 def resolve_max_regression(override: float | None) -> float:
     """How far below the alias's version a candidate's test accuracy may be: --max-regression,
     else DIGITSERVE_GATE_MAX_REGRESSION, else 0.001 (one point in a thousand)."""
-    source, raw = "--max-regression", override
-    if raw is None and gate_limit_setting("MAX_REGRESSION") is not None:
-        source = "DIGITSERVE_GATE_MAX_REGRESSION"
-        try:
-            raw = float(gate_limit_setting("MAX_REGRESSION") or "")
-        except ValueError:
-            raise RegistryError(f"{source}={gate_limit_setting('MAX_REGRESSION')!r} is not a number") from None
-    if raw is None:
-        return MAX_REGRESSION
-    if not 0.0 <= raw <= 1.0:
-        raise RegistryError(f"{source} must be an accuracy difference in [0, 1], got {raw}")
-    return raw
+    variable = f"{ENV_PREFIX}GATE_MAX_REGRESSION"
+    value = gate_fraction(variable, override, "--max-regression", "an accuracy difference")
+    return MAX_REGRESSION if value is None else value
 
 
 def resolve_threshold(model: str, architecture: str, override: float | None) -> tuple[float, str]:
     """The accuracy a version must reach, and where that number came from."""
-    if override is not None:
-        return _checked_threshold(override, "--threshold"), "--threshold"
-    var, setting = gate_threshold_variable(model), gate_threshold_setting(model)
-    if setting is not None:
-        try:
-            value = float(setting)
-        except ValueError:
-            raise RegistryError(f"{var}={setting!r} is not a number") from None
-        return _checked_threshold(value, var), var
+    var = gate_threshold_variable(model)
+    value = gate_fraction(var, override, "--threshold", "an accuracy")
+    if value is not None:
+        return value, "--threshold" if override is not None else var
     if architecture in DEFAULT_THRESHOLDS:
         return DEFAULT_THRESHOLDS[architecture], f"default for {architecture}"
-    raise RegistryError(f"no default gate threshold for architecture {architecture!r}: pass --threshold or set {var}")
+    raise SettingError(f"no default gate threshold for architecture {architecture!r}: pass --threshold or set {var}")
 
 
 def torch_logits(registry: ModelRegistry, model: str, version: int) -> np.ndarray:

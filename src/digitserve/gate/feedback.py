@@ -17,7 +17,7 @@ import numpy as np
 from digitserve.evaluation import runtime_logits
 from digitserve.registry import ModelRegistry
 from digitserve.registry.feedback import FeedbackStore
-from digitserve.registry.snapshot import FeedbackSnapshot
+from digitserve.registry.feedback_snapshot import FeedbackSnapshot
 from digitserve.runtime.calibration import Calibration
 
 

@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from digitserve.config import ENV_PREFIX, gate_limit_setting
+from digitserve.config import ENV_PREFIX, gate_fraction
 from digitserve.data import load_mnist
 from digitserve.evaluation import expected_calibration_error, rejection_rate, runtime_logits
-from digitserve.registry import RegistryError
 from digitserve.runtime.calibration import Calibration
 
 
@@ -35,17 +34,10 @@ class TrustLimits:
         """Defaults, then DIGITSERVE_GATE_* settings, then explicit overrides (CLI flags)."""
         values: dict[str, float] = {}
         for name, setting in cls.SETTINGS.items():
-            raw, source = overrides.get(name), f"--{name.replace('_', '-')}"
-            if raw is None and gate_limit_setting(setting) is not None:
-                source = f"{ENV_PREFIX}GATE_{setting}"
-                try:
-                    raw = float(gate_limit_setting(setting) or "")
-                except ValueError:
-                    raise RegistryError(f"{source}={gate_limit_setting(setting)!r} is not a number") from None
-            if raw is not None:
-                if not 0.0 <= raw <= 1.0:
-                    raise RegistryError(f"gate limit {source} must be a fraction in [0, 1], got {raw}")
-                values[name] = raw
+            flag = f"--{name.replace('_', '-')}"
+            value = gate_fraction(f"{ENV_PREFIX}GATE_{setting}", overrides.get(name), flag)
+            if value is not None:
+                values[name] = value
         return cls(**values)
 
 

@@ -15,8 +15,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from digitserve.imaging.mnist import MNIST_MEAN, MNIST_STD
 from digitserve.models import create_model
-from digitserve.preprocess import MNIST_MEAN, MNIST_STD
 from digitserve.registry import Manifest, ModelRegistry
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from digitserve.imaging.mnist import MNIST_MEAN, MNIST_STD
 from digitserve.models.checkpoint import predict_logits
-from digitserve.preprocess import MNIST_MEAN, MNIST_STD
 from digitserve.registry import Golden
 from digitserve.runtime import OnnxModel, RuntimeOptions
 

@@ -193,6 +193,13 @@ class ModelRegistry:
         states = {n: self.get_alias(model, n) for n in names if MODEL_NAME.match(n)}
         return {n: s.version for n, s in states.items() if s is not None and (include_retired or not s.retired)}
 
+    def aliases_by_version(self, model: str, include_retired: bool = True) -> dict[int, list[str]]:
+        """Version -> the aliases naming it, in name order."""
+        found: dict[int, list[str]] = {}
+        for alias, version in sorted(self.list_aliases(model, include_retired).items()):
+            found.setdefault(version, []).append(alias)
+        return found
+
     def move_alias(
         self,
         model: str,

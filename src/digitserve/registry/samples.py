@@ -8,7 +8,7 @@ pixels of every error (up to `MAX_ERRORS`) and of the `RIGHT_PER_CLASS` least co
 answers of each digit. What one version gets right and another wrong is among the other's errors,
 so two reports are enough to show those digits.
 
-Written by training (training/assess.py), or afterwards for a published version by
+Written by training (src/digitserve/training/assess.py), or afterwards for a published version by
 training/report_samples.py. Versions without it show their PNG report only.
 """
 

@@ -1,7 +1,9 @@
-"""FastAPI dependencies shared by the routers.
+"""One `Annotated` dependency per service: the only code that reads `app.state` (where the
+lifespan keeps the `Services` of this process, services.py).
 
-All of them are `async def`: FastAPI runs a plain `def` dependency in its thread pool, and
-a thread hop per dependency costs more than the prediction (bench/README.md).
+All of them are `async def`: FastAPI runs a plain `def` dependency in its thread pool, and a
+thread hop per dependency costs more than the prediction (bench/README.md). A prediction route
+takes one dependency (`PredictionDep`) for all it needs: each one FastAPI resolves costs time.
 """
 
 from __future__ import annotations
@@ -14,40 +16,81 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from digitserve.config import Settings
-from digitserve.serving.catalog import Catalog
+from digitserve.serving.browsing.browser import RegistryBrowser
+from digitserve.serving.browsing.catalog import Catalog
 from digitserve.serving.errors import ShuttingDownError, UnauthorizedError
-from digitserve.serving.manager import ModelManager
+from digitserve.serving.feedback.service import FeedbackService
+from digitserve.serving.http.admission import DEADLINE
+from digitserve.serving.http.shutdown import Drain
+from digitserve.serving.inference.versions import ModelVersions
+from digitserve.serving.observability.metrics import ServiceMetrics
 from digitserve.serving.pipeline import PredictionPipeline
+from digitserve.serving.rollouts.routing import Rollouts
+from digitserve.serving.services import Services
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def get_services(request: Request) -> Services:
+    return services_of(request)
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings  # known before the lifespan starts
+    return settings
 
 
-async def get_manager(request: Request) -> ModelManager:
-    return request.app.state.manager
+async def get_metrics(request: Request) -> ServiceMetrics:
+    metrics: ServiceMetrics = request.app.state.metrics
+    return metrics
+
+
+async def get_drain(request: Request) -> Drain:
+    drain: Drain = request.app.state.drain
+    return drain
+
+
+async def get_versions(request: Request) -> ModelVersions:
+    return services_of(request).versions
 
 
 async def get_catalog(request: Request) -> Catalog:
-    return request.app.state.catalog
+    return services_of(request).catalog
+
+
+async def get_browser(request: Request) -> RegistryBrowser:
+    return services_of(request).browser
+
+
+async def get_rollouts(request: Request) -> Rollouts:
+    return services_of(request).rollouts
+
+
+async def get_feedback(request: Request) -> FeedbackService:
+    """The feedback service, 403 when this server has it turned off."""
+    service = services_of(request).feedback
+    service.check_enabled()
+    return service
 
 
 @dataclass(frozen=True)
 class PredictionContext:
     pipeline: PredictionPipeline
-    deadline: float  # time.monotonic(): stamped on arrival by the admission middleware
+    deadline: float  # time.monotonic(): stamped on arrival by admission (serving/http/admission.py)
 
 
 async def prediction_context(request: Request) -> PredictionContext:
-    """What a prediction route needs, in one dependency (each one FastAPI resolves costs time on
-    every request); refuses new work once SIGTERM has been received."""
+    """What a prediction route needs, in one dependency; refuses new work once SIGTERM has been received."""
     state = request.app.state
-    if state.draining:
+    if state.drain.active:
         raise ShuttingDownError("the server is shutting down; retry on another replica")
-    deadline = request.scope.get("state", {}).get("deadline")
-    if not isinstance(deadline, float):
-        deadline = time.monotonic() + state.settings.request_timeout_s
-    return PredictionContext(state.pipeline, deadline)
+    deadline = request.scope["state"].get(DEADLINE) if "state" in request.scope else None
+    if not isinstance(deadline, float):  # a route reached without the edge middleware (feedback)
+        deadline = time.monotonic() + state.settings.requests.request_timeout_s
+    return PredictionContext(state.services.pipeline, deadline)
 
 
 async def require_admin(request: Request) -> None:
@@ -63,7 +106,13 @@ async def require_admin(request: Request) -> None:
         raise UnauthorizedError("admin routes need 'Authorization: Bearer <DIGITSERVE_ADMIN_TOKEN>'")
 
 
+ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+DrainDep = Annotated[Drain, Depends(get_drain)]
+VersionsDep = Annotated[ModelVersions, Depends(get_versions)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+BrowserDep = Annotated[RegistryBrowser, Depends(get_browser)]
+RolloutsDep = Annotated[Rollouts, Depends(get_rollouts)]
+FeedbackDep = Annotated[FeedbackService, Depends(get_feedback)]
 PredictionDep = Annotated[PredictionContext, Depends(prediction_context)]

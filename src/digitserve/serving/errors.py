@@ -1,27 +1,24 @@
 """The service's own errors, and the one place that turns any expected error into an HTTP answer.
 
-Errors are typed where they are raised: images (`digitserve.imaging`), the batcher
-(`serving.batching`), the request checks here. `http_error` maps each to a status, a code and
-headers; every client mistake is a 4xx JSON body `{"error": "<what is wrong>", "code": "<code>"}`,
-overload and shutdown are 503 with `Retry-After`, a missed deadline 504. Anything unexpected is
-logged with its traceback and answered with a generic 500, which the tests treat as a bug.
+Errors are typed where they are raised -- images (`digitserve.imaging`), the request checks and
+the batcher (here: every room of the server raises these) -- and each carries its status and
+code. `http_error` maps any expected error to its answer and `error_body` writes the one JSON
+body every refusal has, `{"error": "<what is wrong>", "code": "<code>"}`, whether the HTTP
+protocol, a middleware or a route answers. Client mistakes are 4xx, overload and shutdown 503
+with `Retry-After`, a missed deadline 504. Anything unexpected is logged with its traceback and
+answered with a generic 500, which the tests treat as a bug.
+
+A leaf of `serving/`: it imports only the image errors below it.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+import orjson
 
-from digitserve.imaging import ImageError, UnsupportedFormatError
-from digitserve.serving.batching import DeadlineExceededError, QueueFullError, RetiredError
-from digitserve.serving.responses import JSONResponse
-
-log = logging.getLogger(__name__)
+from digitserve.imaging.decode import ImageError, UnsupportedFormatError
 
 
 class ServiceError(Exception):
@@ -96,6 +93,10 @@ class OverloadedError(ServiceError):
     headers = {"Retry-After": "1"}
 
 
+class QueueFullError(OverloadedError):
+    """A version's batcher has no room for the images."""
+
+
 class ServiceUnavailableError(ServiceError):
     """Something the request needs on this server is not working now (a full or read-only disk, ...)."""
 
@@ -110,11 +111,24 @@ class ShuttingDownError(ServiceError):
     headers = {"Retry-After": "1", "Connection": "close"}
 
 
+class RetiredError(ServiceError):
+    """The version was retired (hot-swap or shutdown) before the request could be queued."""
+
+    status_code, code = 503, "shutting_down"
+    headers = {"Retry-After": "1"}
+
+
 class ModelNotReadyError(ServiceError):
     """No verified version of the model is loaded yet, or the registry cannot be read."""
 
     status_code, code = 503, "model_not_ready"
     headers = {"Retry-After": "5"}
+
+
+class DeadlineExceededError(ServiceError):
+    """No answer within the request's deadline (decoding, queueing or the forward pass)."""
+
+    status_code, code = 504, "deadline_exceeded"
 
 
 @dataclass(frozen=True)
@@ -125,70 +139,15 @@ class HttpError:
     headers: dict[str, str] | None = None
 
 
-def http_error(exc: Exception) -> HttpError | None:
+def http_error(exc: BaseException) -> HttpError | None:
     """The HTTP answer for an expected error; None for anything unexpected (a bug: 500)."""
     if isinstance(exc, ServiceError):
         return HttpError(exc.status_code, exc.code, exc.message, exc.headers)
     if isinstance(exc, ImageError):
         return HttpError(415 if isinstance(exc, UnsupportedFormatError) else 422, exc.code, str(exc))
-    if isinstance(exc, QueueFullError):
-        return HttpError(503, "overloaded", str(exc), {"Retry-After": "1"})
-    if isinstance(exc, RetiredError):
-        return HttpError(503, "shutting_down", str(exc), {"Retry-After": "1"})
-    if isinstance(exc, DeadlineExceededError):
-        return HttpError(504, "deadline_exceeded", str(exc))
     return None
 
 
-def error_response(
-    status: int, message: str, code: str, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    return JSONResponse({"error": message, "code": code, **extra}, status_code=status, headers=headers)
-
-
-def _describe_validation(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # pydantic's prefix, not ours
-        parts.append(f"{where}: {message}")
-    return "; ".join(parts)[:2000] or "invalid request"
-
-
-def _starlette_error(request: Request, exc: StarletteHTTPException) -> HttpError:
-    message = exc.detail if isinstance(exc.detail, str) else "request refused"
-    if exc.status_code == 404 and message == "Not Found":
-        message = f"no such endpoint: {request.method} {request.url.path[:200]}; see /docs"
-    elif exc.status_code == 405:
-        message = f"{request.method} is not allowed on {request.url.path[:200]}; see /docs"
-    elif exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's words
-        message = "the request body cannot be parsed: send UTF-8 JSON as /docs shows"
-    codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-    return HttpError(exc.status_code, codes.get(exc.status_code, "http_error"), message, getattr(exc, "headers", None))
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    async def expected(request: Request, exc: Exception) -> JSONResponse:
-        error = http_error(exc)
-        if error is None:
-            return await unexpected(request, exc)
-        return error_response(error.status, error.message, error.code, error.headers)
-
-    async def validation(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return error_response(422, _describe_validation(exc), "invalid_request")
-
-    async def starlette_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        error = _starlette_error(request, exc)
-        return error_response(error.status, error.message, error.code, error.headers)
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error on %s %s", request.method, request.url.path[:200], exc_info=exc)
-        return error_response(500, "internal error; it has been logged", "internal_error")
-
-    for kind in (ServiceError, ImageError, QueueFullError, RetiredError, DeadlineExceededError):
-        app.add_exception_handler(kind, expected)
-    app.add_exception_handler(RequestValidationError, validation)
-    app.add_exception_handler(StarletteHTTPException, starlette_error)
-    app.add_exception_handler(Exception, unexpected)
+def error_body(message: str, code: str, **extra: Any) -> bytes:
+    """The JSON body of every refusal, wherever it is answered."""
+    return orjson.dumps({"error": message, "code": code, **extra})

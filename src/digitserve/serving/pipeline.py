@@ -1,13 +1,14 @@
-"""The one prediction pipeline: admit, decode, queue, answer -- written once for every protocol.
+"""The one prediction pipeline: resolve, admit, decode, queue, answer -- written once for every protocol.
 
-`/v1` JSON, `/v1` multipart and `/v2` infer only translate their wire formats into a call here
+`/v1` JSON, `/v1` multipart and `/v2` infer only translate their wire formats into calls here
 and the result back. In order, for every request:
-1. the model must exist (404) and the image count be within limits (413);
-2. the version that will answer must have queue room for the images (503), checked before
-   any decoding work is spent on a request that would be refused;
+1. `target`: the model is resolved once (404 for an unknown one) and handed on with how its
+   version is chosen; queue room was checked on arrival (serving/http/admission.py);
+2. `admit`: the image count is within limits (413);
 3. encoded images are decoded within pixel budgets (`decoding.py`), raw pixels used as sent;
-4. the images are queued on the chosen version's batcher and answered by that version, within
-   the request's deadline, which started when the request arrived (504 past it).
+4. the images are queued on the chosen version's batcher (which checks room again, 503) and
+   answered by that version within the request's deadline, which started when the request
+   arrived (504 past it). A canary that fails, or has no room, is answered by production.
 """
 
 from __future__ import annotations
@@ -21,12 +22,19 @@ from functools import cached_property
 
 import numpy as np
 
-from digitserve.config import Settings
-from digitserve.serving.batching import BatcherError, DeadlineExceededError, QueueFullError, RetiredError
-from digitserve.serving.decoding import ImageDecoder, check_count
-from digitserve.serving.errors import InvalidInputError
-from digitserve.serving.manager import LoadedVersion, ModelManager
-from digitserve.serving.rollout import Rollouts, Route
+from digitserve.config import RequestLimits
+from digitserve.serving.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    QueueFullError,
+    RetiredError,
+    ServiceError,
+)
+from digitserve.serving.inference.decoding import ImageDecoder, check_count
+from digitserve.serving.inference.state import LoadedVersion, ModelState
+from digitserve.serving.inference.versions import ModelVersions
+from digitserve.serving.observability.metrics import ServiceMetrics
+from digitserve.serving.rollouts.routing import Rollouts, Route
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,14 @@ class Selector:
 
 
 @dataclass(frozen=True)
+class Target:
+    """A request's model, resolved once, and how its version is chosen."""
+
+    state: ModelState
+    selector: Selector
+
+
+@dataclass(frozen=True)
 class PredictionResult:
     loaded: LoadedVersion
     alias: str | None  # the alias that chose the version; None for a pinned version
@@ -66,70 +82,69 @@ class PredictionResult:
 
 
 class PredictionPipeline:
-    def __init__(self, manager: ModelManager, decoder: ImageDecoder, settings: Settings, rollouts: Rollouts) -> None:
-        self.manager = manager
+    def __init__(
+        self,
+        versions: ModelVersions,
+        decoder: ImageDecoder,
+        rollouts: Rollouts,
+        metrics: ServiceMetrics,
+        limits: RequestLimits,
+    ) -> None:
+        self.versions = versions
         self.decoder = decoder
-        self.settings = settings
         self.rollouts = rollouts
+        self.metrics = metrics
+        self.limits = limits
 
-    def deadline(self) -> float:
-        """A deadline starting now (for callers that did not get one on arrival)."""
-        return time.monotonic() + self.settings.request_timeout_s
+    def target(self, model: str, selector: Selector = Selector()) -> Target:
+        """The model a request is for (404 for one this server does not serve)."""
+        return Target(self.versions.state(model), selector)
 
-    def check_room(self, model: str, n: int, selector: Selector = Selector()) -> None:
-        """QueueFullError now if the alias-served version cannot queue `n` more images. A request
-        pinning a version or another alias is judged when it is queued."""
-        if selector.pinned:
-            return
-        served = self.manager.state(model).served
-        if served is not None:
-            served.batcher.check_room(n)
+    def admit(self, n: int, what: str = "images") -> None:
+        """The check before any decoding: the count of images (413 past the limit)."""
+        check_count(n, self.limits, what)
 
-    def admit(self, model: str, n: int, selector: Selector, what: str = "images") -> None:
-        """The checks before any decoding: known model, image count, queue room."""
-        self.manager.state(model)
-        check_count(n, self.settings, what)
-        self.check_room(model, n, selector)
+    async def prepare(self, blobs: Sequence[bytes], names: Sequence[str], deadline: float) -> np.ndarray:
+        """Encoded images -> MNIST-style (n, 28, 28) uint8, within the decode budgets."""
+        return await self.decoder.prepare(blobs, names, deadline)
 
     async def predict_encoded(
-        self, model: str, blobs: Sequence[bytes], names: Sequence[str], selector: Selector, deadline: float
+        self, target: Target, blobs: Sequence[bytes], names: Sequence[str], deadline: float
     ) -> PredictionResult:
-        """Encoded images (PNG, JPEG, ...) -> predictions; `admit` must have passed."""
-        images = await self.decoder.prepare(blobs, names, deadline)
-        return await self.predict_pixels(model, images, selector, deadline)
+        """Encoded images (PNG, JPEG, CSV, ...) -> predictions; `admit` must have passed."""
+        return await self.predict_pixels(target, await self.prepare(blobs, names, deadline), deadline)
 
-    async def predict_pixels(
-        self, model: str, images: np.ndarray, selector: Selector, deadline: float
-    ) -> PredictionResult:
+    async def predict_pixels(self, target: Target, images: np.ndarray, deadline: float) -> PredictionResult:
         """MNIST-style uint8 (n, 28, 28) -> predictions of the version the selector picks (or the
         rollout routes to); a canary that fails is answered by production instead."""
-        route, future = await self._submit(model, images, selector, deadline)
+        route, future = await self._submit(target, images, deadline)
         try:
             probabilities = await self._answer(route, future, deadline)
         except Exception as exc:
-            if route.side != "canary" or isinstance(exc, BatcherError):
+            if route.side != "canary" or isinstance(exc, ServiceError):
                 raise
-            log.warning("%s canary v%d failed (%s); production answers", model, route.loaded.version, exc)
+            log.warning("%s canary v%d failed (%s); production answers", route.model, route.loaded.version, exc)
             route, future = self._instead_of_canary(route, images, deadline)
             probabilities = await self._answer(route, future, deadline)
-        self.manager.metrics.images.labels(model, str(route.loaded.version)).inc(len(images))
-        arrived = deadline - self.settings.request_timeout_s
+        self.metrics.images.labels(route.model, str(route.loaded.version)).inc(len(images))
+        arrived = deadline - self.limits.request_timeout_s
         self.rollouts.answered(route, images, probabilities, time.monotonic() - arrived)
         return PredictionResult(route.loaded, route.alias, probabilities, images)
 
-    async def _route(self, model: str, selector: Selector) -> Route:
+    async def _route(self, target: Target) -> Route:
+        selector, state = target.selector, target.state
         if not selector.pinned:
-            return self.rollouts.route(self.manager.state(model), selector.sticky)
-        loaded = await self.manager.get(model, selector.version, selector.alias)
-        return Route(loaded, None if selector.version is not None else selector.alias, "pinned")
+            return self.rollouts.route(state, selector.sticky)
+        loaded = await self.versions.pinned_version(state, selector.version, selector.alias)
+        return Route(state, loaded, None if selector.version is not None else selector.alias, "pinned")
 
     async def _submit(
-        self, model: str, images: np.ndarray, selector: Selector, deadline: float
+        self, target: Target, images: np.ndarray, deadline: float
     ) -> tuple[Route, asyncio.Future[np.ndarray]]:
         """Pick the version and queue the images on it, with no await in between (a hot-swap
         cannot retire the batcher in between; a version retired before the pick is picked again)."""
         for attempt in range(2):
-            route = await self._route(model, selector)
+            route = await self._route(target)
             try:
                 return route, route.loaded.batcher.submit(images, deadline)
             except QueueFullError:
@@ -146,7 +161,7 @@ class PredictionPipeline:
     ) -> tuple[Route, asyncio.Future[np.ndarray]]:
         """Production answers what the canary could not (counted against the canary)."""
         self.rollouts.failed(canary, error=True)
-        route = self.rollouts.production_route(canary.loaded.model)
+        route = self.rollouts.production_route(canary.state)
         return route, route.loaded.batcher.submit(images, deadline)
 
     async def _answer(self, route: Route, future: asyncio.Future[np.ndarray], deadline: float) -> np.ndarray:
@@ -155,5 +170,5 @@ class PredictionPipeline:
         except (TimeoutError, DeadlineExceededError):
             self.rollouts.failed(route, miss=True)
             raise DeadlineExceededError(
-                f"no answer within {self.settings.request_timeout_s:g}s; the server is overloaded, retry later"
+                f"no answer within {self.limits.request_timeout_s:g}s; the server is overloaded, retry later"
             ) from None

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from digitserve.config import Settings, join_worker_group, worker_group
+from digitserve.config import SettingError, Settings, join_worker_group, worker_group
 
 WATCH_INTERVAL_S = 0.2
 
@@ -36,9 +36,9 @@ def worker_count(setting: str) -> int:
     try:
         count = int(setting)
     except ValueError:
-        raise SystemExit(f"error: --workers must be a number or auto, got {setting!r}") from None
+        raise SettingError(f"--workers must be a number or auto, got {setting!r}") from None
     if not 1 <= count <= 64:
-        raise SystemExit(f"error: --workers must be between 1 and 64, got {count}")
+        raise SettingError(f"--workers must be between 1 and 64, got {count}")
     return count
 
 

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from digitserve.imaging import NoDigitError
+from digitserve.imaging.decode import NoDigitError
 from digitserve.synthetic.render import (
     CANVAS,
     SUPERSAMPLE,

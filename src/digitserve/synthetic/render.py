@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from digitserve.preprocess import mnist_style, prepare
+from digitserve.imaging.mnist import mnist_style, prepare
 
 CANVAS = 128  # side of the working canvas, in pixels
 SUPERSAMPLE = 2  # strokes are drawn at twice the size and box-filtered down: anti-aliased edges

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from digitserve.imaging import NoDigitError
+from digitserve.imaging.decode import NoDigitError
 from digitserve.synthetic.render import as_canvas_drawing, as_photo
 
 BIG = 112  # the side digits are drawn at before a variant changes them

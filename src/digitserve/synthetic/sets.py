@@ -15,11 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-import digitserve.imaging
-import digitserve.ink
-import digitserve.preprocess
 from digitserve.config import data_dir
 from digitserve.data import load_mnist, train_val_split
+from digitserve.imaging import decode, ink, mnist
 from digitserve.synthetic import negatives as negatives_module
 from digitserve.synthetic import render, robustness
 from digitserve.synthetic.negatives import NegativeSet, Split, make_negatives
@@ -33,7 +31,7 @@ VALIDATION_SIZE = 5000  # MNIST training images held out for validation (data.tr
 def code_hash() -> str:
     """sha256 (16 hex digits) of the code the sets depend on."""
     digest = hashlib.sha256()
-    for module in (negatives_module, robustness, render, digitserve.preprocess, digitserve.ink, digitserve.imaging):
+    for module in (negatives_module, robustness, render, mnist, ink, decode):
         digest.update(Path(module.__file__ or "").read_bytes())
     return digest.hexdigest()[:16]
 

@@ -1,0 +1,42 @@
+"""`digitserve serve`: the server under uvicorn, with the HTTP protocol that enforces the
+connection limits (serving/http/protocol.py), one process or a group of workers."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from typing import Any
+
+from digitserve.config import Settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the server with uvicorn; settings come from DIGITSERVE_* variables, flags override."""
+    import uvicorn
+
+    from digitserve.serving.app import create_app
+    from digitserve.serving.http.protocol import LimitedHttpProtocol
+    from digitserve.serving.workers import prepare_workers, worker_count
+
+    settings = Settings()
+    workers = worker_count(args.workers or settings.workers)
+    # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down cleanly; with this
+    # no-op as the "original" handler, that re-raise is a no-op and a clean stop exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    host, port = args.host or settings.host, args.port if args.port is not None else settings.port
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.http.graceful_shutdown_s,
+        "timeout_keep_alive": settings.http.keep_alive_s,
+        "http": LimitedHttpProtocol,  # its limits come from each worker's app (its lifespan state)
+    }
+    if workers > 1:
+        with prepare_workers(settings, workers):  # shared metrics folder and reload requests
+            uvicorn.run("digitserve.serving.app:app_from_env", factory=True, workers=workers, **common)
+        return 0
+    uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()
+    return 0

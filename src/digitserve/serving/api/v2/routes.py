@@ -1,0 +1,210 @@
+"""The KServe / Triton Open Inference Protocol (v2 REST): health, metadata and inference under /v2.
+
+Standard clients (tritonclient, KServe's) work as they are: JSON or binary tensor data, gzip or
+deflate request bodies, requested outputs in JSON or binary, classification. Inference runs
+through the same batcher, limits and version selection as /v1. Health answers 200 for true and
+400 for false, as the protocol says; errors are `{"error": "...", "code": "..."}` with a 4xx.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from starlette.responses import Response
+
+from digitserve import __version__
+from digitserve.serving.api.handlers import error_response
+from digitserve.serving.api.schemas import ERROR_RESPONSES, ErrorResponse
+from digitserve.serving.api.v2.codec import read_request, render_response
+from digitserve.serving.api.v2.schemas import (
+    EXTENSIONS,
+    IMAGES,
+    INPUTS,
+    OUTPUTS,
+    PLATFORM,
+    InferRequest,
+    InferResponse,
+    ModelMetadataResponse,
+    ServerMetadataResponse,
+    inline_schema,
+)
+from digitserve.serving.browsing.catalog import Catalog
+from digitserve.serving.deps import CatalogDep, DrainDep, PredictionDep, VersionsDep
+from digitserve.serving.errors import ModelNotReadyError, UnknownVersionError
+from digitserve.serving.http.routes import V2_INFER, V2_VERSION_INFER
+from digitserve.serving.inference.versions import ModelVersions
+from digitserve.serving.pipeline import PredictionPipeline, Selector
+from digitserve.serving.responses import JSONResponse
+from digitserve.serving.rollouts.routing import STICKY_HEADER
+
+router = APIRouter(tags=["v2 (Open Inference Protocol)"])
+
+VersionPath = Annotated[str, Path(description="a registry version, e.g. `2`")]
+UNKNOWN: dict[int | str, dict[str, Any]] = {404: ERROR_RESPONSES[404]}
+SERVER_NOT_READY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "not ready (the protocol's 'false')"}
+}
+NOT_READY = {**UNKNOWN, **SERVER_NOT_READY}
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "`$inference_request` as JSON; with the binary tensor data extension, that JSON "
+        "(its size in the `Inference-Header-Content-Length` header) followed by the binary tensors.",
+        "content": {
+            "application/json": {"schema": inline_schema(InferRequest)},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+VERSION = re.compile(r"[1-9][0-9]{0,17}", re.ASCII)
+
+
+def parse_version(model: str, version: str) -> int:
+    if not VERSION.fullmatch(version):
+        raise UnknownVersionError(f"model {model!r} has no version {version!r}; versions are positive integers")
+    return int(version)
+
+
+def not_ready(reason: str) -> Response:
+    return error_response(400, reason, "not_ready", ready=False)
+
+
+async def registry_versions(catalog: Catalog, versions: ModelVersions, model: str) -> list[int]:
+    """The model's versions in the registry (404 for an unknown model)."""
+    versions.state(model)
+    listing = await catalog.describe(model)
+    if listing.registry_error and not listing.versions:
+        raise ModelNotReadyError(f"cannot list the versions of {model!r} now: {listing.registry_error}")
+    return [int(v["version"]) for v in listing.versions]
+
+
+async def check_version(catalog: Catalog, versions: ModelVersions, model: str, version: str) -> int:
+    """The version as an int, or 404 when the registry does not hold it."""
+    number = parse_version(model, version)
+    if number not in await registry_versions(catalog, versions, model):
+        raise UnknownVersionError(f"model {model!r} has no version {number}")
+    return number
+
+
+def metadata(model: str, versions: list[int]) -> dict[str, Any]:
+    return {
+        "name": model,
+        "versions": [str(v) for v in versions],
+        "platform": PLATFORM,
+        "inputs": [t.model_dump() for t in INPUTS],
+        "outputs": [t.model_dump() for t in OUTPUTS],
+    }
+
+
+# --- health --------------------------------------------------------------------------------
+
+
+@router.get("/v2/health/live", summary="Server live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get(
+    "/v2/health/ready", summary="Server ready: every model has a verified version loaded", responses=SERVER_NOT_READY
+)
+async def ready(versions: VersionsDep, drain: DrainDep) -> Response:
+    if drain.active:
+        return not_ready("the server is shutting down")
+    waiting = [name for name, state in versions.states.items() if state.served is None]
+    if waiting:
+        return not_ready(f"no verified version loaded yet for {', '.join(waiting)}")
+    return JSONResponse({"ready": True})
+
+
+@router.get("/v2/models/{model}/ready", summary="Model ready (the version its alias serves)", responses=NOT_READY)
+async def model_ready(model: str, versions: VersionsDep, drain: DrainDep) -> Response:
+    state = versions.state(model)
+    if drain.active:
+        return not_ready("the server is shutting down")
+    if state.served is None:
+        return not_ready(f"model {model!r} has no verified version loaded yet")
+    return JSONResponse({"name": model, "version": str(state.served.version), "ready": True})
+
+
+@router.get(
+    "/v2/models/{model}/versions/{version}/ready",
+    summary="Model version ready: loaded (the served version, or one a pinned infer loaded)",
+    responses=NOT_READY,
+)
+async def model_version_ready(
+    model: str, version: VersionPath, versions: VersionsDep, catalog: CatalogDep, drain: DrainDep
+) -> Response:
+    number = await check_version(catalog, versions, model, version)
+    if drain.active:
+        return not_ready("the server is shutting down")
+    if not versions.is_loaded(model, number):
+        return not_ready(f"{model} v{number} is not loaded; the first infer that names it loads it")
+    return JSONResponse({"name": model, "version": str(number), "ready": True})
+
+
+# --- metadata ------------------------------------------------------------------------------
+
+
+@router.get("/v2", response_model=ServerMetadataResponse, summary="Server metadata")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "digitserve", "version": __version__, "extensions": EXTENSIONS}
+
+
+@router.get("/v2/models/{model}", response_model=ModelMetadataResponse, responses=UNKNOWN, summary="Model metadata")
+async def model_metadata(model: str, versions: VersionsDep, catalog: CatalogDep) -> dict[str, Any]:
+    """Inputs (send one): `pixels`, UINT8 0..255 or FP32 0..1 `[N, 28, 28]` (`[N, 1, 28, 28]` and
+    `[N, 784]` too), MNIST-style white-on-black digits, no preprocessing; or `images`, BYTES `[N]`
+    encoded images (base64 in JSON), preprocessed as in /v1."""
+    return metadata(model, await registry_versions(catalog, versions, model))
+
+
+@router.get(
+    "/v2/models/{model}/versions/{version}",
+    response_model=ModelMetadataResponse,
+    responses=UNKNOWN,
+    summary="Model version metadata",
+)
+async def model_version_metadata(
+    model: str, version: VersionPath, versions: VersionsDep, catalog: CatalogDep
+) -> dict[str, Any]:
+    return metadata(model, [await check_version(catalog, versions, model, version)])
+
+
+# --- inference -----------------------------------------------------------------------------
+
+
+async def infer_with(
+    request: Request, pipeline: PredictionPipeline, model: str, selector: Selector, deadline: float
+) -> Response:
+    target = pipeline.target(model, selector)  # unknown model: 404 before reading the body
+    decoded = await read_request(await request.body(), request.headers, pipeline.limits)
+    if decoded.images is not None:
+        names = [f"{IMAGES}[{i}]" for i in range(len(decoded.images))]
+        result = await pipeline.predict_encoded(target, decoded.images, names, deadline)
+    else:
+        assert decoded.pixels is not None
+        result = await pipeline.predict_pixels(target, decoded.pixels, deadline)
+    return render_response(decoded, result)
+
+
+INFER_ROUTE: dict[str, Any] = {
+    "response_model": InferResponse,
+    "openapi_extra": INFER_BODY,
+    "responses": ERROR_RESPONSES,
+}
+
+
+@router.post(V2_INFER, summary="Infer with the version the alias serves", **INFER_ROUTE)
+async def infer(model: str, request: Request, context: PredictionDep) -> Response:
+    """Classify digits. Send one input, `pixels` or `images` (see the model metadata); outputs are
+    `probabilities` (FP32 `[N, 10]`) and `label` (INT64 `[N]`), JSON or binary as asked."""
+    selector = Selector(sticky=request.headers.get(STICKY_HEADER, "")[:256] or None)
+    return await infer_with(request, context.pipeline, model, selector, context.deadline)
+
+
+@router.post(V2_VERSION_INFER, summary="Infer with a pinned registry version", **INFER_ROUTE)
+async def infer_version(model: str, version: VersionPath, request: Request, context: PredictionDep) -> Response:
+    selector = Selector(version=parse_version(model, version))
+    return await infer_with(request, context.pipeline, model, selector, context.deadline)

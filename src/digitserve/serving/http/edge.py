@@ -1,0 +1,133 @@
+"""The one middleware every request passes, in one pass, before and after its route.
+
+In order, for an HTTP request:
+- **admission** of predictions (admission.py), unless the protocol already admitted it on arrival;
+  an admitted prediction is in progress from when its whole body has arrived to its answer;
+- **body limits**: 413 before the body is read when `Content-Length` is over the route's limit
+  (400 for a bad one), and again while the body streams in (chunked uploads, or a client that
+  lies about its length), with `Connection: close` so the rest is not read;
+- **drain**: after SIGTERM every response carries `Connection: close`, so a client's next request
+  opens a new connection (answered 503, or refused once the listener closes) instead of being
+  written on a kept-alive connection the server is about to close, where it would be reset;
+- **observe**: the answer's status and latency go to `observe` (the metrics), by route template.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from digitserve.serving.errors import error_body
+from digitserve.serving.http.admission import DEADLINE, Admission
+from digitserve.serving.http.routes import prediction_of
+
+Observe = Callable[[Scope, int, float], None]  # (scope, status, seconds), after the answer
+
+
+async def refuse(send: Send, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
+    """Answer with the service's JSON error body straight from the middleware."""
+    body = error_body(message, code)
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _too_large(limit: int) -> str:
+    return f"request body is over the {limit} byte limit; send fewer or smaller images"
+
+
+class EdgeMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        admission: Admission,
+        body_limits: dict[str, int],
+        draining: Callable[[], bool],
+        observe: Observe,
+    ) -> None:
+        self.app = app
+        self.admission = admission
+        self.default_limit = admission.max_body_bytes
+        self.body_limits = body_limits  # path -> a smaller limit (feedback)
+        self.draining = draining
+        self.observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        draining = self.draining
+
+        async def answer(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if draining():
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, answer)
+        finally:
+            self.observe(scope, status, time.perf_counter() - start)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        prediction = prediction_of(scope)
+        admission = self.admission
+        if prediction is not None and DEADLINE not in scope["state"]:
+            error = admission.admit(prediction, scope["state"])
+            if error is not None:
+                await refuse(send, error.status, error.message, error.code, error.headers)
+                return
+        limit = self.body_limits.get(scope["path"], self.default_limit)
+        refusal = _declared_length_refusal(scope, limit)
+        if refusal is not None:
+            await refuse(send, *refusal, {"Connection": "close"})  # the unread body may be huge
+            return
+        received, counted = 0, False
+
+        async def receive_within_limits() -> Message:
+            nonlocal received, counted
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # Connection: close, so the server stops reading what the client still sends
+                    raise HTTPException(413, _too_large(limit), headers={"Connection": "close"})
+                if prediction is not None and not counted and not message.get("more_body", False):
+                    counted = True  # the whole body is here: from now on it costs the server work
+                    admission.in_progress += 1
+            return message
+
+        try:
+            await self.app(scope, receive_within_limits, send)
+        finally:
+            if counted:
+                admission.in_progress -= 1
+
+
+def _declared_length_refusal(scope: Scope, limit: int) -> tuple[int, str, str] | None:
+    declared: Any = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            declared = value
+            break
+    if declared is None:
+        return None
+    try:
+        length = int(declared)
+    except ValueError:
+        length = -1
+    if length < 0:
+        return 400, "invalid Content-Length", "bad_request"
+    if length > limit:
+        return 413, _too_large(limit), "payload_too_large"
+    return None

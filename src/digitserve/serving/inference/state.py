@@ -1,0 +1,72 @@
+"""What the server holds for each model: its loaded versions and why one could not be loaded,
+as `versions.py` keeps them and the API shows them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from digitserve.runtime import Servable
+from digitserve.serving.inference.batching import DynamicBatcher
+
+Role = Literal["canary", "shadow"]  # a rollout version's place beside the served one
+
+
+@dataclass
+class LoadedVersion:
+    """A verified version with the batcher that answers for it."""
+
+    servable: Servable
+    batcher: DynamicBatcher
+
+    @property
+    def model(self) -> str:
+        return self.servable.model
+
+    @property
+    def version(self) -> int:
+        return self.servable.version
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """Why a version (or an alias) could not be loaded or followed, as `GET /v1/models` shows it."""
+
+    step: str
+    message: str
+    version: int | None = None
+    alias: str | None = None
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The served version's failures always name the version (null: the alias could not be read)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or (k == "version" and self.alias is None)}
+
+
+@dataclass
+class ModelState:
+    name: str
+    served: LoadedVersion | None = None
+    last_error: LoadFailure | None = None
+    failed: dict[int, str] = field(default_factory=dict)  # version -> why; not retried by polling
+    last_poll_at: float | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    rollout: dict[Role, LoadedVersion] = field(default_factory=dict)
+    rollout_errors: dict[Role, LoadFailure] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)  # rollout versions this process retired, and why
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """What one re-read of a model's alias did (`POST /v1/admin/reload` answers with these)."""
+
+    model: str
+    changed: bool
+    version: int | None = None
+    error: str | None = None
+    registry_unreachable: bool | None = None  # set when the alias could not be read at all
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}

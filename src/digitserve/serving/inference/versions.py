@@ -1,0 +1,258 @@
+"""The one owner of every loaded version: served, canary, shadow and pinned alike.
+
+The served version of a model is one reference, replaced in a single assignment on the event
+loop once the new version is loaded, verified, warmed up and golden-checked. Requests pick the
+reference and queue on its batcher without an await in between, so every request is answered
+by exactly the version it picked; the old batcher then drains and stops (a hot-swap).
+
+Beside it a model may hold a rollout version per role (`canary`, `shadow`): which version each
+role holds is decided by the rollouts (rollouts/following.py), which ask through `hold` and
+`release`; a version a rollout refused here (a failed canary) is never loaded again by this
+process. Pinned versions (`?version=`, `?alias=`) are loaded on first use and kept, the least
+recently used evicted past `RESIDENT_VERSIONS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from concurrent.futures import Executor
+
+from digitserve.config import Settings
+from digitserve.registry import ModelRegistry, NotFoundError, RegistryError, StoreUnavailableError
+from digitserve.runtime import LoadError, RuntimeOptions, load_servable
+from digitserve.serving.errors import ModelNotReadyError, UnknownModelError, UnknownVersionError
+from digitserve.serving.inference.batching import BatchStats, DynamicBatcher, InferenceSlots
+from digitserve.serving.inference.state import LoadedVersion, LoadFailure, ModelState, Refresh, Role
+from digitserve.serving.observability.metrics import ServiceMetrics
+from digitserve.serving.workers import runtime_threads
+
+log = logging.getLogger(__name__)
+
+
+class ModelVersions:
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, metrics: ServiceMetrics, slots: InferenceSlots, io: Executor
+    ) -> None:
+        self.alias = settings.alias
+        self.batching = settings.batching
+        self.resident_limit = settings.runtime.resident_versions
+        self.registry = registry
+        self.metrics = metrics
+        self.slots = slots
+        self.io = io  # the registry threads: every blocking read of the registry runs there
+        self.runtime_options = RuntimeOptions(
+            tuple(settings.runtime.onnx_providers), runtime_threads(settings.runtime.runtime_threads)
+        )
+        self.states = {name: ModelState(name) for name in settings.models}
+        roles: dict[Role, str | None] = {"canary": settings.canary.alias, "shadow": settings.shadow.alias}
+        self.rollout_aliases = {role: a for role, a in roles.items() if a and a != settings.alias}
+        self.pinned: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
+        self._pending: dict[tuple[str, int], asyncio.Future[LoadedVersion]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # --- on the request path --------------------------------------------------------------------
+
+    def state(self, model: str) -> ModelState:
+        state = self.states.get(model)
+        if state is None:
+            known = ", ".join(self.states) or "none"
+            raise UnknownModelError(f"unknown model {model[:100]!r}; served models: {known}")
+        return state
+
+    def served(self, state: ModelState) -> LoadedVersion:
+        if state.served is None:
+            raise ModelNotReadyError(f"model {state.name!r} has no verified version loaded yet; retry shortly")
+        return state.served
+
+    def check_room(self, model: str, n: int) -> None:
+        """QueueFullError unless the version the alias serves can queue `n` more images."""
+        served = self.state(model).served
+        if served is not None:
+            served.batcher.check_room(n)
+
+    async def pinned_version(self, state: ModelState, version: int | None, alias: str | None) -> LoadedVersion:
+        """A pinned version (or another alias's), loaded on first use; the served one if it is that."""
+        if alias is not None and alias != self.alias:
+            version = await self._resolve(state.name, alias)
+        if version is None or (state.served is not None and state.served.version == version):
+            return self.served(state)
+        key = (state.name, version)
+        if key in self.pinned:
+            self.pinned.move_to_end(key)
+            return self.pinned[key]
+        if key not in self._pending:
+            self._pending[key] = asyncio.ensure_future(self._load_pinned(state.name, version))
+        return await asyncio.shield(self._pending[key])
+
+    async def _resolve(self, model: str, alias: str) -> int:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.io, self.registry.resolve_alias, model, alias)
+        except NotFoundError:
+            raise UnknownVersionError(f"model {model!r} has no alias {alias!r}") from None
+        except RegistryError as exc:
+            raise ModelNotReadyError(f"cannot resolve alias {alias!r} now: {exc}") from None
+
+    async def _load_pinned(self, model: str, version: int) -> LoadedVersion:
+        try:
+            loaded = await self.load(model, version)
+        except LoadError as exc:
+            if exc.missing:
+                raise UnknownVersionError(f"model {model!r} has no version {version}") from None
+            raise ModelNotReadyError(f"{model} v{version} cannot be served: {exc}") from None
+        finally:
+            self._pending.pop((model, version), None)
+        self.pinned[(model, version)] = loaded
+        keep = max(self.resident_limit - 1, 1)
+        while sum(1 for m, _ in self.pinned if m == model) > keep:
+            evict = next(k for k in self.pinned if k[0] == model)
+            self.retire(self.pinned.pop(evict))
+        return loaded
+
+    # --- loading, swapping, retiring --------------------------------------------------------------
+
+    async def load(self, model: str, version: int) -> LoadedVersion:
+        loop = asyncio.get_running_loop()
+        options, warmup = self.runtime_options, self.batching.max_batch_size
+        servable = await loop.run_in_executor(self.io, load_servable, self.registry, model, version, options, warmup)
+        batcher = DynamicBatcher(
+            servable.probabilities,
+            self.slots,
+            max_batch_size=self.batching.max_batch_size,
+            max_delay_ms=self.batching.max_batch_delay_ms,
+            max_queue=self.batching.max_queue,
+            stats=BatchStats(
+                on_batch=self.metrics.batch_size.labels(model).observe,
+                on_queue_depth=self.metrics.queue_depth.labels(model, str(version)).set,
+            ),
+        )
+        batcher.start()
+        return LoadedVersion(servable, batcher)
+
+    def retire(self, loaded: LoadedVersion) -> None:
+        """Let the old version answer what it has queued, then drop it."""
+        task = asyncio.get_running_loop().create_task(loaded.batcher.close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def refresh(self, model: str, force: bool = False) -> Refresh:
+        """Re-read the alias; load, verify and swap to its version if it moved."""
+        state = self.state(model)
+        async with state.lock:
+            state.last_poll_at = time.time()
+            try:
+                target = await asyncio.get_running_loop().run_in_executor(
+                    self.io, self.registry.resolve_alias, model, self.alias
+                )
+            except RegistryError as exc:
+                message = f"cannot resolve alias {self.alias!r}: {exc}"
+                self._record_failure(state, LoadFailure("resolve", message))
+                return Refresh(model, False, error=message, registry_unreachable=isinstance(exc, StoreUnavailableError))
+            if state.served is not None and state.served.version == target:
+                self._clear_error(state)  # the registry answers and the alias names what serves: all well
+                return Refresh(model, False, target)
+            if target in state.failed and not force:
+                return Refresh(model, False, target, state.failed[target])
+            try:
+                loaded = await self.load(model, target)
+            except LoadError as exc:
+                self._record_failure(state, LoadFailure(exc.step, str(exc), target))
+                return Refresh(model, False, target, str(exc))
+            self._swap(state, loaded)
+            return Refresh(model, True, target)
+
+    def _swap(self, state: ModelState, loaded: LoadedVersion) -> None:
+        old, state.served = state.served, loaded  # the atomic switch
+        self._clear_error(state)
+        state.failed.pop(loaded.version, None)
+        self.metrics.set_served(state.name, self.alias, loaded.version)
+        if old is not None:
+            self.metrics.swaps.labels(state.name).inc()
+            self.retire(old)
+        log.info("%s: now serving v%d (was %s)", state.name, loaded.version, old.version if old else "none")
+
+    def _clear_error(self, state: ModelState) -> None:
+        state.last_error = None
+        self.metrics.reload_error.labels(state.name).set(0)
+
+    def _record_failure(self, state: ModelState, failure: LoadFailure) -> None:
+        if failure.version is not None:
+            state.failed[failure.version] = failure.message
+        state.last_error = failure
+        self.metrics.reload_failures.labels(state.name, failure.step).inc()
+        self.metrics.reload_error.labels(state.name).set(1)
+        log.warning("%s: version %s refused at %s: %s", state.name, failure.version, failure.step, failure.message)
+
+    @property
+    def registry_unavailable(self) -> str | None:
+        """The registry's last "unreachable" error while a remote one is down and its cache serves."""
+        return getattr(self.registry, "unavailable", None)
+
+    async def refresh_all(self, force: bool = False) -> list[Refresh]:
+        results = [await self.refresh(model, force) for model in self.states]
+        down = any(r.registry_unreachable for r in results) or self.registry_unavailable
+        self.metrics.registry_up.set(0 if down else 1)
+        return results
+
+    # --- rollout versions beside the served one --------------------------------------------------
+
+    async def hold(self, state: ModelState, role: Role, version: int | None) -> None:
+        """Hold `version` in `role` beside the served version (loading it if need be); None, the
+        served version or one refused here releases the role."""
+        alias = self.rollout_aliases[role]
+        async with state.lock:
+            current = state.rollout.get(role)
+            if version is None or state.served is None or version == state.served.version or version in state.refused:
+                self.release(state, role)
+                state.rollout_errors.pop(role, None)
+                return
+            if current is not None and current.version == version:
+                return
+            try:
+                loaded = await self.load(state.name, version)
+            except LoadError as exc:
+                state.rollout_errors[role] = LoadFailure(exc.step, str(exc), version, alias)
+                return
+            state.rollout[role] = loaded
+            state.rollout_errors.pop(role, None)
+            self.metrics.set_served(state.name, alias, loaded.version)
+            if current is not None:
+                self.retire(current)
+            log.info("%s: %s %s is v%d", state.name, role, alias, loaded.version)
+
+    def release(self, state: ModelState, role: Role, refuse: str | None = None) -> None:
+        """Stop routing to the role's version now (`refuse`: and never load it again in this process)."""
+        loaded = state.rollout.pop(role, None)
+        if loaded is None:
+            return
+        if refuse:
+            state.refused[loaded.version] = refuse
+        self.metrics.clear_served(state.name, self.rollout_aliases[role])
+        self.retire(loaded)
+
+    def rollout_unresolved(self, state: ModelState, role: Role, message: str) -> None:
+        """The role's alias could not be read: what is loaded stays, and why is shown."""
+        state.rollout_errors[role] = LoadFailure("resolve", message, alias=self.rollout_aliases[role])
+
+    # --- the whole picture -----------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return all(s.served is not None for s in self.states.values())
+
+    def is_loaded(self, model: str, version: int) -> bool:
+        served = self.state(model).served
+        return (served is not None and served.version == version) or (model, version) in self.pinned
+
+    def resident(self, model: str) -> list[int]:
+        state = self.state(model)
+        loaded = [state.served, *state.rollout.values()]
+        return sorted({v for (m, v) in self.pinned if m == model} | {x.version for x in loaded if x is not None})
+
+    async def close(self) -> None:
+        rollouts = [loaded for s in self.states.values() for loaded in s.rollout.values()]
+        for loaded in [s.served for s in self.states.values() if s.served] + list(self.pinned.values()) + rollouts:
+            self.retire(loaded)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -1,0 +1,154 @@
+"""The canary's watch: each side's answers over a sliding window, and the judgement of the canary
+against production (thresholds: the `canary_*` settings; docs/rollouts.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from digitserve.config import CanarySettings
+from digitserve.registry.evidence import Evidence
+
+BUCKETS = 12  # the window is this many buckets: it slides by a twelfth of its length
+MAX_LATENCIES = 2000  # latencies kept per bucket for the p99 (a uniform sample beyond that)
+
+
+@dataclass
+class _Bucket:
+    start: float
+    requests: int = 0
+    errors: int = 0
+    misses: int = 0
+    compared: int = 0
+    agreed: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class Pair(NamedTuple):
+    """A canary beside the production version it is judged against."""
+
+    model: str
+    production_version: int
+    canary_version: int
+
+
+class Totals(NamedTuple):
+    """One side's numbers over the window."""
+
+    requests: int
+    errors: int
+    deadline_misses: int
+    compared: int
+    agreed: int
+    p99_ms: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+class Window:
+    """One side's counts and latencies over the last `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.span = seconds / BUCKETS
+        self.buckets: deque[_Bucket] = deque()
+
+    def _now(self) -> _Bucket:
+        now = time.monotonic()
+        while self.buckets and self.buckets[0].start <= now - self.span * BUCKETS:
+            self.buckets.popleft()
+        if not self.buckets or self.buckets[-1].start + self.span <= now:
+            self.buckets.append(_Bucket(now))
+        return self.buckets[-1]
+
+    def add(self, latency: float | None = None, error: bool = False, miss: bool = False) -> None:
+        bucket = self._now()
+        bucket.requests += 1
+        bucket.errors += error
+        bucket.misses += miss
+        if latency is not None:
+            if len(bucket.latencies) < MAX_LATENCIES:
+                bucket.latencies.append(latency)
+            elif random.random() < MAX_LATENCIES / bucket.requests:
+                bucket.latencies[random.randrange(MAX_LATENCIES)] = latency
+
+    def compare(self, compared: int, agreed: int) -> None:
+        bucket = self._now()
+        bucket.compared += compared
+        bucket.agreed += agreed
+
+    def totals(self) -> Totals:
+        self._now()
+        latencies = [x for b in self.buckets for x in b.latencies]
+        p99 = float(np.percentile(latencies, 99)) * 1000 if latencies else None
+        return Totals(
+            requests=sum(b.requests for b in self.buckets),
+            errors=sum(b.errors for b in self.buckets),
+            deadline_misses=sum(b.misses for b in self.buckets),
+            compared=sum(b.compared for b in self.buckets),
+            agreed=sum(b.agreed for b in self.buckets),
+            p99_ms=round(p99, 3) if p99 is not None else None,
+        )
+
+
+@dataclass
+class CanaryWatch:
+    """One canary version beside one production version: the window it is judged on, and the
+    cumulative evidence this process publishes."""
+
+    production_version: int
+    canary_version: int
+    window_s: float
+    production: Window = field(init=False)
+    canary: Window = field(init=False)
+    evidence: Evidence = field(init=False)
+    retired: str | None = None  # why this process retired it
+    moved: bool = False  # the canary alias has been parked (by this process or another)
+    tried_at: float = 0.0  # when this process last tried to park it
+
+    def __post_init__(self) -> None:
+        self.production, self.canary = Window(self.window_s), Window(self.window_s)
+        self.evidence = Evidence(production_version=self.production_version)
+
+    def judge(self, limits: CanarySettings) -> str | None:
+        """Why the canary must go (a sentence with the numbers), or None while it holds up."""
+        canary, production = self.canary.totals(), self.production.totals()
+        n = canary.requests
+        if n >= limits.min_requests:
+            if canary.errors / n > limits.max_error_rate:
+                return f"server errors: {canary.errors} of {n} canary requests (limit {limits.max_error_rate:.1%})"
+            miss, base = canary.deadline_misses / n, production.deadline_misses / max(production.requests, 1)
+            if miss > limits.max_deadline_miss_rate and miss > base:
+                return f"deadline misses: {miss:.1%} of {n} canary requests, production {base:.1%}"
+            if production.requests >= limits.min_requests and canary.p99_ms and production.p99_ms:
+                limit = production.p99_ms * limits.max_p99_ratio + limits.p99_slack_ms
+                if canary.p99_ms > limit:
+                    return (
+                        f"p99 latency {canary.p99_ms:.1f} ms, production {production.p99_ms:.1f} ms "
+                        f"(limit {limit:.1f} ms)"
+                    )
+        compared = canary.compared
+        if compared >= limits.min_compared and canary.agreed / compared < limits.min_agreement:
+            return (
+                f"agreement with production {canary.agreed / compared:.1%} on {compared} compared inputs "
+                f"(minimum {limits.min_agreement:.1%})"
+            )
+        return None
+
+    def live(self) -> dict[str, Any]:
+        return {
+            "window_s": self.window_s,
+            "canary": self.canary.totals().to_dict(),
+            "production": self.production.totals().to_dict(),
+        }
+
+
+def sticky_side(key: str, percent: float) -> bool:
+    """Whether a sticky key lands on the canary: the same key, the same side, on every replica."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 10_000 < percent * 100
