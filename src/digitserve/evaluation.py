@@ -14,8 +14,7 @@ import numpy as np
 from digitserve.data import load_mnist
 from digitserve.registry import Manifest, ModelRegistry
 from digitserve.runtime import OnnxModel, RuntimeOptions
-from digitserve.runtime.calibration import Calibration
-from digitserve.runtime.session import softmax
+from digitserve.runtime.calibration import Calibration, softmax
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int = 10) -> dict[str, Any]:

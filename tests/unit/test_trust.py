@@ -22,8 +22,7 @@ from digitserve.evaluation import (
 )
 from digitserve.gate import Trust as GateTrust
 from digitserve.gate import TrustLimits, trust_refusals
-from digitserve.runtime.calibration import Calibration, CalibrationError
-from digitserve.runtime.session import softmax
+from digitserve.runtime.calibration import Calibration, CalibrationError, softmax
 
 
 def sampled(n: int, temperature: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import argparse
 import signal
 from typing import Any
 
-from digitserve.config import Settings
+from digitserve.config import load_settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -18,7 +18,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from digitserve.serving.http.protocol import LimitedHttpProtocol
     from digitserve.serving.workers import prepare_workers, worker_count
 
-    settings = Settings()
+    settings = load_settings()
     workers = worker_count(args.workers or settings.workers)
     # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down cleanly; with this
     # no-op as the "original" handler, that re-raise is a no-op and a clean stop exits 0.

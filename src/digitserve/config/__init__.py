@@ -19,7 +19,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -215,3 +215,19 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+
+def load_settings() -> Settings:
+    """The server's settings from the environment; a value that cannot be used is a `SettingError`
+    naming its variable (one line), not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingError("; ".join(_describe(error) for error in exc.errors()[:3])) from None
+
+
+def _describe(error: Any) -> str:
+    loc = [str(part) for part in error.get("loc", ())]
+    group = GROUPS.get(loc[0]) if loc else None
+    name = env_name(group, loc[1]) if group is not None and len(loc) > 1 else "_".join(loc).upper()
+    return f"{ENV_PREFIX}{name}: {error.get('msg', 'invalid')}"

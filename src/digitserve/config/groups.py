@@ -122,6 +122,15 @@ class CanarySettings(Group):
         return None if value == "" else value
 
 
+# What `digitserve registry promote --from canary` asks of a canary's published evidence (the flags'
+# defaults). A higher bar than the watch's: a canary whose agreement lies between
+# `CanarySettings.min_agreement` (rolled back below it) and `PROMOTE_MIN_AGREEMENT` is neither
+# rolled back nor promoted -- it waits for a person.
+PROMOTE_MIN_COMPARED = 200
+PROMOTE_MIN_AGREEMENT = 0.99
+PROMOTE_MAX_ERROR_RATE = 0.01
+
+
 class ShadowSettings(Group):
     """The shadow, run unseen beside production, and what comparisons may cost (DIGITSERVE_SHADOW_*)."""
 

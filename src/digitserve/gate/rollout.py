@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from digitserve.config.groups import PROMOTE_MAX_ERROR_RATE, PROMOTE_MIN_AGREEMENT, PROMOTE_MIN_COMPARED
 from digitserve.gate.core import GateRefusedError
 from digitserve.gate.promotion import Promotion, promote
 from digitserve.registry import ModelRegistry, RegistryError
@@ -17,9 +18,9 @@ from digitserve.registry.evidence import Evidence
 class EvidenceLimits:
     """What the live evidence must show (from every server process that published it, summed)."""
 
-    min_compared: int = 200
-    min_agreement: float = 0.99
-    max_error_rate: float = 0.01
+    min_compared: int = PROMOTE_MIN_COMPARED
+    min_agreement: float = PROMOTE_MIN_AGREEMENT
+    max_error_rate: float = PROMOTE_MAX_ERROR_RATE
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def export_onnx(model: nn.Module, golden: Golden) -> bytes:
     except Exception as exc:
         raise ExportError(f"ONNX export failed: {exc}") from exc
     data = program.model_proto.SerializeToString()
-    worst = golden.worst_difference(OnnxModel(data, RuntimeOptions(intra_op_threads=1)).logits(golden.images))
-    if not worst <= golden.atol:
+    worst = golden.mismatch(OnnxModel(data, RuntimeOptions(intra_op_threads=1)).logits(golden.images))
+    if worst is not None:
         raise ExportError(f"the ONNX graph differs from the torch model by {worst:.3g} on the golden digits")
     return data

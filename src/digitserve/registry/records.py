@@ -130,6 +130,12 @@ class Golden:
         """The largest absolute difference between `logits` and the recorded ones."""
         return float(np.abs(np.asarray(logits, np.float32) - self.logits).max())
 
+    def mismatch(self, logits: np.ndarray) -> float | None:
+        """The largest difference when it is over the tolerance (NaN counts as over), else None:
+        the one check of an artifact against its golden outputs, wherever it is made."""
+        worst = self.worst_difference(logits)
+        return None if worst <= self.atol else worst
+
 
 @dataclass(frozen=True)
 class Manifest:

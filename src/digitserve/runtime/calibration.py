@@ -26,7 +26,15 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from digitserve.runtime.session import softmax
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature, float32."""
+    scaled = np.asarray(logits, np.float32) / np.float32(temperature)
+    scaled -= scaled.max(axis=1, keepdims=True)
+    np.exp(scaled, out=scaled)
+    scaled /= scaled.sum(axis=1, keepdims=True)
+    return scaled
+
 
 SCORE = "confidence"  # the not-a-digit score: the largest calibrated probability
 

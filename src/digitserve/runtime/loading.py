@@ -7,9 +7,6 @@ operator sees in `GET /v1/models/{model}` and in metrics what went wrong.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -22,7 +19,7 @@ from digitserve.registry import (
     RegistryError,
 )
 from digitserve.runtime.calibration import Calibration, CalibrationError
-from digitserve.runtime.session import OnnxModel, RuntimeOptions
+from digitserve.runtime.session import OnnxModel, RuntimeOptions, Servable
 
 log = logging.getLogger(__name__)
 STEPS = ("fetch", "verify", "build", "warmup", "golden")
@@ -36,37 +33,6 @@ class LoadError(RuntimeError):
         self.step = step
         self.message = message
         self.missing = missing
-
-
-@dataclass
-class Servable:
-    """A verified version and its runtime: what a batcher calls for each batch."""
-
-    model: str
-    version: int
-    manifest: Manifest
-    runtime: OnnxModel
-    calibration: Calibration = field(default_factory=Calibration)
-    loaded_at: float = field(default_factory=time.time)
-    graph: bytes = field(default=b"", repr=False)  # the verified ONNX graph (for a comparison process)
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (B, 28, 28) -> calibrated class probabilities (B, 10), float32."""
-        return self.calibration.probabilities(self.runtime.logits(images))
-
-    def summary(self) -> dict[str, Any]:
-        onnx = self.manifest.onnx
-        return {
-            "version": self.version,
-            "architecture": self.manifest.architecture,
-            "weights_sha256": self.manifest.weights.sha256,
-            "onnx_sha256": onnx.sha256 if onnx else None,
-            "providers": self.runtime.providers,
-            "calibration": self.calibration.describe(),
-            "metrics": self.manifest.metrics,
-            "created_at": self.manifest.created_at,
-            "loaded_at": self.loaded_at,
-        }
 
 
 def _fetch(registry: ModelRegistry, model: str, version: int) -> tuple[Manifest, bytes]:
@@ -100,8 +66,8 @@ def load_servable(
     golden = manifest.golden
     if golden is None:
         raise LoadError("golden", "the manifest records no golden outputs to check the artifact against")
-    worst = golden.worst_difference(runtime.logits(golden.images))
-    if not worst <= golden.atol:  # NaN fails too
+    worst = golden.mismatch(runtime.logits(golden.images))
+    if worst is not None:
         raise LoadError("golden", f"outputs differ from the recorded golden logits by {worst:.3g}")
     log.info("loaded %s v%d (onnx sha256 %s...)", model, version, manifest.artifact("onnx").sha256[:12])
     return Servable(model, version, manifest, runtime, calibration, graph=graph)

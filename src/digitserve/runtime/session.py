@@ -1,4 +1,5 @@
-"""An ONNX graph under ONNX Runtime: uint8 digits (B, 28, 28) in, logits (B, 10) out.
+"""An ONNX graph under ONNX Runtime: uint8 digits (B, 28, 28) in, logits (B, 10) out; and a
+`Servable`, a verified version's session with its calibration -- what a batcher calls.
 
 The graph takes the MNIST-style pixels themselves (normalisation is part of the exported graph),
 so nothing between the decoder and the runtime needs to know the model's input statistics.
@@ -9,11 +10,16 @@ the event loop free.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from digitserve.registry import Manifest
+from digitserve.runtime.calibration import Calibration
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
@@ -23,15 +29,6 @@ OUTPUT_NAME = "logits"
 class RuntimeOptions:
     providers: Sequence[str] = ("CPUExecutionProvider",)
     intra_op_threads: int | None = None  # None: every core
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of logits / temperature, float32."""
-    scaled = np.asarray(logits, np.float32) / np.float32(temperature)
-    scaled -= scaled.max(axis=1, keepdims=True)
-    np.exp(scaled, out=scaled)
-    scaled /= scaled.sum(axis=1, keepdims=True)
-    return scaled
 
 
 class OnnxModel:
@@ -61,3 +58,34 @@ class OnnxModel:
         """uint8 (B, 28, 28) -> float32 logits (B, 10)."""
         (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, np.uint8)})
         return np.asarray(out, np.float32)
+
+
+@dataclass
+class Servable:
+    """A verified version and its runtime: what a batcher calls for each batch."""
+
+    model: str
+    version: int
+    manifest: Manifest
+    runtime: OnnxModel
+    calibration: Calibration = field(default_factory=Calibration)
+    loaded_at: float = field(default_factory=time.time)
+    graph: bytes = field(default=b"", repr=False)  # the verified ONNX graph (for a comparison process)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, 28, 28) -> calibrated class probabilities (B, 10), float32."""
+        return self.calibration.probabilities(self.runtime.logits(images))
+
+    def summary(self) -> dict[str, Any]:
+        onnx = self.manifest.onnx
+        return {
+            "version": self.version,
+            "architecture": self.manifest.architecture,
+            "weights_sha256": self.manifest.weights.sha256,
+            "onnx_sha256": onnx.sha256 if onnx else None,
+            "providers": self.runtime.providers,
+            "calibration": self.calibration.describe(),
+            "metrics": self.manifest.metrics,
+            "created_at": self.manifest.created_at,
+            "loaded_at": self.loaded_at,
+        }

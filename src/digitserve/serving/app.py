@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from digitserve import __version__
-from digitserve.config import Settings
+from digitserve.config import Settings, load_settings
 from digitserve.serving.api import health
 from digitserve.serving.api.handlers import install_error_handlers
 from digitserve.serving.api.v1 import admin, feedback, models, predict, registry
@@ -108,4 +108,4 @@ def _mount_page(app: FastAPI) -> None:
 
 def app_from_env() -> Any:
     """Factory for `uvicorn --factory digitserve.serving.app:app_from_env` (multi-worker runs)."""
-    return create_app(Settings())
+    return create_app(load_settings())

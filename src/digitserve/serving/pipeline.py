@@ -81,20 +81,13 @@ class PredictionResult:
         return self.loaded.servable.calibration.reason(self.probabilities[i])
 
 
+@dataclass
 class PredictionPipeline:
-    def __init__(
-        self,
-        versions: ModelVersions,
-        decoder: ImageDecoder,
-        rollouts: Rollouts,
-        metrics: ServiceMetrics,
-        limits: RequestLimits,
-    ) -> None:
-        self.versions = versions
-        self.decoder = decoder
-        self.rollouts = rollouts
-        self.metrics = metrics
-        self.limits = limits
+    versions: ModelVersions
+    decoder: ImageDecoder
+    rollouts: Rollouts
+    metrics: ServiceMetrics
+    limits: RequestLimits
 
     def target(self, model: str, selector: Selector = Selector()) -> Target:
         """The model a request is for (404 for one this server does not serve)."""

@@ -21,8 +21,7 @@ from digitserve.evaluation import (
 from digitserve.models.checkpoint import predict_logits
 from digitserve.registry.samples import NAME as SAMPLES_NAME
 from digitserve.registry.samples import make_test_samples
-from digitserve.runtime.calibration import SCORE, Calibration
-from digitserve.runtime.session import softmax
+from digitserve.runtime.calibration import SCORE, Calibration, softmax
 from digitserve.synthetic import sets
 from digitserve.training.loop import TrainingData
 from digitserve.training.provenance import hardware

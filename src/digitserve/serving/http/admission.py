@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from digitserve.serving.errors import HttpError, OverloadedError, ServiceError, http_error
@@ -26,25 +27,17 @@ DEADLINE = "digitserve.deadline"  # request state: time.monotonic() by which the
 RoomCheck = Callable[[str, int], None]  # (model, images): raises when they cannot be queued
 
 
+@dataclass
 class Admission:
     """What admission control knows, shared by the protocol's early answer and the edge middleware."""
 
-    def __init__(
-        self,
-        max_requests: int,
-        timeout_s: float,
-        max_body_bytes: int,
-        check_room: RoomCheck,
-        draining: Callable[[], bool],
-        count: Callable[[str], None],
-    ) -> None:
-        self.max_requests = max_requests
-        self.timeout_s = timeout_s
-        self.max_body_bytes = max_body_bytes
-        self.check_room = check_room
-        self.draining = draining
-        self.count = count  # (route template): a 503 answered by the protocol, for the metrics
-        self.in_progress = 0  # predictions whose body has arrived and whose answer has not gone
+    max_requests: int
+    timeout_s: float
+    max_body_bytes: int
+    check_room: RoomCheck
+    draining: Callable[[], bool]
+    count: Callable[[str], None]  # (route template): a 503 answered by the protocol, for the metrics
+    in_progress: int = 0  # predictions whose body has arrived and whose answer has not gone
 
     def admit(self, prediction: Prediction, state: dict[str, Any]) -> HttpError | None:
         """The arrival check: a 503 to answer, or None (admitted: its deadline is stamped)."""

@@ -42,7 +42,7 @@ class LoadFailure:
 
     def to_dict(self) -> dict[str, Any]:
         """The served version's failures always name the version (null: the alias could not be read)."""
-        return {k: v for k, v in asdict(self).items() if v is not None or (k == "version" and self.alias is None)}
+        return without_none(self, keep=("version",) if self.alias is None else ())
 
 
 @dataclass
@@ -69,4 +69,9 @@ class Refresh:
     registry_unreachable: bool | None = None  # set when the alias could not be read at all
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return without_none(self)
+
+
+def without_none(record: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dataclass as JSON, leaving out the fields that are None (but those in `keep`)."""
+    return {k: v for k, v in asdict(record).items() if v is not None or k in keep}
