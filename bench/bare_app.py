@@ -6,7 +6,7 @@ batching and running a model. What the real server loses against it is the price
 
     .venv/bin/python bench/bare_app.py --port 8001 [--workers 2] [--http limited]
 
-`--http limited` serves it with digitserve's own HTTP protocol (serving/connections.py: connection
+`--http limited` serves it with digitserve's own HTTP protocol (serving/http/protocol.py: connection
 cap, time and size limits, early refusals) instead of uvicorn's httptools protocol, which is how
 bench/protocol_cost.py prices those limits.
 """

@@ -1,4 +1,4 @@
-"""The price of digitserve's HTTP protocol (serving/connections.py) against uvicorn's httptools.
+"""The price of digitserve's HTTP protocol (serving/http/protocol.py) against uvicorn's httptools.
 
 The limits round two added (connection cap, head and body time limits, URL and header sizes,
 refusals on arrival) run in Python callbacks on every request. Their cost is measured where it

@@ -176,7 +176,7 @@ def test_head_healthz_answers(server: str) -> None:
 def test_no_request_is_reset_at_shutdown_in_twenty_runs(registry: ModelRegistry, tmp_path: Path) -> None:
     """Fix: after SIGTERM every answer closes its connection, so no request is written on a
     keep-alive connection the server is closing; queued connections are accepted before the
-    listener closes (serving/shutdown.py).
+    listener closes (serving/http/shutdown.py).
 
     Once the listener has closed, a request written on an idle keep-alive connection races the
     server closing it -- the race every HTTP/1.1 server has, which is why clients retry on a reset

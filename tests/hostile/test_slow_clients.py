@@ -3,8 +3,8 @@
 Each test reproduces a defect of the shipped main (uvicorn's httptools protocol with no limits):
 stalled bodies filled every prediction slot, silent or half-sent requests stayed open forever,
 the file-descriptor limit dropped clients and broke the alias poller, and a header or URL of any
-size was buffered whole. The fix is serving/connections.py plus admission counting a prediction
-only once its body has arrived (serving/middleware.py).
+size was buffered whole. The fix is serving/http/protocol.py plus admission counting a prediction
+only once its body has arrived (serving/http/edge.py).
 """
 
 from __future__ import annotations

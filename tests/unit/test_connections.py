@@ -1,4 +1,4 @@
-"""serving/connections.py on real loopback sockets, with a small ASGI app: the orderings and
+"""serving/http/protocol.py on real loopback sockets, with a small ASGI app: the orderings and
 buffers a review found at risk (pipelining, a client that never reads, timers while the server
 itself has stopped reading)."""
 

@@ -68,7 +68,7 @@ def prepare(data: bytes, **limits: Any) -> np.ndarray:
 def prepare_many(blobs: Sequence[bytes], names: Sequence[str], max_pixels: int) -> np.ndarray:
     """`prepare` for each image: (n, 28, 28) uint8, or the ImageError of the first bad one, named.
 
-    Module-level and light to import, so a decode process can run it (serving/decoding.py)."""
+    Module-level and light to import, so a decode process can run it (serving/inference/decoding.py)."""
     out = np.empty((len(blobs), FIELD, FIELD), dtype=np.uint8)
     for i, data in enumerate(blobs):
         try:

@@ -47,7 +47,7 @@ class ServiceMetrics:
         )
         self.refused_connections = Counter(
             "digitserve_protocol_refusals",
-            "answers from the HTTP protocol before any request reached the app, by reason (serving/connections.py)",
+            "answers from the HTTP protocol before any request reached the app, by reason (serving/http/protocol.py)",
             ["reason"],
             registry=r,
         )
