@@ -142,7 +142,7 @@ def digitserve_cmd(src: Path | None = None, workers: int = 0) -> list[str]:
     count = ["--workers", str(workers)] if workers else []
     if src is None:
         return [str(Path(PYTHON).with_name("digitserve")), "serve", *count]
-    return [PYTHON, "-m", "digitserve.cli.main", "serve", *(count or ["--workers", "1"])]
+    return [PYTHON, "-m", "digitserve.cli", "serve", *(count or ["--workers", "1"])]
 
 
 def server_env(

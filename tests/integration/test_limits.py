@@ -83,9 +83,10 @@ def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> No
     for name in [k for k in os.environ if k.startswith("DIGITSERVE_")]:
         monkeypatch.delenv(name)
     s = Settings()
-    assert (s.max_body_bytes, s.max_image_bytes, s.max_image_pixels) == (8 * MiB, 4 * MiB, 16_000_000)
-    assert (s.max_images, s.max_upload_files, s.max_queue, s.max_concurrent_requests) == (256, 256, 2048, 512)
-    assert (s.host, s.request_timeout_s, s.admin_token, s.keep_alive_s) == ("127.0.0.1", 10.0, None, 75)
+    r = s.requests
+    assert (r.max_body_bytes, r.max_image_bytes, r.max_image_pixels) == (8 * MiB, 4 * MiB, 16_000_000)
+    assert (r.max_images, r.max_upload_files, s.batching.max_queue, r.max_concurrent_requests) == (256, 256, 2048, 512)
+    assert (s.host, r.request_timeout_s, s.admin_token, s.http.keep_alive_s) == ("127.0.0.1", 10.0, None, 75)
 
 
 # --- the body cap ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from digitserve.config.groups import (
     GROUPS,
+    MiB,
     Batching,
     CanarySettings,
     FeedbackSettings,
