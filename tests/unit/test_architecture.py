@@ -29,7 +29,18 @@ LAYERS: dict[str, set[str]] = {
     "gate": {"config", "storage", "registry", "runtime", "data", "evaluation", "models", "synthetic"},
     "training": {"config", "storage", "registry", "runtime", "data", "evaluation", "models", "synthetic", "imaging"},
     "serving": {"config", "storage", "registry", "runtime", "imaging"},
-    "cli": {"config", "storage", "registry", "runtime", "data", "evaluation", "gate", "serving", "reporting"},
+    "cli": {
+        "config",
+        "storage",
+        "registry",
+        "runtime",
+        "data",
+        "evaluation",
+        "gate",
+        "serving",
+        "reporting",
+        "imaging",
+    },
 }
 # Inside serving/: the rooms a module of each room (or top-level module) may import (docs/architecture.md).
 ROOM_BELOW = {"errors": set(), "responses": set(), "workers": set()}

@@ -50,7 +50,7 @@ class Recorder:
 def slots() -> Iterator[InferenceSlots]:
     pool = InferenceSlots(1)
     yield pool
-    pool.shutdown()
+    pool.executor.shutdown(wait=True)
 
 
 async def _started(forward: Recorder, slots: InferenceSlots, **kw: float) -> DynamicBatcher:
@@ -148,7 +148,7 @@ def test_with_two_slots_a_gathering_batch_starts_when_full_or_after_the_delay() 
     try:
         asyncio.run(scenario(pool))
     finally:
-        pool.shutdown()
+        pool.executor.shutdown(wait=True)
 
 
 def test_full_queue_is_refused_with_queue_full(slots: InferenceSlots) -> None:

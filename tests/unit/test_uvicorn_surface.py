@@ -10,6 +10,7 @@ import asyncio
 import inspect
 
 import uvicorn
+import uvicorn.lifespan.on
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -93,6 +94,13 @@ def test_the_request_cycle_flow_control_and_server_have_what_is_read() -> None:
     assert "total_requests" in _init_assigned(ServerState)
     assert "http_protocol_class" in _init_assigned(Config) | set(dir(Config))
     assert uvicorn.__version__.startswith("0.54."), uvicorn.__version__
+
+
+def test_the_protocol_is_built_the_way_the_shutdown_hands_it_connections() -> None:
+    """serving/http/shutdown.py builds the server's protocol itself for the connections it accepts."""
+    names = set(inspect.signature(HttpToolsProtocol.__init__).parameters)
+    assert {"config", "server_state", "app_state", "_loop"} <= names
+    assert "state" in _init_assigned(uvicorn.lifespan.on.LifespanOn)
 
 
 def test_a_listening_socket_can_be_duplicated_without_private_attributes() -> None:

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from digitserve.config import actor
+from digitserve.imaging.encode import png_bytes
 from digitserve.registry import ModelRegistry
 from digitserve.registry.feedback import FeedbackError, FeedbackSample, FeedbackStore, label_token
 
@@ -91,12 +90,6 @@ def cmd_review(args: argparse.Namespace) -> int:
     review = store.review(sid, args.decision, actor(), args.reason or "")
     print(f"{sid[:12]} {review.state} by {review.actor} at {review.at}")
     return 0
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from digitserve.gate import EvidenceLimits, GateRefusedError, judge_evidence
+from digitserve.imaging.encode import png_bytes
 from digitserve.registry import ModelRegistry, RegistryError
 from digitserve.registry.records import check_model_name
 
@@ -113,7 +114,6 @@ def cmd_disagreements(args: argparse.Namespace) -> int:
 
 
 def _export(folder: Path, docs: list[dict[str, Any]]) -> None:
-    from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "disagreements.csv", "w", newline="") as f:
@@ -123,7 +123,7 @@ def _export(folder: Path, docs: list[dict[str, Any]]) -> None:
             pixels = np.frombuffer(base64.b64decode(doc["pixels_uint8_b64"]), np.uint8).reshape(28, 28)
             sides = f"v{doc['production_version']}-{doc['production']}-v{doc['candidate_version']}-{doc['candidate']}"
             name = f"{i:04d}-{sides}.png"
-            Image.fromarray(pixels).save(folder / name)
+            (folder / name).write_bytes(png_bytes(pixels))
             writer.writerow(
                 [
                     name,

@@ -15,9 +15,10 @@ from __future__ import annotations
 import getpass
 import os
 import re
+from collections.abc import Collection
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -25,16 +26,19 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from digitserve.config.groups import (
     GROUPS,
-    MiB,
     Batching,
     CanarySettings,
     FeedbackSettings,
+    GateSettings,
     Group,
     HttpLimits,
     RequestLimits,
     Runtime,
     ShadowSettings,
     split_list,
+)
+from digitserve.config.groups import (
+    MiB as MiB,
 )
 
 ENV_PREFIX = "DIGITSERVE_"
@@ -72,21 +76,28 @@ class SettingError(ValueError):
 
 
 def gate_fraction(variable: str, override: float | None, flag: str, what: str = "a fraction") -> float | None:
-    """One of the gate's limits, checked to lie in [0, 1]: the flag's value, else the environment's
-    (`variable`, e.g. DIGITSERVE_GATE_MAX_ECE), else None (the caller's default applies)."""
-    source, raw = flag, override
-    if raw is None:
-        text = os.environ.get(variable) or None
-        if text is None:
-            return None
-        source = variable
-        try:
-            raw = float(text)
-        except ValueError:
-            raise SettingError(f"{variable}={text!r} is not a number") from None
-    if not 0.0 <= raw <= 1.0:  # NaN fails too
-        raise SettingError(f"{source} must be {what} in [0, 1], got {raw}")
-    return raw
+    """A per-model gate limit (DIGITSERVE_GATE_THRESHOLD_<MODEL>), checked to lie in [0, 1]: the
+    flag's value, else the environment's, else None (the caller's default applies)."""
+    if override is not None:
+        return checked_fraction(override, flag, what)
+    text = os.environ.get(variable) or None
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingError(f"{variable}={text!r} is not a number") from None
+    return checked_fraction(value, variable, what)
+
+
+def checked_fraction(value: float, source: str, what: str = "a fraction") -> float:
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise SettingError(f"{source} must be {what} in [0, 1], got {value}")
+    return value
+
+
+def flag_name(field: str) -> str:
+    return f"--{field.replace('_', '-')}"
 
 
 def actor() -> str:
@@ -175,6 +186,7 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     canary: CanarySettings = CanarySettings()
     shadow: ShadowSettings = ShadowSettings()
+    gate: GateSettings = GateSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -216,6 +228,24 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+
+G = TypeVar("G", bound=Group)
+
+
+def read_group(group: type[G], skip: Collection[str] = ()) -> G:
+    """One group of settings from the environment alone (the gate reads its own this way), but the
+    fields in `skip` (a flag gives them); a value that cannot be used is a `SettingError` naming its
+    variable and what it says."""
+    env = {k.upper(): v for k, v in os.environ.items()}
+    names = {f: ENV_PREFIX + env_name(group, f) for f in group.model_fields if f not in skip}
+    try:
+        return group.model_validate({f: env[var] for f, var in names.items() if var in env})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        var = names.get(str(error["loc"][0]), "?") if error.get("loc") else "?"
+        message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+        raise SettingError(f"{var}={env.get(var)!r} {message}") from None
 
 
 def load_settings() -> Settings:

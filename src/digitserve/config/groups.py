@@ -122,6 +122,30 @@ class CanarySettings(Group):
         return None if value == "" else value
 
 
+class GateSettings(Group):
+    """The promotion gate's limits (DIGITSERVE_GATE_*), each a fraction in [0, 1]; `digitserve
+    registry promote`'s flags override them. A model's accuracy threshold is
+    `DIGITSERVE_GATE_THRESHOLD_<MODEL>` (`gate_fraction`), its default by architecture."""
+
+    ENV: ClassVar[str] = "GATE_"
+    max_regression: float = Field(0.001, description="test accuracy a candidate may lose to the alias's version")
+    max_ece: float = Field(0.015, description="calibrated test-set ECE (15 bins) at most")
+    max_digits_not_a_digit: float = Field(0.003, description="MNIST test digits answered 'not a digit' at most")
+    min_negatives_not_a_digit: float = Field(0.95, description="held-out negatives answered 'not a digit' at least")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _fraction(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError("is not a number") from None
+        if isinstance(value, float | int) and not 0.0 <= value <= 1.0:  # NaN fails too
+            raise ValueError(f"must be a fraction in [0, 1], got {value}")
+        return value
+
+
 # What `digitserve registry promote --from canary` asks of a canary's published evidence (the flags'
 # defaults). A higher bar than the watch's: a canary whose agreement lies between
 # `CanarySettings.min_agreement` (rolled back below it) and `PROMOTE_MIN_AGREEMENT` is neither
@@ -141,7 +165,10 @@ class ShadowSettings(Group):
     disagreement_samples: int = Field(100, ge=0, description="disagreeing inputs kept per version pair and process")
     ENV_NAMES: ClassVar[dict[str, str]] = {"disagreement_samples": "DISAGREEMENT_SAMPLES"}  # its historical name
 
-    _empty_is_none = CanarySettings._empty_is_none
+    @field_validator("alias", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 GROUPS: dict[str, type[Group]] = {
@@ -152,4 +179,5 @@ GROUPS: dict[str, type[Group]] = {
     "feedback": FeedbackSettings,
     "canary": CanarySettings,
     "shadow": ShadowSettings,
+    "gate": GateSettings,
 }

@@ -13,6 +13,11 @@ test-set ECE (15 bins) at most 1.5%; at most 0.3% of MNIST test digits answered 
 at least 95% of the project's held-out negatives answered "not a digit". A version that records
 no calibration or threshold is refused. `--force --reason` bypasses the gate, and the event log
 says so.
+
+`core.py` (accuracy, regression, ONNX/torch agreement), `trust.py` (calibration and not-a-digit
+limits), `feedback.py` (the feedback holdout), `promotion.py` (`promote`), `rollout.py` (promotion
+from a canary's live evidence). May import config, storage, registry, runtime, data, evaluation,
+synthetic and models (torch only inside the agreement check).
 """
 
 from digitserve.gate.core import (

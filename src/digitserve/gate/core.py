@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from digitserve.config import ENV_PREFIX, SettingError, gate_fraction, gate_threshold_variable
+from digitserve.config import (
+    GateSettings,
+    SettingError,
+    checked_fraction,
+    gate_fraction,
+    gate_threshold_variable,
+    read_group,
+)
 from digitserve.data import load_mnist
 from digitserve.evaluation import (
     classification_metrics,
@@ -22,7 +29,7 @@ from digitserve.registry import AliasState, ModelRegistry, RegistryError
 from digitserve.runtime.calibration import Calibration, CalibrationError
 
 DEFAULT_THRESHOLDS = {"cnn": 0.996, "vit": 0.993}  # by architecture
-MAX_REGRESSION = 0.001  # 0.1 point of accuracy: 10 of the 10,000 test images
+MAX_REGRESSION = GateSettings().max_regression  # 0.1 point of accuracy: 10 of the 10,000 test images
 AGREEMENT_ATOL = 1e-3  # largest logit difference allowed between the ONNX artifact and torch
 
 
@@ -142,9 +149,11 @@ class GateResult:
 def resolve_max_regression(override: float | None) -> float:
     """How far below the alias's version a candidate's test accuracy may be: --max-regression,
     else DIGITSERVE_GATE_MAX_REGRESSION, else 0.001 (one point in a thousand)."""
-    variable = f"{ENV_PREFIX}GATE_MAX_REGRESSION"
-    value = gate_fraction(variable, override, "--max-regression", "an accuracy difference")
-    return MAX_REGRESSION if value is None else value
+    if override is not None:
+        return checked_fraction(override, "--max-regression", "an accuracy difference")
+    return read_group(
+        GateSettings, skip=("max_ece", "max_digits_not_a_digit", "min_negatives_not_a_digit")
+    ).max_regression
 
 
 def resolve_threshold(model: str, architecture: str, override: float | None) -> tuple[float, str]:

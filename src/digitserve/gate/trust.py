@@ -9,21 +9,23 @@ from typing import Any
 
 import numpy as np
 
-from digitserve.config import ENV_PREFIX, gate_fraction
+from digitserve.config import GateSettings, checked_fraction, flag_name, read_group
 from digitserve.data import load_mnist
 from digitserve.evaluation import expected_calibration_error, rejection_rate, runtime_logits
 from digitserve.runtime.calibration import Calibration
+
+_DEFAULTS = GateSettings()
 
 
 @dataclass(frozen=True)
 class TrustLimits:
     """What the gate asks of a candidate's calibration and not-a-digit answers (as fractions)."""
 
-    max_ece: float = 0.015
-    max_digits_not_a_digit: float = 0.003
-    min_negatives_not_a_digit: float = 0.95
+    max_ece: float = _DEFAULTS.max_ece
+    max_digits_not_a_digit: float = _DEFAULTS.max_digits_not_a_digit
+    min_negatives_not_a_digit: float = _DEFAULTS.min_negatives_not_a_digit
 
-    SETTINGS = {  # field -> DIGITSERVE_GATE_<NAME>
+    SETTINGS = {  # field -> DIGITSERVE_GATE_<NAME> (config/groups.py: GateSettings)
         "max_ece": "MAX_ECE",
         "max_digits_not_a_digit": "MAX_DIGITS_NOT_A_DIGIT",
         "min_negatives_not_a_digit": "MIN_NEGATIVES_NOT_A_DIGIT",
@@ -31,14 +33,11 @@ class TrustLimits:
 
     @classmethod
     def resolve(cls, **overrides: float | None) -> TrustLimits:
-        """Defaults, then DIGITSERVE_GATE_* settings, then explicit overrides (CLI flags)."""
-        values: dict[str, float] = {}
-        for name, setting in cls.SETTINGS.items():
-            flag = f"--{name.replace('_', '-')}"
-            value = gate_fraction(f"{ENV_PREFIX}GATE_{setting}", overrides.get(name), flag)
-            if value is not None:
-                values[name] = value
-        return cls(**values)
+        """Explicit overrides (CLI flags), else the DIGITSERVE_GATE_* settings (their defaults when unset)."""
+        flags = {name: value for name, value in overrides.items() if value is not None}
+        settings = read_group(GateSettings, skip=flags)
+        values = {name: checked_fraction(value, flag_name(name)) for name, value in flags.items()}
+        return cls(**{name: values.get(name, getattr(settings, name)) for name in cls.SETTINGS})
 
 
 @dataclass(frozen=True)

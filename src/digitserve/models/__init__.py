@@ -1,4 +1,8 @@
-"""Models by name: `create_model("cnn", **config)` builds any architecture the project knows."""
+"""Models by name: `create_model("cnn", **config)` builds any architecture the project knows.
+
+`cnn.py`, `vit.py` (one architecture each), `checkpoint.py` (safetensors weights in and out of the
+registry), `export.py` (the ONNX graph, checked against the golden outputs). The torch layer: may
+import config, storage, registry, runtime, imaging and data; nothing above it."""
 
 from __future__ import annotations
 

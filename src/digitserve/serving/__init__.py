@@ -15,7 +15,9 @@
 - `api/`: the wire protocols -- `v1/` (JSON, multipart, models, registry pages, feedback, admin),
   `v2/` (the Open Inference Protocol), `health.py` -- which only translate into the services.
 
-Imports point down this list's reverse: `api` may use everything; `pipeline` uses `inference`
-and `rollouts`; `rollouts` uses `inference`; `inference`, `feedback`, `browsing` and `http` use
-only `errors`, `observability` and the layers below `serving/` (test_architecture.py checks it).
+Imports point one way (tests/unit/test_architecture.py, `ROOMS`, checks it): `errors.py` is a
+leaf; `http` uses `errors`; `observability` uses `http`'s route table; `inference` uses `errors`
+and `observability`; `rollouts` and `browsing` use `inference` too; `feedback` uses `errors`
+alone; `pipeline` uses `inference` and `rollouts`; `services`, `deps`, `api` and `app` sit on top,
+in that order. Every room may use the layers below `serving/`.
 """

@@ -15,7 +15,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from digitserve.config import Settings
 from digitserve.serving.browsing.browser import RegistryBrowser
 from digitserve.serving.browsing.catalog import Catalog
 from digitserve.serving.errors import ShuttingDownError, UnauthorizedError
@@ -26,21 +25,12 @@ from digitserve.serving.inference.versions import ModelVersions
 from digitserve.serving.observability.metrics import ServiceMetrics
 from digitserve.serving.pipeline import PredictionPipeline
 from digitserve.serving.rollouts.routing import Rollouts
-from digitserve.serving.services import Services
+from digitserve.serving.services import Reloader, Services
 
 
 def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
-
-
-async def get_services(request: Request) -> Services:
-    return services_of(request)
-
-
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings  # known before the lifespan starts
-    return settings
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:
@@ -76,6 +66,15 @@ async def get_feedback(request: Request) -> FeedbackService:
     return service
 
 
+async def get_feedback_status(request: Request) -> FeedbackService:
+    """The feedback service whether it is on or off (for what it reports of its spool)."""
+    return services_of(request).feedback
+
+
+async def get_reloader(request: Request) -> Reloader:
+    return services_of(request).reloader
+
+
 @dataclass(frozen=True)
 class PredictionContext:
     pipeline: PredictionPipeline
@@ -106,8 +105,6 @@ async def require_admin(request: Request) -> None:
         raise UnauthorizedError("admin routes need 'Authorization: Bearer <DIGITSERVE_ADMIN_TOKEN>'")
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
 VersionsDep = Annotated[ModelVersions, Depends(get_versions)]
@@ -115,4 +112,6 @@ CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 BrowserDep = Annotated[RegistryBrowser, Depends(get_browser)]
 RolloutsDep = Annotated[Rollouts, Depends(get_rollouts)]
 FeedbackDep = Annotated[FeedbackService, Depends(get_feedback)]
+FeedbackStatusDep = Annotated[FeedbackService, Depends(get_feedback_status)]
+ReloaderDep = Annotated[Reloader, Depends(get_reloader)]
 PredictionDep = Annotated[PredictionContext, Depends(prediction_context)]

@@ -10,13 +10,15 @@ Threads and processes, each owned here (and only here):
 - `disagreements`, `feedback-spool`: one thread each for their writes; the feedback writer's
   drains run in daemon threads of their own (a hung registry call never blocks the exit);
 - `compare`: the shadow and canary comparisons' thread, at the lowest priority (started on
-  the first comparison);
+  the first comparison); `asyncio`: the loop's default executor (`asyncio.to_thread`: the
+  decompression and parsing of large `/v2` bodies);
 - tasks: the alias poller, the feedback writer, the canary judge, the reload watcher of a
   multi-worker server, and each loaded version's batcher (owned by the versions).
 
 Shutdown order (`close`), so that nothing accepted is lost and nothing waits on a closed pool:
-stop the tasks; let every version answer what it has queued; publish the last rollout evidence;
-stop the comparisons; the last feedback drain; then the forward, decode and registry pools.
+stop the tasks; let every version answer what it has queued; stop the comparisons (those in
+flight are counted); publish the last rollout evidence; finish the feedback spool's writes and
+make the last feedback drain; then the forward, decode and registry pools.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import os
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import multiprocess
@@ -48,6 +51,7 @@ from digitserve.serving.inference.state import Refresh
 from digitserve.serving.inference.versions import ModelVersions
 from digitserve.serving.observability.metrics import ServiceMetrics
 from digitserve.serving.pipeline import PredictionPipeline
+from digitserve.serving.rollouts.background import background_pool
 from digitserve.serving.rollouts.following import RolloutAliases
 from digitserve.serving.rollouts.judge import CanaryJudge
 from digitserve.serving.rollouts.routing import Rollouts
@@ -65,6 +69,26 @@ def open_serving_registry(settings: Settings) -> ModelRegistry:
     return CachedRegistry(store, settings.cache_dir)
 
 
+@dataclass(frozen=True)
+class Reloader:
+    """Re-reading the aliases now: the served versions, then the rollout aliases; with several
+    workers, `broadcast` makes every worker do it (serving/workers.py)."""
+
+    versions: ModelVersions
+    aliases: RolloutAliases
+    broadcast: ReloadBroadcast | None
+
+    async def reload(self, model: str | None = None, force: bool = False) -> list[Refresh]:
+        """Re-read the aliases (of one model, or all) and swap what moved; follow the rollout aliases."""
+        if model is not None:
+            results = [await self.versions.refresh(model, force)]
+            await self.aliases.refresh(model)
+            return results
+        results = await self.versions.refresh_all(force)
+        await self.aliases.refresh_all()
+        return results
+
+
 class Services:
     """Everything one server process runs, built from its settings (in the app's lifespan)."""
 
@@ -78,6 +102,8 @@ class Services:
             "browse": ThreadPoolExecutor(2, thread_name_prefix="browse"),
             "disagreements": ThreadPoolExecutor(1, thread_name_prefix="disagreements"),
             "feedback-spool": ThreadPoolExecutor(1, thread_name_prefix="feedback-spool"),
+            "compare": background_pool(),  # its one thread starts on the first comparison
+            "default": ThreadPoolExecutor(2, thread_name_prefix="asyncio"),  # the loop's: asyncio.to_thread
         }
         self.decode = decode_pool(settings.requests.decode_processes)
         self.registry = registry = open_serving_registry(settings)
@@ -86,7 +112,8 @@ class Services:
         self.aliases = RolloutAliases(self.versions, registry, settings.alias, self.pools["registry"])
         store = registry.store
         in_progress = lambda: admission.in_progress  # noqa: E731
-        self.rollouts = Rollouts(settings, self.versions, store, metrics, in_progress, self.pools["disagreements"])
+        pools = self.pools["compare"], self.pools["disagreements"]
+        self.rollouts = Rollouts(settings, self.versions, store, metrics, in_progress, *pools)
         self.judge = CanaryJudge(settings, self.rollouts, self.versions, registry, metrics, self.pools["registry"])
         decoder = ImageDecoder(settings.requests, self.decode)
         self.pipeline = PredictionPipeline(self.versions, decoder, self.rollouts, metrics, settings.requests)
@@ -94,6 +121,7 @@ class Services:
         self.browser = RegistryBrowser(registry, self.pools["browse"])
         self.feedback = self._feedback(settings, registry)
         self.broadcast = ReloadBroadcast.from_env()
+        self.reloader = Reloader(self.versions, self.aliases, self.broadcast)
         self.tasks: list[asyncio.Task[Any]] = []
         admission.check_room = self.versions.check_room
 
@@ -118,17 +146,11 @@ class Services:
         return FeedbackService(f.enabled, spool, RateLimiter(f.per_minute), server)
 
     async def reload(self, model: str | None = None, force: bool = False) -> list[Refresh]:
-        """Re-read the aliases (of one model, or all) and swap what moved; follow the rollout aliases."""
-        if model is not None:
-            results = [await self.versions.refresh(model, force)]
-            await self.aliases.refresh(model)
-            return results
-        results = await self.versions.refresh_all(force)
-        await self.aliases.refresh_all()
-        return results
+        return await self.reloader.reload(model, force)
 
     async def start(self) -> None:
         """The first load (a registry outage leaves the server up but not ready), then the tasks."""
+        asyncio.get_running_loop().set_default_executor(self.pools["default"])  # /v2's large bodies
         await self.reload()
         self._task(self._poll(), "alias-poller")
         self._task(self.feedback.spool.run(), "feedback-writer")
@@ -153,13 +175,14 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.versions.close()  # answers everything still queued
-        await self.judge.close()  # the last evidence
-        await self.rollouts.close()
+        await self.rollouts.close()  # the comparisons in flight are counted...
+        await self.judge.close()  # ...into the last evidence
+        self.pools["feedback-spool"].shutdown(wait=True)  # every sample answered 201 is on disk
         await self.feedback.spool.close()  # what the registry cannot take now stays on disk for the next start
         self.pools["forward"].shutdown(wait=True)
         self.decode.shutdown(wait=False, cancel_futures=True)
         for name, pool in self.pools.items():
-            if name != "forward":
+            if name not in ("forward", "feedback-spool"):
                 pool.shutdown(wait=False, cancel_futures=True)
         if self.metrics.shared:
             multiprocess.mark_process_dead(os.getpid())

@@ -1,4 +1,7 @@
-"""Where registry bytes live: a local folder or an S3 bucket, behind one small `Store` interface."""
+"""Where registry bytes live: a local folder or an S3 bucket, behind one small `Store` interface.
+
+`base.py` (the interface), `local.py`, `s3.py`, `errors.py` (the `RegistryError` family every
+store raises). May import config only."""
 
 from __future__ import annotations
 

@@ -188,8 +188,8 @@ class FeedbackSpool:
                     await asyncio.wait_for(self._wakeup.wait(), RETRY_MAX_S)  # also picks up other workers' files
 
     async def close(self) -> None:
-        """One last bounded attempt to write what is spooled; the rest stays on disk for the next start."""
-        self.spooler.shutdown(wait=True)  # every sample answered 201 is on disk
+        """One last bounded attempt to write what is spooled; the rest stays on disk for the next start.
+        Whoever owns the spooler shuts it down first, so every sample answered 201 is on disk."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(in_daemon_thread(self.drain), FLUSH_ON_SHUTDOWN_S)
         self.stopping = True  # a drain still running stops after the sample it is writing

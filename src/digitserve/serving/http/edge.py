@@ -118,8 +118,7 @@ def _declared_length_refusal(scope: Scope, limit: int) -> tuple[int, str, str] |
     declared: Any = None
     for name, value in scope["headers"]:
         if name == b"content-length":
-            declared = value
-            break
+            declared = value  # the last one, if a client sent several
     if declared is None:
         return None
     try:

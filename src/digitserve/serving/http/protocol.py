@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from digitserve.config import HttpLimits
+from digitserve.config import HttpLimits, Settings
 from digitserve.serving.errors import error_body
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ def connection_cap(wanted: int) -> int:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
-        except (ValueError, OSError):
-            pass
+        except (ValueError, OSError) as exc:  # the cap below then follows the soft limit
+            log.info("the file-descriptor limit stays at %d: %s", soft, exc)
     cap = min(wanted, soft - RESERVED_FDS)
     if cap < wanted:
         log.warning("open connections capped at %d: the file-descriptor limit is %d", cap, soft)
@@ -93,12 +93,12 @@ def response_bytes(
 
 
 EarlyAnswer = Callable[[bytes, bytes, list[tuple[bytes, bytes]], dict[str, Any]], "bytes | None"]
-_DEFAULT_LIMITS: list[ConnectionLimits] = []  # computed once, for an app that gives none
+_DEFAULT_LIMITS: list[ConnectionLimits] = []  # from the environment, once, for an app that gives none
 
 
 def default_limits() -> ConnectionLimits:
     if not _DEFAULT_LIMITS:
-        _DEFAULT_LIMITS.append(ConnectionLimits.from_settings(HttpLimits()))
+        _DEFAULT_LIMITS.append(ConnectionLimits.from_settings(Settings().http))
     return _DEFAULT_LIMITS[0]
 
 

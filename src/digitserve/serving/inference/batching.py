@@ -61,9 +61,6 @@ class InferenceSlots:
             for event in self._listeners:
                 event.set()
 
-    def shutdown(self) -> None:
-        self.executor.shutdown(wait=True)
-
 
 @dataclass
 class _Item:

@@ -232,6 +232,18 @@ class ModelVersions:
         self.metrics.clear_served(state.name, self.rollout_aliases[role])
         self.retire(loaded)
 
+    def rollout(self, state: ModelState, role: Role) -> LoadedVersion | None:
+        """The version a role holds beside the served one, if any."""
+        return state.rollout.get(role)
+
+    def backlogged(self, images: int) -> bool:
+        """Whether the served or canary version of any model has `images` or more queued."""
+        for state in self.states.values():
+            for loaded in (state.served, state.rollout.get("canary")):
+                if loaded is not None and loaded.batcher.queued_images >= images:
+                    return True
+        return False
+
     def rollout_unresolved(self, state: ModelState, role: Role, message: str) -> None:
         """The role's alias could not be read: what is loaded stays, and why is shown."""
         state.rollout_errors[role] = LoadFailure("resolve", message, alias=self.rollout_aliases[role])
@@ -251,6 +263,10 @@ class ModelVersions:
         return sorted({v for (m, v) in self.pinned if m == model} | {x.version for x in loaded if x is not None})
 
     async def close(self) -> None:
+        for pending in list(self._pending.values()):  # a pinned version still loading never starts
+            pending.cancel()
+        for state in self.states.values():  # a refresh or a rollout load in flight finishes first
+            await state.lock.acquire()
         rollouts = [loaded for s in self.states.values() for loaded in s.rollout.values()]
         for loaded in [s.served for s in self.states.values() if s.served] + list(self.pinned.values()) + rollouts:
             self.retire(loaded)

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import logging
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,20 +36,18 @@ from digitserve.registry import AlreadyExistsError, RegistryError, Store
 from digitserve.registry.evidence import PerClass, count_agreement, merge_per_class
 from digitserve.registry.records import dumps, now_iso
 from digitserve.runtime import Servable
-from digitserve.serving.rollouts.background import Compared, Other, background_pool, compare_batch
+from digitserve.serving.inference.state import Role
+from digitserve.serving.rollouts.background import Compared, Other, compare_batch
 
 log = logging.getLogger(__name__)
 BATCH_WAIT_S = 0.005  # how long comparisons gather before they are run together
 BATCH_IMAGES = 256
 
 
-Kind = Literal["shadow", "canary"]
-
-
 class PairKey(NamedTuple):
     """A comparison's version pair, as its agreement is counted."""
 
-    kind: Kind
+    kind: Role
     model: str
     production_version: int
     candidate_version: int
@@ -77,7 +74,8 @@ class Agreement:
         return disagree
 
     def to_dict(self) -> dict[str, Any]:
-        return {"compared": self.compared, "agreed": self.agreed, "per_class": dict(self.per_class)}
+        per_class = {answer: list(tally) for answer, tally in self.per_class.items()}
+        return {"compared": self.compared, "agreed": self.agreed, "per_class": per_class}
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ class Comparison:
 class Job:
     """One comparison to make: `answered` gave `probabilities` for `images`; `other` is to run."""
 
-    kind: Kind
+    kind: Role
     answered: Servable
     probabilities: np.ndarray
     other: Servable
@@ -119,16 +117,15 @@ class Comparer:
         record: Record,
         max_backlog: int,
         on_drop: Callable[[str, str], None],
-        new_pool: Callable[[], Executor] = background_pool,
+        pool: Executor,
     ) -> None:
         self.spare = spare
-        self.new_pool = new_pool  # the comparison thread: started on the first comparison, again after a failure
+        self.pool = pool  # the comparison thread (background.py's `background_pool`, the composition root's)
         self.record = record
         self.max_backlog = max_backlog
         self.on_drop = on_drop  # (kind, reason)
         self.backlog = 0  # images waiting for, or in, the comparison thread
         self._queue: deque[Job] = deque()
-        self._pool: Executor | None = None
         self._pump: asyncio.Task[None] | None = None
 
     def offer(self, job: Job) -> bool:
@@ -163,7 +160,6 @@ class Comparer:
                 log.exception("a comparison of %d jobs failed", len(jobs))
                 for job in jobs:
                     self.on_drop(job.kind, "failed")
-                self._restart()
             finally:
                 self.backlog -= size
 
@@ -180,28 +176,21 @@ class Comparer:
             self.record(Comparison(key, images, await self._in_background(head.other, *args)))
 
     async def _in_background(self, other: Servable, *args: Any) -> Compared:
-        if self._pool is None:
-            self._pool = self.new_pool()
         sha = other.manifest.onnx.sha256 if other.manifest.onnx else f"{other.model}-{other.version}"
         c = other.calibration
         job = Other(sha, other.graph, c.temperature, c.threshold)
-        found = await asyncio.get_running_loop().run_in_executor(self._pool, compare_batch, job, *args)
+        found = await asyncio.get_running_loop().run_in_executor(self.pool, compare_batch, job, *args)
         if found is None:
             raise RuntimeError("the version's graph could not be loaded for comparing")
         return found
 
-    def _restart(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = None
-
     async def close(self) -> None:
         self._queue.clear()
         if self._pump is not None:
-            with contextlib.suppress(BaseException):
+            try:
                 await asyncio.wait_for(self._pump, 5)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            except Exception as exc:  # a stop never waits long on a comparison; the rest are dropped
+                log.warning("the comparisons in flight were not finished: %r", exc)
 
 
 class DisagreementLog:

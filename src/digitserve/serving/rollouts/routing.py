@@ -56,6 +56,7 @@ class Rollouts:
         store: Store,
         metrics: ServiceMetrics,
         in_progress: Callable[[], int],
+        compare_pool: Executor,
         disagreement_writer: Executor,
     ) -> None:
         self.alias = settings.alias
@@ -67,7 +68,7 @@ class Rollouts:
         self.watches: dict[Pair, CanaryWatch] = {}
         self.agreement: dict[PairKey, Agreement] = {}
         self.dropped: Counter[tuple[str, str]] = Counter()  # counted here, added to the metrics each second
-        self.comparer = Comparer(self._spare, self._record, self.shadow.max_backlog, self._dropped)
+        self.comparer = Comparer(self._spare, self._record, self.shadow.max_backlog, self._dropped, compare_pool)
         self.disagreements = DisagreementLog(store, self.shadow.disagreement_samples, disagreement_writer)
 
     # --- on the request path ------------------------------------------------------------------
@@ -75,7 +76,7 @@ class Rollouts:
     def route(self, state: ModelState, sticky: str | None) -> Route:
         """Production, or the canary for its share of the requests (a sticky key keeps its side)."""
         served = self.versions.served(state)
-        canary = state.rollout.get("canary")
+        canary = self.versions.rollout(state, "canary")
         percent = self.canary.percent
         if canary is not None and percent > 0:
             chosen = sticky_side(sticky, percent) if sticky else random.random() * 100 < percent
@@ -104,7 +105,7 @@ class Rollouts:
         if watch is not None:
             watch.production.add(latency_s)
             watch.evidence.production_requests += 1
-        shadow = state.rollout.get("shadow")
+        shadow = self.versions.rollout(state, "shadow")
         if shadow is not None and random.random() * 100 < self.shadow.percent:
             self.comparer.offer(Job("shadow", loaded.servable, probabilities, shadow.servable, images, True))
 
@@ -126,7 +127,7 @@ class Rollouts:
     def _watch(self, route: Route) -> CanaryWatch | None:
         """The watch of the pair this answer belongs to: the version that answered, and the other side."""
         state = route.state
-        canary, served = state.rollout.get("canary"), state.served
+        canary, served = self.versions.rollout(state, "canary"), state.served
         if canary is None or served is None:
             return None
         if route.side == "canary":
@@ -159,11 +160,7 @@ class Rollouts:
         """None while this process has room for background comparisons, else why not."""
         if self.in_progress() >= SPARE_IN_PROGRESS:
             return "busy"
-        for state in self.versions.states.values():
-            for loaded in (state.served, state.rollout.get("canary")):
-                if loaded is not None and loaded.batcher.queued_images >= self.max_batch_size:
-                    return "queue"
-        return None
+        return "queue" if self.versions.backlogged(self.max_batch_size) else None
 
     def _record(self, c: Comparison) -> None:
         per_class = c.found.per_class
@@ -186,7 +183,7 @@ class Rollouts:
     def status(self, model: str) -> dict[str, Any]:
         """The canary and the shadow of one model, with their live numbers."""
         state = self.versions.state(model)
-        canary, shadow = state.rollout.get("canary"), state.rollout.get("shadow")
+        canary, shadow = self.versions.rollout(state, "canary"), self.versions.rollout(state, "shadow")
         pair = current_pair(state)
         watch = self.watches.get(pair) if pair else None
         out: dict[str, Any] = {"canary": None, "shadow": None}

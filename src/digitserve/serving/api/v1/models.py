@@ -7,16 +7,20 @@ from typing import Any
 from fastapi import APIRouter
 
 from digitserve.serving.api.schemas import ERROR_RESPONSES, ModelSummary
-from digitserve.serving.deps import ServicesDep
-from digitserve.serving.services import Services
+from digitserve.serving.browsing.catalog import Catalog
+from digitserve.serving.deps import CatalogDep, FeedbackStatusDep, RolloutsDep, VersionsDep
+from digitserve.serving.feedback.service import FeedbackService
+from digitserve.serving.inference.versions import ModelVersions
+from digitserve.serving.rollouts.routing import Rollouts
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-async def describe_model(services: Services, model: str) -> dict[str, Any]:
-    versions = services.versions
+async def describe_model(
+    model: str, versions: ModelVersions, catalog: Catalog, rollouts: Rollouts, feedback: FeedbackService
+) -> dict[str, Any]:
     state = versions.state(model)
-    listing = await services.catalog.describe(model)
+    listing = await catalog.describe(model)
     return {
         "name": model,
         "alias": versions.alias,
@@ -30,14 +34,13 @@ async def describe_model(services: Services, model: str) -> dict[str, Any]:
         "aliases": listing.aliases,
         "versions": listing.versions,
         "resident_versions": versions.resident(model),
-        "feedback": feedback_status(services),
-        "rollouts": services.rollouts.status(model),
+        "feedback": feedback_status(feedback),
+        "rollouts": rollouts.status(model),
     }
 
 
-def feedback_status(services: Services) -> dict[str, Any]:
+def feedback_status(service: FeedbackService) -> dict[str, Any]:
     """Whether this server takes feedback, and how its spool stands (per-version accuracy is in `versions`)."""
-    service = services.feedback
     spool = service.spool
     return {
         "enabled": service.enabled,
@@ -48,11 +51,15 @@ def feedback_status(services: Services) -> dict[str, Any]:
 
 
 @router.get("", response_model=list[ModelSummary], summary="Served models")
-async def list_models(services: ServicesDep) -> list[dict[str, Any]]:
+async def list_models(
+    versions: VersionsDep, catalog: CatalogDep, rollouts: RolloutsDep, feedback: FeedbackStatusDep
+) -> list[dict[str, Any]]:
     """Every configured model: aliases, versions with metrics, the version serving, last reload error."""
-    return [await describe_model(services, m) for m in services.versions.states]
+    return [await describe_model(m, versions, catalog, rollouts, feedback) for m in versions.states]
 
 
 @router.get("/{model}", response_model=ModelSummary, responses={404: ERROR_RESPONSES[404]}, summary="One model")
-async def get_model(model: str, services: ServicesDep) -> dict[str, Any]:
-    return await describe_model(services, model)
+async def get_model(
+    model: str, versions: VersionsDep, catalog: CatalogDep, rollouts: RolloutsDep, feedback: FeedbackStatusDep
+) -> dict[str, Any]:
+    return await describe_model(model, versions, catalog, rollouts, feedback)

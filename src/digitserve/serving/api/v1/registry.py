@@ -13,7 +13,7 @@ from digitserve.serving.api.schemas import ERROR_RESPONSES
 from digitserve.serving.browsing import analysis
 from digitserve.serving.browsing.browser import page
 from digitserve.serving.browsing.live import live_view
-from digitserve.serving.deps import BrowserDep, ServicesDep
+from digitserve.serving.deps import BrowserDep, CatalogDep, MetricsDep, VersionsDep
 from digitserve.serving.errors import InvalidInputError, UnknownVersionError
 from digitserve.serving.responses import JSONResponse
 
@@ -119,5 +119,5 @@ async def compare(browser: BrowserDep, a: VersionRef, b: VersionRef, limit: Limi
 
 
 @router.get("/live", summary="The server's own numbers now (counters; two readings give rates)")
-async def live(services: ServicesDep) -> dict[str, Any]:
-    return await services.browser.run(live_view, services.metrics, services.versions, services.catalog)
+async def live(browser: BrowserDep, metrics: MetricsDep, versions: VersionsDep, catalog: CatalogDep) -> dict[str, Any]:
+    return await browser.run(live_view, metrics, versions, catalog)
