@@ -34,6 +34,7 @@ CANARY_ENV = {
     "DIGITSERVE_CANARY_COMPARE_PERCENT": "50",
     "DIGITSERVE_CANARY_MIN_COMPARED": "40",
     "DIGITSERVE_CANARY_WINDOW_S": "30",
+    "FORWARDED_ALLOW_IPS": "127.0.0.1",  # the test's clients say which network they are (steady_load)
 }
 
 
@@ -87,7 +88,7 @@ def test_a_bad_canary_is_rolled_back_once_by_two_servers(registry: ModelRegistry
     servers = [start_server(env), start_server(env)]
     urls = [url for _, url in servers]
     try:
-        with steady_load(urls, digits, clients=3) as answers:
+        with steady_load(urls, digits, clients=3, client_networks=True) as answers:
             wait_until(lambda: any(a.alias == "canary" for a in answers), 30, "the canary answers its share")
             started = time.monotonic()
             wait_until(lambda: rollbacks(registry), ROLLBACK_WITHIN_S, "an automatic rollback")
@@ -127,7 +128,7 @@ def test_a_bad_canary_is_rolled_back_once_by_two_servers(registry: ModelRegistry
 def test_a_good_canary_survives_and_is_promoted_from_its_evidence(registry: ModelRegistry, digits: np.ndarray) -> None:
     place(registry, "canary", 3)
     env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri}
-    with running_server(env) as url, steady_load([url], digits, clients=4) as answers:
+    with running_server(env) as url, steady_load([url], digits, clients=4, client_networks=True) as answers:
         wait_until(lambda: Evidence.gather(registry, "cnn", "canary", 3).compared >= 200, 90, "200 compared inputs")
         check_routing(url)
         evidence = Evidence.gather(registry, "cnn", "canary", 3)

@@ -30,9 +30,16 @@ def steady_load(
     pause_s: float = 0.02,
     headers: Mapping[str, str] | None = None,
     model: str = "cnn",
+    client_networks: bool = False,
 ) -> Iterator[list[Answer]]:
-    """`clients` senders per URL, each posting one image after another until the block ends."""
+    """`clients` senders per URL, each posting one image after another until the block ends.
+
+    `client_networks`: each sender says it is a client of its own network (X-Forwarded-For
+    10.<url>.<client>.7; the server must trust loopback as its proxy: FORWARDED_ALLOW_IPS), as
+    users behind a load balancer arrive. A sender that fails in a way that is not an answer
+    (a bug in the loop, a body that is not JSON) fails the test when the block ends."""
     answers: list[Answer] = []
+    failures: list[BaseException] = []
     stop = threading.Event()
     bodies = [{"images": [png_b64(image)]} for image in images]
 
@@ -52,15 +59,28 @@ def steady_load(
     async def run() -> None:
         async with AsyncExitStack() as stack:
             loops = []
-            for url in urls:
-                client = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=30, headers=headers))
-                loops += [client_loop(client, i) for i in range(clients)]
+            for u, url in enumerate(urls):
+                for i in range(clients):
+                    extra = {"X-Forwarded-For": f"10.{u}.{i}.7"} if client_networks else {}
+                    own = {**(headers or {}), **extra}
+                    client = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=30, headers=own))
+                    loops.append(client_loop(client, i))
             await asyncio.gather(*loops)
 
-    thread = threading.Thread(target=asyncio.run, args=(run(),), name="steady-load")
+    def main() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # handed to the test, never lost with the thread
+            failures.append(exc)
+            stop.set()
+
+    thread = threading.Thread(target=main, name="steady-load")
     thread.start()
     try:
         yield answers
     finally:
         stop.set()
         thread.join(timeout=60)
+        assert not thread.is_alive(), "the load generator did not stop"
+        if failures:
+            raise failures[0]

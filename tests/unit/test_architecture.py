@@ -43,14 +43,14 @@ LAYERS: dict[str, set[str]] = {
     },
 }
 # Inside serving/: the rooms a module of each room (or top-level module) may import (docs/architecture.md).
-ROOM_BELOW = {"errors": set(), "responses": set(), "workers": set()}
+ROOM_BELOW: dict[str, set[str]] = {"errors": set(), "responses": set(), "workers": set(), "clients": set()}
 ROOMS: dict[str, set[str]] = {
     **ROOM_BELOW,
     "http": {"errors"},
     "observability": {"http"},
     "inference": {"errors", "observability", "workers"},
-    "rollouts": {"errors", "observability", "inference", "workers"},
-    "feedback": {"errors"},
+    "rollouts": {"errors", "observability", "inference", "workers", "clients"},
+    "feedback": {"errors", "clients"},
     "browsing": {"errors", "observability", "inference", "workers"},
     "pipeline": {"errors", "observability", "inference", "rollouts", "workers"},
 }

@@ -26,9 +26,13 @@ def watch_with(canary_ms: float = 5, production_ms: float = 5, errors: float = 0
     return watch
 
 
+NETS = ("10.0.1.0/24", "10.0.2.0/24", "10.0.3.0/24")
+
+
 def test_a_canary_like_production_is_kept() -> None:
     watch = watch_with()
-    watch.canary.compare(50, 50)
+    for net in NETS:
+        watch.canary.compare(net, 20, 20)
     assert watch.judge(SETTINGS) is None
 
 
@@ -45,12 +49,47 @@ def test_a_canary_past_a_threshold_is_judged_with_its_numbers(made: dict[str, fl
     assert watch.judge(SETTINGS) == words
 
 
-def test_agreement_counts_only_with_enough_compared_inputs() -> None:
+def test_agreement_counts_only_with_enough_compared_inputs_from_enough_client_networks() -> None:
     watch = watch_with()
-    watch.canary.compare(9, 0)
+    watch.canary.compare(NETS[0], 9, 0)
     assert watch.judge(SETTINGS) is None  # 9 < the 10 needed
-    watch.canary.compare(11, 10)
-    assert watch.judge(SETTINGS) == "agreement with production 50.0% on 20 compared inputs (minimum 97.0%)"
+    watch.canary.compare(NETS[0], 11, 10)
+    assert watch.judge(SETTINGS) is None  # 20 compared, but from one client network (3 needed)
+    watch.canary.compare(NETS[1], 10, 5)
+    watch.canary.compare(NETS[2], 10, 4)
+    assert watch.judge(SETTINGS) == (
+        "agreement with production 50.0% (the median of 3 client networks) on 40 compared inputs (minimum 97.0%)"
+    )
+
+
+def test_one_client_network_cannot_steer_the_verdict_either_way() -> None:
+    """Inputs chosen to disagree (or to agree), sent by one client, move its own rate only; the
+    verdict is the median client network's."""
+    kept = watch_with()
+    for net in NETS:
+        kept.canary.compare(net, 20, 20)
+    kept.canary.compare("192.0.2.0/24", 500, 0)  # every input it chose disagrees
+    assert kept.judge(SETTINGS) is None
+    retired = watch_with()
+    for net in NETS:
+        retired.canary.compare(net, 20, 10)
+    retired.canary.compare("192.0.2.0/24", 500, 500)  # easy inputs, to keep a bad canary alive
+    assert retired.judge(SETTINGS) is not None and "50.0% (the median of 4 client networks)" in str(
+        retired.judge(SETTINGS)
+    )
+
+
+def test_a_canary_without_evidence_waits_for_it() -> None:
+    """Past its first answers, a canary answers only as much as its comparisons vouch for."""
+    watch = CanaryWatch(1, 2, 60)
+    for _ in range(9):
+        watch.canary.add(0.005)
+    assert not watch.waiting_for_evidence(SETTINGS)  # fewer than min_requests (10)
+    for _ in range(30):
+        watch.canary.add(0.005)
+    assert watch.waiting_for_evidence(SETTINGS)  # 39 answers, nothing compared (at most 20 per compared)
+    watch.canary.compare(NETS[0], 2, 2)
+    assert not watch.waiting_for_evidence(SETTINGS)  # 39 <= 20 x 2
 
 
 def test_the_window_forgets_what_is_older_than_it(monkeypatch: pytest.MonkeyPatch) -> None:

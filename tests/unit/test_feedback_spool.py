@@ -12,7 +12,7 @@ from digitserve.registry import LocalStore
 from digitserve.registry.feedback import FeedbackSample, FeedbackStore
 from digitserve.serving.errors import OverloadedError, ServiceUnavailableError
 from digitserve.serving.feedback import limits as feedback_module
-from digitserve.serving.feedback.limits import RateLimiter
+from digitserve.serving.feedback.limits import RateLimiter, SharedBuckets
 from digitserve.serving.feedback.spool import FeedbackSpool
 
 
@@ -91,12 +91,30 @@ def test_a_spool_folder_that_cannot_be_written_is_a_503(tmp_path: Path) -> None:
 def test_the_rate_limit_is_per_client_and_refills(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(feedback_module.time, "monotonic", lambda: now[0])
-    limiter = RateLimiter(per_minute=3, max_clients=2)
-    assert [limiter.take("a") for _ in range(3)] == [None, None, None]
-    wait = limiter.take("a")
+    limiter = RateLimiter(per_minute=3, max_clients=4)
+    a, b, c = "10.0.0.1", "10.0.1.1", "10.0.2.1"
+    assert [limiter.take(a) for _ in range(3)] == [None, None, None]
+    wait = limiter.take(a)
     assert wait is not None and wait == pytest.approx(20.0)  # one token every 20 s
-    assert limiter.take("b") is None  # another client has its own bucket
+    assert limiter.take(b) is None  # another client has its own bucket
     now[0] += 20.0
-    assert limiter.take("a") is None and limiter.take("a") is not None
-    limiter.take("c")  # a third client: the longest-idle bucket goes, memory stays bounded
-    assert len(limiter._buckets) == 2
+    assert limiter.take(a) is None and limiter.take(a) is not None
+    limiter.take(c)  # a third client: the longest-idle buckets go, memory stays bounded
+    assert len(limiter.buckets._buckets) <= 4  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_network_and_odd_strings_share_buckets(tmp_path: Path, shared: bool) -> None:
+    """A /24 holds ten clients' worth; what is not an address is one client; an IPv4 client seen
+    through an IPv6 socket is that IPv4 client; two workers share one file of buckets."""
+    buckets = SharedBuckets(tmp_path / "buckets") if shared else None
+    limiter = RateLimiter(per_minute=2, buckets=buckets)
+    answered = [limiter.take(f"192.0.2.{i}") is None for i in range(1, 31) for _ in range(2)]
+    assert sum(answered) == 20  # 2 each, until the network's 10 x 2 are spent
+    assert [limiter.take(junk) is None for junk in ("x" * 30_000, "unknown", "junk")] == [True, True, False]
+    assert limiter.take("198.51.100.9") is None and limiter.take("::ffff:198.51.100.9") is None
+    assert limiter.take("198.51.100.9") is not None  # the same client, however it arrives
+    if shared:
+        other_worker = RateLimiter(per_minute=2, buckets=SharedBuckets(tmp_path / "buckets"))
+        assert other_worker.take("192.0.2.1") is not None  # spent in the first worker
+        assert other_worker.take("203.0.113.1") is None

@@ -7,7 +7,7 @@ import argparse
 import signal
 from typing import Any
 
-from digitserve.config import load_settings
+from digitserve.config import forwarded_allow_ips, load_settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -16,7 +16,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from digitserve.serving.app import create_app
     from digitserve.serving.http.protocol import LimitedHttpProtocol
-    from digitserve.serving.workers import prepare_workers, worker_count
+    from digitserve.serving.workers import DrainingMultiprocess, prepare_workers, worker_count
 
     settings = load_settings()
     workers = worker_count(args.workers or settings.workers)
@@ -33,10 +33,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": settings.http.graceful_shutdown_s,
         "timeout_keep_alive": settings.http.keep_alive_s,
         "http": LimitedHttpProtocol,  # its limits come from each worker's app (its lifespan state)
+        # X-Forwarded-For only from the proxies FORWARDED_ALLOW_IPS names (the ALB's subnets on ECS);
+        # unset, from none: a client on loopback could otherwise say it is anyone
+        "proxy_headers": forwarded_allow_ips() is not None,
+        "forwarded_allow_ips": forwarded_allow_ips(),
     }
     if workers > 1:
         with prepare_workers(settings, workers):  # shared metrics folder and reload requests
-            uvicorn.run("digitserve.serving.app:app_from_env", factory=True, workers=workers, **common)
+            config = uvicorn.Config("digitserve.serving.app:app_from_env", factory=True, workers=workers, **common)
+            DrainingMultiprocess(config, sockets=[config.bind_socket()]).run()  # uvicorn.run's, for workers > 1
         return 0
     uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()
     return 0

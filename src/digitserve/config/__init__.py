@@ -100,6 +100,12 @@ def flag_name(field: str) -> str:
     return f"--{field.replace('_', '-')}"
 
 
+def forwarded_allow_ips() -> str | None:
+    """`FORWARDED_ALLOW_IPS` (uvicorn's name): the proxies whose X-Forwarded-For the server believes.
+    Unset, it believes none -- not even loopback, which uvicorn would trust by default."""
+    return os.environ.get("FORWARDED_ALLOW_IPS") or None
+
+
 def actor() -> str:
     """Who moves an alias: `DIGITSERVE_ACTOR`, the CI identity, else the local user."""
     for var in (f"{ENV_PREFIX}ACTOR", "GITHUB_ACTOR"):

@@ -110,7 +110,13 @@ class CanarySettings(Group):
     window_s: float = Field(60.0, gt=0, description="the sliding window the canary is judged over")
     min_requests: int = Field(50, ge=1, description="canary requests in the window before errors and latency count")
     min_compared: int = Field(50, ge=1, description="compared answers in the window before agreement counts")
-    min_agreement: float = Field(0.97, ge=0, le=1, description="agreement with production below this: rollback")
+    min_agreement: float = Field(
+        0.97, ge=0, le=1, description="agreement with production below this (the median client network's): rollback"
+    )
+    min_clients: int = Field(3, ge=1, description="client networks among the compared inputs before agreement counts")
+    answers_per_compared: int = Field(
+        20, ge=1, description="canary answers per compared input at most; past it production answers (no evidence)"
+    )
     max_error_rate: float = Field(0.02, ge=0, le=1, description="canary server errors above this share: rollback")
     max_deadline_miss_rate: float = Field(0.02, ge=0, le=1, description="deadline misses above this (and production's)")
     max_p99_ratio: float = Field(3.0, ge=1, description="p99 above this many times production's (plus slack): rollback")

@@ -58,10 +58,12 @@ class Selector:
 
 @dataclass(frozen=True)
 class Target:
-    """A request's model, resolved once, and how its version is chosen."""
+    """A request's model, resolved once, how its version is chosen, and who asks (the client's
+    address as the server sees it: a canary's evidence counts by client network)."""
 
     state: ModelState
     selector: Selector
+    client: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,9 @@ class PredictionPipeline:
     metrics: ServiceMetrics
     limits: RequestLimits
 
-    def target(self, model: str, selector: Selector = Selector()) -> Target:
+    def target(self, model: str, selector: Selector = Selector(), client: str | None = None) -> Target:
         """The model a request is for (404 for one this server does not serve)."""
-        return Target(self.versions.state(model), selector)
+        return Target(self.versions.state(model), selector, client)
 
     def admit(self, n: int, what: str = "images") -> None:
         """The check before any decoding: the count of images (413 past the limit)."""
@@ -127,9 +129,9 @@ class PredictionPipeline:
     async def _route(self, target: Target) -> Route:
         selector, state = target.selector, target.state
         if not selector.pinned:
-            return self.rollouts.route(state, selector.sticky)
+            return self.rollouts.route(state, selector.sticky, target.client)
         loaded = await self.versions.pinned_version(state, selector.version, selector.alias)
-        return Route(state, loaded, None if selector.version is not None else selector.alias, "pinned")
+        return Route(state, loaded, None if selector.version is not None else selector.alias, "pinned", target.client)
 
     async def _submit(
         self, target: Target, images: np.ndarray, deadline: float
@@ -154,7 +156,7 @@ class PredictionPipeline:
     ) -> tuple[Route, asyncio.Future[np.ndarray]]:
         """Production answers what the canary could not (counted against the canary)."""
         self.rollouts.failed(canary, error=True)
-        route = self.rollouts.production_route(canary.state)
+        route = self.rollouts.production_route(canary.state, canary.client)
         return route, route.loaded.batcher.submit(images, deadline)
 
     async def _answer(self, route: Route, future: asyncio.Future[np.ndarray], deadline: float) -> np.ndarray:

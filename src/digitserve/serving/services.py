@@ -12,8 +12,8 @@ Threads and processes, each owned here (and only here):
 - `compare`: the shadow and canary comparisons' thread, at the lowest priority (started on
   the first comparison); `asyncio`: the loop's default executor (`asyncio.to_thread`: the
   decompression and parsing of large `/v2` bodies);
-- tasks: the alias poller, the feedback writer, the canary judge, the reload watcher of a
-  multi-worker server, and each loaded version's batcher (owned by the versions).
+- tasks: the alias poller, the feedback writer, the canary judge, the event-loop lag probe, the
+  reload watcher of a multi-worker server, and each loaded version's batcher (owned by the versions).
 
 Shutdown order (`close`), so that nothing accepted is lost and nothing waits on a closed pool:
 stop the tasks; let every version answer what it has queued; stop the comparisons (those in
@@ -34,13 +34,13 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-from digitserve.config import Settings
+from digitserve.config import Settings, worker_group
 from digitserve.registry import LocalStore, ModelRegistry, open_store
 from digitserve.registry.cache import CachedRegistry
 from digitserve.registry.feedback import FeedbackSample, FeedbackStore
 from digitserve.serving.browsing.browser import RegistryBrowser
 from digitserve.serving.browsing.catalog import Catalog
-from digitserve.serving.feedback.limits import RateLimiter
+from digitserve.serving.feedback.limits import RateLimiter, SharedBuckets
 from digitserve.serving.feedback.service import FeedbackService, Server
 from digitserve.serving.feedback.spool import FeedbackSpool
 from digitserve.serving.http.admission import Admission
@@ -49,6 +49,7 @@ from digitserve.serving.inference.batching import InferenceSlots
 from digitserve.serving.inference.decoding import ImageDecoder, decode_pool
 from digitserve.serving.inference.state import Refresh
 from digitserve.serving.inference.versions import ModelVersions
+from digitserve.serving.observability.loop import LoopLag
 from digitserve.serving.observability.metrics import ServiceMetrics
 from digitserve.serving.pipeline import PredictionPipeline
 from digitserve.serving.rollouts.background import background_pool
@@ -109,11 +110,11 @@ class Services:
         self.registry = registry = open_serving_registry(settings)
         slots = InferenceSlots(settings.batching.inference_slots, self.pools["forward"])
         self.versions = ModelVersions(settings, registry, metrics, slots, self.pools["registry"])
-        self.aliases = RolloutAliases(self.versions, registry, settings.alias, self.pools["registry"])
         store = registry.store
         in_progress = lambda: admission.in_progress  # noqa: E731
         pools = self.pools["compare"], self.pools["disagreements"]
         self.rollouts = Rollouts(settings, self.versions, store, metrics, in_progress, *pools)
+        self.aliases = RolloutAliases(self.versions, self.rollouts, registry, settings.alias, self.pools["registry"])
         self.judge = CanaryJudge(settings, self.rollouts, self.versions, registry, metrics, self.pools["registry"])
         decoder = ImageDecoder(settings.requests, self.decode)
         self.pipeline = PredictionPipeline(self.versions, decoder, self.rollouts, metrics, settings.requests)
@@ -143,7 +144,9 @@ class Services:
         spool = FeedbackSpool(f.spool_dir, registry.uri, store, f.max_spooled, on_change, writer)
         on_change(spool.pending, 0)  # what an earlier run left spooled
         server = Server(self.versions.state, prepare, self.versions.resident, self.catalog.has_version, count)
-        return FeedbackService(f.enabled, spool, RateLimiter(f.per_minute), server)
+        group, _ = worker_group()  # several workers: one set of buckets for all of them
+        buckets = SharedBuckets(group / "feedback-buckets") if group is not None else None
+        return FeedbackService(f.enabled, spool, RateLimiter(f.per_minute, buckets), server)
 
     async def reload(self, model: str | None = None, force: bool = False) -> list[Refresh]:
         return await self.reloader.reload(model, force)
@@ -155,6 +158,7 @@ class Services:
         self._task(self._poll(), "alias-poller")
         self._task(self.feedback.spool.run(), "feedback-writer")
         self._task(self.judge.run(), "canary-judge")
+        self._task(LoopLag(self.metrics).run(), "loop-lag")
         if self.broadcast is not None:
             self._task(self.broadcast.watch(lambda: self.reload(force=True)), "reload-watcher")
 
@@ -180,7 +184,7 @@ class Services:
         self.pools["feedback-spool"].shutdown(wait=True)  # every sample answered 201 is on disk
         await self.feedback.spool.close()  # what the registry cannot take now stays on disk for the next start
         self.pools["forward"].shutdown(wait=True)
-        self.decode.shutdown(wait=False, cancel_futures=True)
+        self.decode.shutdown(wait=True, cancel_futures=True)  # at most one image's decode: no process left behind
         for name, pool in self.pools.items():
             if name not in ("forward", "feedback-spool"):
                 pool.shutdown(wait=False, cancel_futures=True)

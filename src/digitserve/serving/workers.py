@@ -6,7 +6,8 @@ environment, which uvicorn's worker processes inherit):
 - `reload`: a generation counter. `POST /v1/admin/reload` on whichever worker it reaches bumps
   it; every worker watches it, re-reads its aliases, and writes `acks/<pid>` with the
   generation it has handled, so the answering worker can report that all of them did.
-Hot-swaps stay per process and drop nothing, as with one worker.
+Hot-swaps stay per process and drop nothing, as with one worker. The supervisor of the workers
+is uvicorn's, with one change for a clean stop (`DrainingMultiprocess`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -22,9 +24,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from uvicorn.supervisors.multiprocess import Multiprocess
+
 from digitserve.config import SettingError, Settings, join_worker_group, worker_group
 
 WATCH_INTERVAL_S = 0.2
+log = logging.getLogger(__name__)
 
 
 def worker_count(setting: str) -> int:
@@ -124,3 +129,18 @@ class ReloadBroadcast:
                 seen = current
                 await reload()
                 self.acknowledge(current)
+
+
+class DrainingMultiprocess(Multiprocess):
+    """uvicorn's worker supervisor, but on SIGTERM it closes its own copy of the listening socket
+    before it stops the workers. The socket is shared: while any process holds it open the kernel
+    keeps completing connections into its queue, and the parent -- which never accepts -- held it
+    until the last worker had drained, so connections made during the drain were accepted and then
+    reset. Now the socket closes when the last worker closes its listener, having taken in what the
+    kernel queued (serving/http/shutdown.py); a connection after that is refused, never reset."""
+
+    def handle_term(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        log.info("SIGTERM: the supervisor let go of the listening socket; the workers drain")
+        super().handle_term()

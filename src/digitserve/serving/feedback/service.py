@@ -53,8 +53,8 @@ class FeedbackService:
 
     def check_rate(self, host: str | None) -> str:
         """429 past the client's share; returns the client's pseudonym for the sample."""
-        key, client = client_key(host)
-        wait = self.limiter.take(key)
+        _, client = client_key(host)
+        wait = self.limiter.take(host or "")
         if wait is not None:
             raise RateLimitedError(f"too much feedback from this client; send again in {wait:.0f} s", wait)
         return client

@@ -1,16 +1,18 @@
 """From what a client sent (base64 strings, file bytes) to MNIST-style uint8 arrays, within budgets.
 
-Decoding costs CPU in proportion to pixels, not bytes (a 714-byte WebP can be 16 megapixels),
-so every budget here is in pixels, read from the image headers before anything is decoded:
-- a request whose images total at most `INLINE_PIXELS` is decoded on the event loop (a thread
-  hop costs more than decoding a few small digits);
-- anything larger goes to decode processes, within the request's deadline: decoding and
-  resampling millions of pixels holds the GIL for long stretches, and in a thread it stalled
-  the event loop (a /healthz of 0.4 s); in its own process it cannot;
+Decoding costs CPU for every image (opening it, finding the ink, fitting it into 28x28: about a
+millisecond however small the image) and in proportion to its pixels beyond that (a 714-byte
+WebP can be 16 megapixels); a pixel CSV costs about two milliseconds of parsing. So a request's
+decoding is priced in seconds (`cost_s`), from the image headers, before anything is decoded:
+- a request whose decoding costs at most `INLINE_S` is decoded on the event loop (a hop to
+  another process costs more than decoding one or two digits);
+- anything dearer goes to decode processes, within the request's deadline: decoding holds the
+  GIL for long stretches, and on the event loop (or in a thread) 256 tiny PNGs in one request
+  stalled every other request for half a second; in its own process it cannot;
 - a request over `max_request_pixels` is refused (413); one that would push the pixels waiting
   for the decode processes over `max_decode_backlog_pixels`, or whose wait for them is expected
   past `max_decode_wait_s` or its deadline, gets 503 + Retry-After: decode work is admitted by
-  its cost in seconds (learnt from the decodes that finished), not by its count.
+  its expected seconds (the prices below, corrected by what the decodes that finished took).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ctypes
 import multiprocessing
+import os
 import re
+import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -29,12 +34,17 @@ import numpy as np
 from digitserve.config import RequestLimits
 from digitserve.imaging.decode import ImageError, check_size, header_size
 from digitserve.imaging.mnist import prepare_many, timed_prepare_many
+from digitserve.imaging.pixelcsv import looks_like_csv
 from digitserve.serving.errors import DeadlineExceededError, InvalidInputError, OverloadedError, PayloadTooLargeError
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
-INLINE_PIXELS = 64 * 1024  # ~0.3 ms of decoding: below this a request is decoded inline
-INITIAL_SECONDS_PER_PIXEL = 1e-7  # a 400x400 canvas in ~16 ms, until finished decodes say better
-COST_SMOOTHING = 0.2  # weight of the latest decode in the moving average of the cost of a pixel
+# The price of decoding, measured on one core of the project's 2-core machine (docs/preprocessing.md):
+PER_IMAGE_S = 1.0e-3  # any image, however small: an 8x8 or a 28x28 PNG takes about 1 ms
+PER_PIXEL_S = 8e-8  # beyond that: a 400x400 canvas takes about 13 ms
+PER_CSV_S = 2.0e-3  # a 28x28 pixel CSV, parsed in Python
+INLINE_S = 8e-3  # at most this much decoding per request on the event loop (about 7 digits)
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+COST_SMOOTHING = 0.2  # weight of the latest decode in the moving average of actual over priced
 
 
 def decode_base64(text: str, index: int | str, max_bytes: int) -> bytes:
@@ -67,8 +77,22 @@ def check_count(n: int, limits: RequestLimits, what: str = "images") -> None:
 
 def decode_pool(processes: int) -> ProcessPoolExecutor:
     """The decode processes: "spawn", as a fork of a server with running threads is unsafe; a pool
-    starts its processes on its first job, so a server that never gets a large image has none."""
-    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    starts its processes on its first job, so a server that never gets a large image has none.
+    Each dies with the server process that started it, however that one ends (`die_with_parent`)."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(processes, mp_context=context, initializer=die_with_parent)
+
+
+def die_with_parent() -> None:
+    """In a decode process: ask Linux for SIGTERM when the parent exits (even killed), so a decode
+    process never outlives its server and keeps CPU, memory and multiprocessing's resource tracker."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown is all there is
+        return
+    if os.getppid() == 1:  # the parent died before the request was made
+        os._exit(1)
 
 
 class ImageDecoder:
@@ -78,59 +102,66 @@ class ImageDecoder:
         self.limits = limits
         self.executor = pool  # the decode processes (the composition root's; they start on first use)
         self.backlog_pixels = 0  # pixels handed to the decode processes and not decoded yet
-        self.seconds_per_pixel = INITIAL_SECONDS_PER_PIXEL  # learnt from finished decodes
+        self.backlog_s = 0.0  # their price
+        self.correction = 1.0  # what finished decodes took over what they were priced at (a moving average)
 
     async def prepare(self, blobs: Sequence[bytes], names: Sequence[str], deadline: float) -> np.ndarray:
         """Decode and MNIST-normalise every image: (n, 28, 28) uint8, or an error naming the bad one."""
-        pixels = self._pixels(blobs, names)
+        pixels, cost = self._price(blobs, names)
         limit = self.limits.max_request_pixels
         if pixels > limit:
             raise PayloadTooLargeError(
                 f"the images hold {pixels:,} pixels in all, over the limit of {limit:,} per request; "
                 "send smaller images or fewer per request"
             )
-        if pixels <= INLINE_PIXELS:
+        if cost <= INLINE_S:
             return prepare_many(blobs, names, self.limits.max_image_pixels)
-        self._admit(pixels, deadline)
+        self._admit(pixels, cost, deadline)
         self.backlog_pixels += pixels
+        self.backlog_s += cost
         job = self.executor.submit(timed_prepare_many, blobs, names, self.limits.max_image_pixels)
         work = asyncio.wrap_future(job)
-        work.add_done_callback(lambda done: self._decoded(done, pixels))
+        work.add_done_callback(lambda done: self._decoded(done, pixels, cost))
         try:
             images, _ = await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise DeadlineExceededError("the images could not be decoded before the deadline") from None
         return images
 
-    def _admit(self, pixels: int, deadline: float) -> None:
+    def _admit(self, pixels: int, cost: float, deadline: float) -> None:
         """503 unless the decode work already queued leaves room for this request's: within the
-        pixel backlog, within `max_decode_wait_s` of expected waiting, and done by the deadline.
-        The cost of a pixel is learnt from the decodes that finished (a moving average)."""
-        if not self.backlog_pixels:
+        pixel backlog, within `max_decode_wait_s` of expected waiting, and done by the deadline."""
+        if not self.backlog_pixels and not self.backlog_s:
             return  # an idle decoder takes any request within the per-request limit
-        wait = self.backlog_pixels * self.seconds_per_pixel / self.limits.decode_processes
-        done_by = time.monotonic() + wait + pixels * self.seconds_per_pixel
+        wait = self.backlog_s * self.correction / self.limits.decode_processes
+        done_by = time.monotonic() + wait + cost * self.correction
         if self.backlog_pixels + pixels > self.limits.max_decode_backlog_pixels:
             raise OverloadedError(f"{self.backlog_pixels:,} pixels are waiting to be decoded; retry shortly")
         if wait > self.limits.max_decode_wait_s or done_by > deadline:
             raise OverloadedError(f"the images waiting to be decoded need about {wait:.2f} s; retry shortly")
 
-    def _pixels(self, blobs: Sequence[bytes], names: Sequence[str]) -> int:
-        """The pixels decoding will produce, from the headers; an image over the per-image limit is refused here."""
-        total = 0
+    def _price(self, blobs: Sequence[bytes], names: Sequence[str]) -> tuple[int, float]:
+        """(pixels, seconds) decoding will take, from the headers; an image over the per-image
+        limit is refused here."""
+        pixels, cost = 0, 0.0
         for blob, name in zip(blobs, names, strict=True):
+            if looks_like_csv(blob):
+                cost += PER_CSV_S
+                continue
             width, height = header_size(blob)
             if width * height > self.limits.max_image_pixels:
                 try:
                     check_size(width, height, self.limits.max_image_pixels)
                 except ImageError as exc:
                     raise type(exc)(f"{name}: {exc}") from None
-            total += width * height
-        return total
+            pixels += width * height
+            cost += PER_IMAGE_S + width * height * PER_PIXEL_S
+        return pixels, cost
 
-    def _decoded(self, work: asyncio.Future[tuple[np.ndarray, float]], pixels: int) -> None:
+    def _decoded(self, work: asyncio.Future[tuple[np.ndarray, float]], pixels: int, cost: float) -> None:
         self.backlog_pixels -= pixels
+        self.backlog_s = max(0.0, self.backlog_s - cost)
         if work.cancelled() or work.exception() is not None:  # retrieved: no "never retrieved" log
             return
         _, seconds = work.result()
-        self.seconds_per_pixel += COST_SMOOTHING * (seconds / max(pixels, 1) - self.seconds_per_pixel)
+        self.correction += COST_SMOOTHING * (seconds / max(cost, 1e-6) - self.correction)

@@ -45,6 +45,15 @@ class LoadFailure:
         return without_none(self, keep=("version",) if self.alias is None else ())
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A rollout version this process retired: why, and the alias move that had brought it in.
+    Moving the alias to it again (someone re-promoting it) is a new decision, judged afresh."""
+
+    reason: str
+    moved_at: str | None
+
+
 @dataclass
 class ModelState:
     name: str
@@ -55,7 +64,8 @@ class ModelState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     rollout: dict[Role, LoadedVersion] = field(default_factory=dict)
     rollout_errors: dict[Role, LoadFailure] = field(default_factory=dict)
-    refused: dict[int, str] = field(default_factory=dict)  # rollout versions this process retired, and why
+    refused: dict[int, Refusal] = field(default_factory=dict)  # rollout versions this process retired
+    rollout_moved_at: dict[Role, str] = field(default_factory=dict)  # when its alias last moved to what it holds
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ by exactly the version it picked; the old batcher then drains and stops (a hot-s
 
 Beside it a model may hold a rollout version per role (`canary`, `shadow`): which version each
 role holds is decided by the rollouts (rollouts/following.py), which ask through `hold` and
-`release`; a version a rollout refused here (a failed canary) is never loaded again by this
-process. Pinned versions (`?version=`, `?alias=`) are loaded on first use and kept, the least
-recently used evicted past `RESIDENT_VERSIONS`.
+`release`; a version a rollout refused here (a failed canary) is not loaded again by this
+process until its alias is moved to it afresh. Pinned versions (`?version=`, `?alias=`) are
+loaded on first use and kept, the least recently used evicted past `RESIDENT_VERSIONS`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from digitserve.registry import ModelRegistry, NotFoundError, RegistryError, Sto
 from digitserve.runtime import LoadError, RuntimeOptions, load_servable
 from digitserve.serving.errors import ModelNotReadyError, UnknownModelError, UnknownVersionError
 from digitserve.serving.inference.batching import BatchStats, DynamicBatcher, InferenceSlots
-from digitserve.serving.inference.state import LoadedVersion, LoadFailure, ModelState, Refresh, Role
+from digitserve.serving.inference.state import LoadedVersion, LoadFailure, ModelState, Refresh, Refusal, Role
 from digitserve.serving.observability.metrics import ServiceMetrics
 from digitserve.serving.workers import runtime_threads
 
@@ -198,29 +198,39 @@ class ModelVersions:
 
     # --- rollout versions beside the served one --------------------------------------------------
 
-    async def hold(self, state: ModelState, role: Role, version: int | None) -> None:
+    async def hold(self, state: ModelState, role: Role, version: int | None, moved_at: str | None = None) -> bool:
         """Hold `version` in `role` beside the served version (loading it if need be); None, the
-        served version or one refused here releases the role."""
+        served version, or one refused here since its alias moved at `moved_at`, releases the role.
+        True when a refused version is taken again because its alias moved to it afresh."""
         alias = self.rollout_aliases[role]
         async with state.lock:
             current = state.rollout.get(role)
-            if version is None or state.served is None or version == state.served.version or version in state.refused:
+            refusal = state.refused.get(version) if version is not None else None
+            again = refusal is not None and moved_at is not None and moved_at != refusal.moved_at
+            if again and version is not None:
+                del state.refused[version]
+                log.info("%s: %s %s moved to v%d again: no longer refused here", state.name, role, alias, version)
+            elif refusal is not None:
+                version = None
+            if version is None or state.served is None or version == state.served.version:
                 self.release(state, role)
                 state.rollout_errors.pop(role, None)
-                return
+                return again
+            state.rollout_moved_at[role] = moved_at or ""
             if current is not None and current.version == version:
-                return
+                return again
             try:
                 loaded = await self.load(state.name, version)
             except LoadError as exc:
                 state.rollout_errors[role] = LoadFailure(exc.step, str(exc), version, alias)
-                return
+                return again
             state.rollout[role] = loaded
             state.rollout_errors.pop(role, None)
             self.metrics.set_served(state.name, alias, loaded.version)
             if current is not None:
                 self.retire(current)
             log.info("%s: %s %s is v%d", state.name, role, alias, loaded.version)
+            return again
 
     def release(self, state: ModelState, role: Role, refuse: str | None = None) -> None:
         """Stop routing to the role's version now (`refuse`: and never load it again in this process)."""
@@ -228,7 +238,7 @@ class ModelVersions:
         if loaded is None:
             return
         if refuse:
-            state.refused[loaded.version] = refuse
+            state.refused[loaded.version] = Refusal(refuse, state.rollout_moved_at.get(role))
         self.metrics.clear_served(state.name, self.rollout_aliases[role])
         self.retire(loaded)
 

@@ -22,6 +22,7 @@ from digitserve.registry.evidence import PerClass
 from digitserve.serving.http.routes import prediction_of
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -58,6 +59,18 @@ class ServiceMetrics:
             multiprocess_mode="livesum",
         )
         self.workers.set(1)
+        self.loop_lag = Histogram(
+            "digitserve_event_loop_lag_seconds",
+            "how much later than asked the event loop ran a timer (observability/loop.py)",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "digitserve_event_loop_lag_max_seconds",
+            "the worst event-loop lag since start (the worst worker's)",
+            registry=r,
+            multiprocess_mode="max",
+        )
 
     def _model_metrics(self, r: CollectorRegistry) -> None:
         self.images = Counter("digitserve_images", "images predicted", ["model", "version"], registry=r)
@@ -141,6 +154,11 @@ class ServiceMetrics:
             "digitserve_rollout_comparisons_dropped",
             "comparisons not made: busy or queue (no spare capacity), backlog, failed",
             ["kind", "reason"],
+            registry=r,
+        )
+        self.canary_paused = Counter(
+            "digitserve_canary_paused",
+            "requests the canary's share sent to production while its comparisons lagged (no evidence, no exposure)",
             registry=r,
         )
         self.rollbacks = Counter(

@@ -85,10 +85,23 @@ class Comparison:
     key: PairKey
     images: np.ndarray
     found: Compared
+    clients: tuple[tuple[str, int], ...] = ()  # (client network, its images), in the order of `images`
 
     @property
     def pair(self) -> tuple[str, int, int]:
         return self.key.model, self.key.production_version, self.key.candidate_version
+
+    def by_client(self) -> dict[str, tuple[int, int]]:
+        """Each client network's (compared, agreed) inputs in this comparison."""
+        out: dict[str, tuple[int, int]] = {}
+        start = 0
+        disagree = set(self.found.disagree)
+        for client, n in self.clients:
+            agreed = sum(1 for i in range(start, start + n) if i not in disagree)
+            compared, before = n, out.get(client, (0, 0))
+            out[client] = (before[0] + compared, before[1] + agreed)
+            start += n
+        return out
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,7 @@ class Job:
     other: Servable
     images: np.ndarray
     answered_is_production: bool
+    client: str = ""  # the network of the client whose request it was (clients.py)
 
 
 Spare = Callable[[], str | None]  # None when there is room, else why not (a metrics label)
@@ -173,7 +187,8 @@ class Comparer:
             images = np.concatenate([job.images for job in group])
             answered = np.concatenate([job.probabilities for job in group])
             args = (images, answered, head.answered.calibration.threshold, head.answered_is_production)
-            self.record(Comparison(key, images, await self._in_background(head.other, *args)))
+            clients = tuple((job.client, len(job.images)) for job in group)
+            self.record(Comparison(key, images, await self._in_background(head.other, *args), clients))
 
     async def _in_background(self, other: Servable, *args: Any) -> Compared:
         sha = other.manifest.onnx.sha256 if other.manifest.onnx else f"{other.model}-{other.version}"

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
+from typing import NamedTuple
 
 from digitserve.registry import AliasState, ModelRegistry, RegistryError
 from digitserve.serving.inference.versions import ModelVersions
+from digitserve.serving.rollouts.routing import Rollouts
 
 
 def active_version(rollout: AliasState | None, production: AliasState | None) -> int | None:
@@ -26,9 +28,17 @@ def active_version(rollout: AliasState | None, production: AliasState | None) ->
     return rollout.version
 
 
+class Followed(NamedTuple):
+    version: int | None  # what the alias routes to (active_version)
+    moved_at: str | None  # when the alias last moved (a version refused here is judged afresh after)
+
+
 class RolloutAliases:
-    def __init__(self, versions: ModelVersions, registry: ModelRegistry, production_alias: str, io: Executor) -> None:
+    def __init__(
+        self, versions: ModelVersions, rollouts: Rollouts, registry: ModelRegistry, production_alias: str, io: Executor
+    ) -> None:
         self.versions = versions
+        self.rollouts = rollouts
         self.registry = registry
         self.production_alias = production_alias
         self.io = io  # the registry threads
@@ -38,16 +48,20 @@ class RolloutAliases:
         state = self.versions.state(model)
         for role, alias in self.versions.rollout_aliases.items():
             try:
-                version = await asyncio.get_running_loop().run_in_executor(self.io, self._active, model, alias)
+                followed = await asyncio.get_running_loop().run_in_executor(self.io, self._active, model, alias)
             except RegistryError as exc:  # keep what is loaded; say why it could not be checked
                 self.versions.rollout_unresolved(state, role, str(exc))
                 continue
-            await self.versions.hold(state, role, version)
+            if await self.versions.hold(state, role, followed.version, followed.moved_at) and role == "canary":
+                self.rollouts.forget(model)  # re-promoted after a rollback here: a fresh watch
 
     async def refresh_all(self) -> None:
         for model in self.versions.states:
             await self.refresh(model)
 
-    def _active(self, model: str, alias: str) -> int | None:
-        production = self.registry.get_alias(model, self.production_alias)
-        return active_version(self.registry.get_alias(model, alias), production)
+    def _active(self, model: str, alias: str) -> Followed:
+        rollout, production = (
+            self.registry.get_alias(model, alias),
+            self.registry.get_alias(model, self.production_alias),
+        )
+        return Followed(active_version(rollout, production), rollout.updated_at if rollout else None)

@@ -22,6 +22,7 @@ import numpy as np
 
 from digitserve.config import Settings
 from digitserve.registry import Store
+from digitserve.serving.clients import network_of
 from digitserve.serving.inference.state import LoadedVersion, ModelState
 from digitserve.serving.inference.versions import ModelVersions
 from digitserve.serving.observability.metrics import ServiceMetrics
@@ -42,6 +43,7 @@ class Route:
     loaded: LoadedVersion
     alias: str | None
     side: Side
+    client: str | None = None  # the client's address as the server sees it (for the canary's evidence)
 
     @property
     def model(self) -> str:
@@ -68,25 +70,34 @@ class Rollouts:
         self.watches: dict[Pair, CanaryWatch] = {}
         self.agreement: dict[PairKey, Agreement] = {}
         self.dropped: Counter[tuple[str, str]] = Counter()  # counted here, added to the metrics each second
+        self.paused = 0  # canary answers production gave instead, waiting for evidence
         self.comparer = Comparer(self._spare, self._record, self.shadow.max_backlog, self._dropped, compare_pool)
         self.disagreements = DisagreementLog(store, self.shadow.disagreement_samples, disagreement_writer)
 
     # --- on the request path ------------------------------------------------------------------
 
-    def route(self, state: ModelState, sticky: str | None) -> Route:
-        """Production, or the canary for its share of the requests (a sticky key keeps its side)."""
+    def route(self, state: ModelState, sticky: str | None, client: str | None = None) -> Route:
+        """Production, or the canary for its share of the requests (a sticky key keeps its side) --
+        while its comparisons vouch for what it answers (`waiting_for_evidence`)."""
         served = self.versions.served(state)
         canary = self.versions.rollout(state, "canary")
         percent = self.canary.percent
         if canary is not None and percent > 0:
             chosen = sticky_side(sticky, percent) if sticky else random.random() * 100 < percent
-            if chosen:
-                return Route(state, canary, self.canary.alias, "canary")
-        return Route(state, served, self.alias, "production")
+            if chosen and not self._waiting_for_evidence(state, served, canary):
+                return Route(state, canary, self.canary.alias, "canary", client)
+        return Route(state, served, self.alias, "production", client)
 
-    def production_route(self, state: ModelState) -> Route:
+    def _waiting_for_evidence(self, state: ModelState, served: LoadedVersion, canary: LoadedVersion) -> bool:
+        watch = self.watches.get(Pair(state.name, served.version, canary.version))
+        if watch is None or not watch.waiting_for_evidence(self.canary):
+            return False
+        self.paused += 1  # counted here, added to the metrics each second
+        return True
+
+    def production_route(self, state: ModelState, client: str | None = None) -> Route:
         """Where a request the canary could not take goes instead."""
-        return Route(state, self.versions.served(state), self.alias, "production")
+        return Route(state, self.versions.served(state), self.alias, "production", client)
 
     def answered(self, route: Route, images: np.ndarray, probabilities: np.ndarray, latency_s: float) -> None:
         """After the answer is computed: count it, and offer the comparisons it calls for."""
@@ -100,7 +111,8 @@ class Rollouts:
                 watch.canary.add(latency_s)
                 watch.evidence.candidate_requests += 1
             if random.random() * 100 < self.canary.compare_percent and state.served is not None:
-                self.comparer.offer(Job("canary", loaded.servable, probabilities, state.served.servable, images, False))
+                served, client = state.served.servable, network_of(route.client)
+                self.comparer.offer(Job("canary", loaded.servable, probabilities, served, images, False, client))
             return
         if watch is not None:
             watch.production.add(latency_s)
@@ -148,6 +160,13 @@ class Rollouts:
             if pair != current and len(self.watches) > MAX_WATCHES:
                 del self.watches[pair]
 
+    def forget(self, model: str) -> None:
+        """Drop the model's canary watches (a canary taken afresh is judged on new evidence)."""
+        for pair in [p for p in self.watches if p.model == model]:
+            del self.watches[pair]
+        for key in [k for k in self.agreement if k.kind == "canary" and k.model == model]:
+            del self.agreement[key]
+
     def _dropped(self, kind: str, reason: str) -> None:
         self.dropped[(kind, reason)] += 1  # on the request path under load: a dict, not a metrics write
 
@@ -155,6 +174,9 @@ class Rollouts:
         for (kind, reason), n in self.dropped.items():
             self.metrics.dropped_comparisons.labels(kind, reason).inc(n)
         self.dropped.clear()
+        if self.paused:
+            self.metrics.canary_paused.inc(self.paused)
+            self.paused = 0
 
     def _spare(self) -> str | None:
         """None while this process has room for background comparisons, else why not."""
@@ -169,8 +191,8 @@ class Rollouts:
         self.metrics.compared(key.model, key.kind, key.production_version, key.candidate_version, per_class)
         watch = self.watches.get(Pair(*c.pair))
         if key.kind == "canary" and watch is not None:
-            compared = len(c.found.production)
-            watch.canary.compare(compared, compared - len(c.found.disagree))
+            for client, (compared, agreed) in c.by_client().items():
+                watch.canary.compare(client, compared, agreed)
         self.disagreements.keep(c)
 
     def agreed(self, model: str, watch: CanaryWatch) -> Agreement:
@@ -196,7 +218,7 @@ class Rollouts:
                 "auto_rollback": self.canary.auto_rollback,
                 "live": watch.live() if watch else None,
                 "agreement": self.agreed(model, watch).to_dict() if watch else None,
-                "rolled_back_here": {str(v): why for v, why in state.refused.items()},
+                "rolled_back_here": {str(v): refusal.reason for v, refusal in state.refused.items()},
                 "error": error.to_dict() if error else None,
             }
         if self.shadow.alias:

@@ -13,10 +13,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from digitserve.config import CanarySettings
-from digitserve.registry.evidence import Evidence
+from digitserve.registry.evidence import Evidence, Tally, merge_per_class
+from digitserve.serving.clients import OTHER
 
 BUCKETS = 12  # the window is this many buckets: it slides by a twelfth of its length
 MAX_LATENCIES = 2000  # latencies kept per bucket for the p99 (a uniform sample beyond that)
+MAX_CLIENTS = 1000  # client networks tallied per bucket; later ones count as one, "other"
 
 
 @dataclass
@@ -28,6 +30,7 @@ class _Bucket:
     compared: int = 0
     agreed: int = 0
     latencies: list[float] = field(default_factory=list)
+    clients: dict[str, Tally] = field(default_factory=dict)  # client network -> its compared inputs
 
 
 class Pair(NamedTuple):
@@ -47,6 +50,8 @@ class Totals(NamedTuple):
     compared: int
     agreed: int
     p99_ms: float | None
+    clients: int = 0  # client networks among the compared inputs
+    client_agreement: float | None = None  # the median of their agreement: what no few clients can steer
 
     def to_dict(self) -> dict[str, Any]:
         return self._asdict()
@@ -78,10 +83,18 @@ class Window:
             elif random.random() < MAX_LATENCIES / bucket.requests:
                 bucket.latencies[random.randrange(MAX_LATENCIES)] = latency
 
-    def compare(self, compared: int, agreed: int) -> None:
+    def compare(self, client: str, compared: int, agreed: int) -> None:
         bucket = self._now()
         bucket.compared += compared
         bucket.agreed += agreed
+        if client not in bucket.clients and len(bucket.clients) >= MAX_CLIENTS:
+            client = OTHER
+        bucket.clients[client] = bucket.clients.get(client, Tally()).plus(compared, agreed)
+
+    def counts(self) -> tuple[int, int]:
+        """(requests, compared) over the window: cheap enough for every routed request."""
+        self._now()
+        return sum(b.requests for b in self.buckets), sum(b.compared for b in self.buckets)
 
     def totals(self) -> Totals:
         self._now()
@@ -94,7 +107,16 @@ class Window:
             compared=sum(b.compared for b in self.buckets),
             agreed=sum(b.agreed for b in self.buckets),
             p99_ms=round(p99, 3) if p99 is not None else None,
+            **self._clients(),
         )
+
+    def _clients(self) -> dict[str, Any]:
+        tallies: dict[str, Tally] = {}
+        for bucket in self.buckets:
+            merge_per_class(tallies, bucket.clients)
+        rates = [t.agreed / t.compared for t in tallies.values() if t.compared]
+        median = float(np.median(rates)) if rates else None
+        return {"clients": len(rates), "client_agreement": round(median, 6) if median is not None else None}
 
 
 @dataclass
@@ -133,13 +155,21 @@ class CanaryWatch:
                         f"p99 latency {canary.p99_ms:.1f} ms, production {production.p99_ms:.1f} ms "
                         f"(limit {limit:.1f} ms)"
                     )
-        compared = canary.compared
-        if compared >= limits.min_compared and canary.agreed / compared < limits.min_agreement:
+        compared, clients, median = canary.compared, canary.clients, canary.client_agreement
+        enough = compared >= limits.min_compared and clients >= limits.min_clients
+        if enough and median is not None and median < limits.min_agreement:
             return (
-                f"agreement with production {canary.agreed / compared:.1%} on {compared} compared inputs "
-                f"(minimum {limits.min_agreement:.1%})"
+                f"agreement with production {median:.1%} (the median of {clients} client networks) on "
+                f"{compared} compared inputs (minimum {limits.min_agreement:.1%})"
             )
         return None
+
+    def waiting_for_evidence(self, limits: CanarySettings) -> bool:
+        """Whether the canary has answered as much as its comparisons can vouch for: past the first
+        `min_requests`, more than `answers_per_compared` answers per compared input. Then production
+        answers in its place until the comparisons catch up -- no evidence, no more exposure."""
+        requests, compared = self.canary.counts()
+        return requests >= limits.min_requests and requests > limits.answers_per_compared * max(compared, 1)
 
     def live(self) -> dict[str, Any]:
         return {

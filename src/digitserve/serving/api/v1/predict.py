@@ -48,6 +48,11 @@ StickyHeader = Annotated[
 ]
 
 
+def client_host(request: Request) -> str | None:
+    """The client's address as the server sees it (after `FORWARDED_ALLOW_IPS`)."""
+    return request.client.host if request.client else None
+
+
 async def selector(version: VersionQuery = None, alias: AliasQuery = None, sticky: StickyHeader = None) -> Selector:
     """Which version answers: `?version=` pins one, `?alias=` follows another alias (not both);
     otherwise the served alias, or its canary for a share of the requests."""
@@ -89,13 +94,18 @@ def render_predictions(
 
 @router.post(V1_PREDICT, response_model=PredictResponse, summary="Predict digits (JSON, base64)")
 async def predict_json(
-    model: str, body: PredictRequest, context: PredictionDep, selector: SelectorDep, abstain: AbstainQuery = True
+    model: str,
+    body: PredictRequest,
+    request: Request,
+    context: PredictionDep,
+    selector: SelectorDep,
+    abstain: AbstainQuery = True,
 ) -> JSONResponse:
     """Classify one or more base64-encoded images. The answer names the version that computed it."""
     pipeline = context.pipeline
     if not body.images and not body.csv:
         raise InvalidInputError("no images sent; send `images` (base64 image files) or `csv` (pixel CSV text)")
-    target = pipeline.target(model, selector)
+    target = pipeline.target(model, selector, client_host(request))
     pipeline.admit(len(body.images) + len(body.csv))
     max_bytes = pipeline.limits.max_image_bytes
     blobs = [decode_base64(s, i, max_bytes) for i, s in enumerate(body.images)]
@@ -174,7 +184,7 @@ async def predict_upload(
 ) -> JSONResponse:
     """Classify uploaded image files (form field `files`, repeatable)."""
     pipeline = context.pipeline
-    target = pipeline.target(model, selector)  # unknown model: 404 before reading the body
+    target = pipeline.target(model, selector, client_host(request))  # unknown model: 404 before the body
     blobs, names = await _read_uploads(request, pipeline.limits)
     pipeline.admit(len(blobs), "files")
     result = await pipeline.predict_encoded(target, blobs, names, context.deadline)

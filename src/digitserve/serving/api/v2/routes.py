@@ -17,6 +17,7 @@ from starlette.responses import Response
 from digitserve import __version__
 from digitserve.serving.api.handlers import error_response
 from digitserve.serving.api.schemas import ERROR_RESPONSES, ErrorResponse
+from digitserve.serving.api.v1.predict import client_host
 from digitserve.serving.api.v2.codec import read_request, render_response
 from digitserve.serving.api.v2.schemas import (
     EXTENSIONS,
@@ -178,7 +179,7 @@ async def model_version_metadata(
 async def infer_with(
     request: Request, pipeline: PredictionPipeline, model: str, selector: Selector, deadline: float
 ) -> Response:
-    target = pipeline.target(model, selector)  # unknown model: 404 before reading the body
+    target = pipeline.target(model, selector, client_host(request))  # unknown model: 404 before the body
     decoded = await read_request(await request.body(), request.headers, pipeline.limits)
     if decoded.images is not None:
         names = [f"{IMAGES}[{i}]" for i in range(len(decoded.images))]

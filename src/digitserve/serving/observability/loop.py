@@ -1,0 +1,34 @@
+"""How late the event loop runs: the wait every request has behind whatever holds the loop.
+
+A task asks to wake every `INTERVAL_S` and records how much later than asked it woke -- the time
+some other work kept the loop (decoding on the loop, a long JSON render, a blocking call). Its
+histogram and its worst value since start are in `/metrics`; the tests read them to show that
+hostile requests never stall the loop, measured inside the server, whatever the machine's load
+does to a client's own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from digitserve.serving.observability.metrics import ServiceMetrics
+
+INTERVAL_S = 0.05
+
+
+class LoopLag:
+    def __init__(self, metrics: ServiceMetrics, interval_s: float = INTERVAL_S) -> None:
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        while True:
+            due = time.monotonic() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            lag = max(0.0, time.monotonic() - due)
+            self.metrics.loop_lag.observe(lag)
+            if lag > self.worst:
+                self.worst = lag
+                self.metrics.loop_lag_max.set(lag)
