@@ -56,6 +56,7 @@ def test_feedback_while_s3_is_down_is_spooled_then_written(monkeypatch: pytest.M
         seed_s3(uri)
         env = {
             "DIGITSERVE_REGISTRY": uri,
+            "FORWARDED_ALLOW_IPS": "127.0.0.1",  # the tests say which client they are
             "DIGITSERVE_MODELS": "cnn",
             "DIGITSERVE_CACHE_DIR": str(tmp_path / "cache"),
             "DIGITSERVE_POLL_SECONDS": "1",
@@ -95,6 +96,7 @@ def test_sigterm_with_a_full_spool_loses_nothing(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     env = {
         "DIGITSERVE_REGISTRY": registry.uri,
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",  # the tests say which client they are
         "DIGITSERVE_MODELS": "cnn",
         "DIGITSERVE_FEEDBACK_SPOOL_DIR": str(spool),
         "DIGITSERVE_FEEDBACK_MAX_SPOOLED": "8",

@@ -50,6 +50,7 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
 def server(registry: ModelRegistry, tmp_path: Path) -> Iterator[str]:
     env = {
         "DIGITSERVE_REGISTRY": registry.uri,
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",  # the tests say which client they are
         "DIGITSERVE_MODELS": "cnn",
         "DIGITSERVE_POLL_SECONDS": "1",
         "DIGITSERVE_FEEDBACK_SPOOL_DIR": str(tmp_path / "spool"),

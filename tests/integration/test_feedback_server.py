@@ -37,6 +37,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
 def server(registry: ModelRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {
         "DIGITSERVE_REGISTRY": registry.uri,
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",  # the tests say which client they are
         "DIGITSERVE_MODELS": "cnn",
         "DIGITSERVE_FEEDBACK_PER_MINUTE": str(PER_MINUTE),
         "DIGITSERVE_FEEDBACK_SPOOL_DIR": str(tmp_path_factory.mktemp("spool")),

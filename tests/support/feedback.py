@@ -36,7 +36,7 @@ def correction(answer: dict[str, Any], label: int | str) -> dict[str, Any]:
 
 
 def send(url: str, body: dict[str, Any], client: str = "192.0.2.1") -> httpx.Response:
-    """POST /v1/feedback as `client` (X-Forwarded-For, which uvicorn trusts from loopback)."""
+    """POST /v1/feedback as `client` (X-Forwarded-For: the server must trust loopback, FORWARDED_ALLOW_IPS)."""
     return httpx.post(f"{url}/v1/feedback", json=body, headers={"X-Forwarded-For": client}, timeout=30)
 
 

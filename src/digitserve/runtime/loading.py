@@ -17,6 +17,7 @@ from digitserve.registry import (
     ModelRegistry,
     NotFoundError,
     RegistryError,
+    StoreUnavailableError,
 )
 from digitserve.runtime.calibration import Calibration, CalibrationError
 from digitserve.runtime.session import OnnxModel, RuntimeOptions, Servable
@@ -28,11 +29,12 @@ STEPS = ("fetch", "verify", "build", "warmup", "golden")
 class LoadError(RuntimeError):
     """A version failed a loading step (one of STEPS); `missing` when the version does not exist."""
 
-    def __init__(self, step: str, message: str, *, missing: bool = False) -> None:
+    def __init__(self, step: str, message: str, *, missing: bool = False, transient: bool = False) -> None:
         super().__init__(f"{step}: {message}")
         self.step = step
         self.message = message
         self.missing = missing
+        self.transient = transient  # the registry could not be reached: trying again later may work
 
 
 def _fetch(registry: ModelRegistry, model: str, version: int) -> tuple[Manifest, bytes]:
@@ -42,6 +44,8 @@ def _fetch(registry: ModelRegistry, model: str, version: int) -> tuple[Manifest,
         raise LoadError("verify", str(exc)) from exc
     except NotFoundError as exc:
         raise LoadError("fetch", str(exc), missing=True) from exc
+    except StoreUnavailableError as exc:
+        raise LoadError("fetch", str(exc), transient=True) from exc
     except (MissingArtifactError, RegistryError) as exc:
         raise LoadError("fetch", str(exc)) from exc
 

@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
-from fastapi.staticfiles import StaticFiles
 
 from digitserve import __version__
 from digitserve.config import Settings, load_settings
 from digitserve.serving.api import health
 from digitserve.serving.api.handlers import install_error_handlers
+from digitserve.serving.api.pages import mount_pages
 from digitserve.serving.api.v1 import admin, feedback, models, predict, registry
 from digitserve.serving.api.v2 import routes as v2
 from digitserve.serving.http.admission import Admission
@@ -27,8 +25,6 @@ from digitserve.serving.http.shutdown import Drain, install_sigterm_drain
 from digitserve.serving.observability.metrics import HttpObserver, ServiceMetrics
 from digitserve.serving.responses import JSONResponse
 from digitserve.serving.services import Services
-
-STATIC = files("digitserve") / "static"
 
 
 @contextlib.asynccontextmanager
@@ -60,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         '`{"error": "...", "code": "..."}`.',
         default_response_class=JSONResponse,
         lifespan=lifespan,
+        docs_url=None,  # served below from the package's own copy of Swagger UI
+        redoc_url=None,
     )
     metrics, drain, limits = ServiceMetrics(), Drain(), settings.requests
     app.state.settings, app.state.metrics, app.state.drain = settings, metrics, drain
@@ -76,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if settings.admin_token is not None:
         app.include_router(admin.router)
-    _mount_page(app)
+    mount_pages(app)
     app.add_middleware(
         EdgeMiddleware,
         admission=admission,
@@ -85,25 +83,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         observe=HttpObserver(metrics, app.router.routes),
     )
     return app
-
-
-def _mount_page(app: FastAPI) -> None:
-    if not STATIC.joinpath("index.html").is_file():
-        return
-
-    @app.get("/", include_in_schema=False, response_class=HTMLResponse)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(STATIC.joinpath("index.html").read_text(encoding="utf-8"))
-
-    # The models pages are one static page that reads the path: /models, /models/cnn/4, /models/compare.
-    models_html = STATIC.joinpath("models.html").read_text(encoding="utf-8")
-
-    @app.get("/models", include_in_schema=False, response_class=HTMLResponse)
-    @app.get("/models/{path:path}", include_in_schema=False, response_class=HTMLResponse)
-    async def models_page(path: str = "") -> HTMLResponse:
-        return HTMLResponse(models_html)
-
-    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
 
 def app_from_env() -> Any:

@@ -63,6 +63,13 @@ class UnknownVersionError(ServiceError):
     status_code, code = 404, "unknown_version"
 
 
+class VersionNotServableError(ServiceError):
+    """The version exists but cannot be served (no ONNX artifact, a failed integrity or golden
+    check): asking again will not help until the registry holds another version."""
+
+    status_code, code = 422, "version_not_servable"
+
+
 class UnauthorizedError(ServiceError):
     """An admin route without the right bearer token."""
 

@@ -9,7 +9,8 @@ In order, for an HTTP request:
 - **drain**: after SIGTERM every response carries `Connection: close`, so a client's next request
   opens a new connection (answered 503, or refused once the listener closes) instead of being
   written on a kept-alive connection the server is about to close, where it would be reset;
-- **observe**: the answer's status and latency go to `observe` (the metrics), by route template.
+- **observe**: the answer's status and latency go to `observe` (the metrics), by route template;
+- a redirect's `Location` is made a path (never the Host header a client wrote).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,6 +71,8 @@ class EdgeMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if 300 <= status < 400:
+                    message = {**message, "headers": [_relative(k, v) for k, v in message.get("headers", [])]}
                 if draining():
                     headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
                     message = {**message, "headers": [*headers, (b"connection", b"close")]}
@@ -112,6 +116,16 @@ class EdgeMiddleware:
         finally:
             if counted:
                 admission.in_progress -= 1
+
+
+def _relative(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """A redirect's Location as a path: the router builds it from the request's Host header, which
+    a client writes (an absolute Location would send browsers wherever that header said)."""
+    if name.lower() != b"location":
+        return name, value
+    parts = urlsplit(value.decode("latin-1"))
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return name, path.encode("latin-1")
 
 
 def _declared_length_refusal(scope: Scope, limit: int) -> tuple[int, str, str] | None:

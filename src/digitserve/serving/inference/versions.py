@@ -17,14 +17,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from concurrent.futures import Executor
 
 from digitserve.config import Settings
 from digitserve.registry import ModelRegistry, NotFoundError, RegistryError, StoreUnavailableError
 from digitserve.runtime import LoadError, RuntimeOptions, load_servable
-from digitserve.serving.errors import ModelNotReadyError, UnknownModelError, UnknownVersionError
+from digitserve.serving.errors import (
+    ModelNotReadyError,
+    UnknownModelError,
+    UnknownVersionError,
+)
 from digitserve.serving.inference.batching import BatchStats, DynamicBatcher, InferenceSlots
+from digitserve.serving.inference.pinned import PinnedVersions
 from digitserve.serving.inference.state import LoadedVersion, LoadFailure, ModelState, Refresh, Refusal, Role
 from digitserve.serving.observability.metrics import ServiceMetrics
 from digitserve.serving.workers import runtime_threads
@@ -38,7 +42,6 @@ class ModelVersions:
     ) -> None:
         self.alias = settings.alias
         self.batching = settings.batching
-        self.resident_limit = settings.runtime.resident_versions
         self.registry = registry
         self.metrics = metrics
         self.slots = slots
@@ -49,8 +52,7 @@ class ModelVersions:
         self.states = {name: ModelState(name) for name in settings.models}
         roles: dict[Role, str | None] = {"canary": settings.canary.alias, "shadow": settings.shadow.alias}
         self.rollout_aliases = {role: a for role, a in roles.items() if a and a != settings.alias}
-        self.pinned: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
-        self._pending: dict[tuple[str, int], asyncio.Future[LoadedVersion]] = {}
+        self.pinned = PinnedVersions(self.load, self.retire, settings.runtime.resident_versions)
         self._retiring: set[asyncio.Task[None]] = set()
 
     # --- on the request path --------------------------------------------------------------------
@@ -79,13 +81,7 @@ class ModelVersions:
             version = await self._resolve(state.name, alias)
         if version is None or (state.served is not None and state.served.version == version):
             return self.served(state)
-        key = (state.name, version)
-        if key in self.pinned:
-            self.pinned.move_to_end(key)
-            return self.pinned[key]
-        if key not in self._pending:
-            self._pending[key] = asyncio.ensure_future(self._load_pinned(state.name, version))
-        return await asyncio.shield(self._pending[key])
+        return await self.pinned.get(state.name, version)
 
     async def _resolve(self, model: str, alias: str) -> int:
         try:
@@ -94,22 +90,6 @@ class ModelVersions:
             raise UnknownVersionError(f"model {model!r} has no alias {alias!r}") from None
         except RegistryError as exc:
             raise ModelNotReadyError(f"cannot resolve alias {alias!r} now: {exc}") from None
-
-    async def _load_pinned(self, model: str, version: int) -> LoadedVersion:
-        try:
-            loaded = await self.load(model, version)
-        except LoadError as exc:
-            if exc.missing:
-                raise UnknownVersionError(f"model {model!r} has no version {version}") from None
-            raise ModelNotReadyError(f"{model} v{version} cannot be served: {exc}") from None
-        finally:
-            self._pending.pop((model, version), None)
-        self.pinned[(model, version)] = loaded
-        keep = max(self.resident_limit - 1, 1)
-        while sum(1 for m, _ in self.pinned if m == model) > keep:
-            evict = next(k for k in self.pinned if k[0] == model)
-            self.retire(self.pinned.pop(evict))
-        return loaded
 
     # --- loading, swapping, retiring --------------------------------------------------------------
 
@@ -265,20 +245,19 @@ class ModelVersions:
 
     def is_loaded(self, model: str, version: int) -> bool:
         served = self.state(model).served
-        return (served is not None and served.version == version) or (model, version) in self.pinned
+        return (served is not None and served.version == version) or self.pinned.has(model, version)
 
     def resident(self, model: str) -> list[int]:
         state = self.state(model)
         loaded = [state.served, *state.rollout.values()]
-        return sorted({v for (m, v) in self.pinned if m == model} | {x.version for x in loaded if x is not None})
+        return sorted(set(self.pinned.versions(model)) | {x.version for x in loaded if x is not None})
 
     async def close(self) -> None:
-        for pending in list(self._pending.values()):  # a pinned version still loading never starts
-            pending.cancel()
+        self.pinned.cancel_pending()  # a pinned version still loading never starts
         for state in self.states.values():  # a refresh or a rollout load in flight finishes first
             await state.lock.acquire()
         rollouts = [loaded for s in self.states.values() for loaded in s.rollout.values()]
-        for loaded in [s.served for s in self.states.values() if s.served] + list(self.pinned.values()) + rollouts:
+        for loaded in [s.served for s in self.states.values() if s.served] + self.pinned.loaded() + rollouts:
             self.retire(loaded)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)

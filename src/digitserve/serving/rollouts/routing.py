@@ -30,6 +30,7 @@ from digitserve.serving.rollouts.compare import Agreement, Comparer, Comparison,
 from digitserve.serving.rollouts.watch import CanaryWatch, Pair, sticky_side
 
 STICKY_HEADER = "x-digitserve-sticky"
+MAX_STICKY = 256  # characters of a sticky key (longer: 422 on /v1 and /v2 alike)
 MAX_WATCHES = 32
 SPARE_IN_PROGRESS = 4  # with this many predictions in progress a process has no spare capacity
 Side = Literal["production", "canary", "pinned"]

@@ -19,7 +19,7 @@ from digitserve.serving.http.routes import V1_PREDICT, V1_UPLOAD
 from digitserve.serving.inference.decoding import decode_base64
 from digitserve.serving.pipeline import PredictionResult, Selector
 from digitserve.serving.responses import JSONResponse
-from digitserve.serving.rollouts.routing import STICKY_HEADER
+from digitserve.serving.rollouts.routing import MAX_STICKY, STICKY_HEADER
 
 router = APIRouter(tags=["predict"], responses=ERROR_RESPONSES)
 
@@ -41,7 +41,7 @@ StickyHeader = Annotated[
     str | None,
     Header(
         alias=STICKY_HEADER,
-        max_length=256,
+        max_length=MAX_STICKY,
         description="any stable id of the user (a session id): during a canary rollout the same id is always "
         "answered by the same side",
     ),

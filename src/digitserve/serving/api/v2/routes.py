@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from digitserve import __version__
 from digitserve.serving.api.handlers import error_response
-from digitserve.serving.api.schemas import ERROR_RESPONSES, ErrorResponse
+from digitserve.serving.api.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
 from digitserve.serving.api.v1.predict import client_host
 from digitserve.serving.api.v2.codec import read_request, render_response
 from digitserve.serving.api.v2.schemas import (
@@ -29,16 +29,15 @@ from digitserve.serving.api.v2.schemas import (
     InferResponse,
     ModelMetadataResponse,
     ServerMetadataResponse,
-    inline_schema,
 )
 from digitserve.serving.browsing.catalog import Catalog
 from digitserve.serving.deps import CatalogDep, DrainDep, PredictionDep, VersionsDep
-from digitserve.serving.errors import ModelNotReadyError, UnknownVersionError
+from digitserve.serving.errors import InvalidInputError, ModelNotReadyError, UnknownVersionError
 from digitserve.serving.http.routes import V2_INFER, V2_VERSION_INFER
 from digitserve.serving.inference.versions import ModelVersions
 from digitserve.serving.pipeline import PredictionPipeline, Selector
 from digitserve.serving.responses import JSONResponse
-from digitserve.serving.rollouts.routing import STICKY_HEADER
+from digitserve.serving.rollouts.routing import MAX_STICKY, STICKY_HEADER
 
 router = APIRouter(tags=["v2 (Open Inference Protocol)"])
 
@@ -201,7 +200,10 @@ INFER_ROUTE: dict[str, Any] = {
 async def infer(model: str, request: Request, context: PredictionDep) -> Response:
     """Classify digits. Send one input, `pixels` or `images` (see the model metadata); outputs are
     `probabilities` (FP32 `[N, 10]`) and `label` (INT64 `[N]`), JSON or binary as asked."""
-    selector = Selector(sticky=request.headers.get(STICKY_HEADER, "")[:256] or None)
+    sticky = request.headers.get(STICKY_HEADER) or None
+    if sticky is not None and len(sticky) > MAX_STICKY:  # as /v1 refuses it: never cut short, silently
+        raise InvalidInputError(f"the {STICKY_HEADER} header is over {MAX_STICKY} characters; send a shorter id")
+    selector = Selector(sticky=sticky)
     return await infer_with(request, context.pipeline, model, selector, context.deadline)
 
 
