@@ -33,16 +33,21 @@ def open_feedback(args: argparse.Namespace) -> FeedbackStore:
     return FeedbackStore(ModelRegistry.open(args.registry).store)
 
 
-def _samples(store: FeedbackStore, state: str) -> list[tuple[FeedbackSample, str]]:
-    """(sample, state) for every sample in `state` ("all": every one), newest first. A damaged
-    sample is named on stderr and left out (`reject ID` still works on it)."""
+def _samples(store: FeedbackStore, state: str, limit: int | None = None) -> list[tuple[FeedbackSample, str]]:
+    """(sample, state) for the samples in `state` ("all": every one), newest first (by when the
+    registry stored them), at most `limit`: only those are read. A damaged sample is named on
+    stderr and left out (`reject ID` still works on it)."""
     states = store.states()
-    ids = [sid for sid in store.ids() if state in ("all", states.get(sid, "pending"))]
-    samples, damaged = store.readable(ids)
-    for sid in damaged:
-        print(f"warning: feedback sample {sid[:12]} is damaged and left out", file=sys.stderr)
-    found = [(s, states.get(s.id, "pending")) for s in samples]
-    return sorted(found, key=lambda pair: (pair[0].received_at, pair[0].id), reverse=True)
+    ids = [sid for sid in store.ids_newest_first() if state in ("all", states.get(sid, "pending"))]
+    found: list[tuple[FeedbackSample, str]] = []
+    for start in range(0, len(ids), limit or len(ids) or 1):
+        samples, damaged = store.readable(ids[start : start + (limit or len(ids))])
+        for sid in damaged:
+            print(f"warning: feedback sample {sid[:12]} is damaged and left out", file=sys.stderr)
+        found += [(s, states.get(s.id, "pending")) for s in samples]
+        if limit is not None and len(found) >= limit:
+            break
+    return found[:limit]
 
 
 def _line(sample: FeedbackSample, state: str) -> str:
@@ -57,7 +62,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise FeedbackError("--limit must be at least 1")
     store = open_feedback(args)
-    samples = _samples(store, args.state)[: args.limit]
+    samples = _samples(store, args.state, args.limit)
     if not samples:
         print(f"no {'' if args.state == 'all' else args.state + ' '}feedback in {store.store.uri}")
         return 0

@@ -61,6 +61,13 @@ def data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "digitserve" / "mnist"
 
 
+def state_dir() -> Path:
+    """Where a server keeps what it writes for the shipped registry (feedback, evidence, samples):
+    `DIGITSERVE_STATE_DIR`, else ~/.local/share/digitserve -- never the package's own folder."""
+    env = os.environ.get(f"{ENV_PREFIX}STATE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "digitserve"
+
+
 def mnist_idx_dir() -> Path | None:
     """A folder of the official MNIST IDX files the user points at (`DIGITSERVE_MNIST_IDX_DIR`)."""
     env = os.environ.get(f"{ENV_PREFIX}MNIST_IDX_DIR")

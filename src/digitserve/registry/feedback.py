@@ -197,6 +197,12 @@ class FeedbackStore:
         names = (k.removeprefix(SAMPLES).removesuffix(".json") for k in keys if k.endswith(".json"))
         return [n for n in names if SAMPLE_ID.match(n)]
 
+    def ids_newest_first(self) -> list[str]:
+        """Every sample id, the most recently stored first -- from the listing alone, no sample read."""
+        times = self.store.list_times(SAMPLES)
+        named = [(at, k.removeprefix(SAMPLES).removesuffix(".json")) for k, at in times.items() if k.endswith(".json")]
+        return [sid for _, sid in sorted(named, reverse=True) if SAMPLE_ID.match(sid)]
+
     def sample(self, sid: str) -> FeedbackSample:
         try:
             data, _ = self.store.read(sample_key(sid))

@@ -57,6 +57,7 @@ from digitserve.serving.rollouts.following import RolloutAliases
 from digitserve.serving.rollouts.judge import CanaryJudge
 from digitserve.serving.rollouts.routing import Rollouts
 from digitserve.serving.workers import ReloadBroadcast
+from digitserve.storage.split import SplitStore
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def open_serving_registry(settings: Settings) -> ModelRegistry:
     """A remote registry gets a disk cache of verified blobs, so the server can start and keep
     serving while the registry is unreachable; a local folder needs none."""
     store = open_store(settings.registry, must_exist=True)  # a missing folder is unreachable, not empty
-    if isinstance(store, LocalStore):
+    if isinstance(store, LocalStore | SplitStore):  # a folder (the shipped one keeps writes elsewhere)
         return ModelRegistry(store)
     return CachedRegistry(store, settings.cache_dir)
 

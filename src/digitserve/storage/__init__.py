@@ -5,8 +5,10 @@ store raises). May import config only."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlparse
 
+from digitserve.config import shipped_registry, state_dir
 from digitserve.storage.base import Store
 from digitserve.storage.errors import (
     AlreadyExistsError,
@@ -16,6 +18,7 @@ from digitserve.storage.errors import (
     StoreUnavailableError,
 )
 from digitserve.storage.local import LocalStore
+from digitserve.storage.split import SplitStore
 
 
 def open_store(uri: str, *, must_exist: bool = False) -> Store:
@@ -30,10 +33,18 @@ def open_store(uri: str, *, must_exist: bool = False) -> Store:
 
         return S3Store(parsed.netloc, parsed.path.strip("/"))
     if parsed.scheme == "file":
-        return LocalStore(parsed.path, must_exist=must_exist)
+        return _local(parsed.path, must_exist)
     if parsed.scheme in ("", "local") or len(parsed.scheme) == 1:  # a plain path (or C:\ on Windows)
-        return LocalStore(uri, must_exist=must_exist)
+        return _local(uri, must_exist)
     raise RegistryError(f"unsupported registry URI {uri!r}: use a path, file://... or s3://bucket/prefix")
+
+
+def _local(path: str, must_exist: bool) -> Store:
+    """A folder; the package's own shipped registry keeps what servers write elsewhere (split.py)."""
+    store = LocalStore(path, must_exist=must_exist)
+    if store.root == Path(str(shipped_registry())).resolve():
+        return SplitStore(store, LocalStore(state_dir() / "registry"))
+    return store
 
 
 __all__ = [

@@ -45,6 +45,11 @@ class Store(ABC):
     def children(self, prefix: str) -> builtins.list[str]:
         """Names of the immediate sub-folders of `prefix`."""
 
+    @abstractmethod
+    def list_times(self, prefix: str) -> dict[str, float]:
+        """Every key under `prefix` with when it was written (seconds since the epoch): what a
+        "newest first" listing sorts by without reading a single value."""
+
     def exists(self, key: str) -> bool:
         try:
             self.read(key)

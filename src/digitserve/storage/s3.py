@@ -181,6 +181,14 @@ class S3Store(Store):
         keys = (self._relative(obj["Key"]) for page in self._pages(prefix) for obj in page.get("Contents", []))
         return sorted(k for k in keys if not k.endswith("/"))
 
+    def list_times(self, prefix: str) -> dict[str, float]:
+        return {
+            self._relative(obj["Key"]): obj["LastModified"].timestamp()
+            for page in self._pages(prefix)
+            for obj in page.get("Contents", [])
+            if not obj["Key"].endswith("/")
+        }
+
     def children(self, prefix: str) -> builtins.list[str]:
         full = self._key(prefix)
         names = (

@@ -17,7 +17,7 @@ from digitserve.registry import Manifest, ModelRegistry, NotFoundError, Registry
 from digitserve.registry.feedback import FeedbackStore
 
 MAX_FEEDBACK_READS = 200  # new samples read per refresh, so a large backlog never stalls one answer
-FEEDBACK_REFRESH_S = 2.0  # at most one feedback refresh this often
+FEEDBACK_REFRESH_S = 5.0  # at most one feedback refresh this often: it lists every sample and review (60,000: ~0.1 s)
 MAX_MISSING = 10_000
 
 
