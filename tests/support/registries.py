@@ -45,6 +45,21 @@ def copy_shipped(dest: Path, models: tuple[str, ...] = ("cnn",)) -> ModelRegistr
     return ModelRegistry.open(str(dest))
 
 
+def add_shipped_version(registry: ModelRegistry, model: str, shipped_version: int) -> int:
+    """Copy another shipped version of `model` into a `copy_shipped` registry as its next version."""
+    shipped = ModelRegistry.open(str(SHIPPED))
+    manifest = shipped.manifest(model, shipped_version)
+    dest = Path(registry.uri)
+    version = max(registry.list_versions(model)) + 1
+    for artifact in (manifest.weights, manifest.onnx):
+        if artifact is not None:
+            shutil.copyfile(SHIPPED / artifact.key(model), dest / artifact.key(model))
+    shutil.copytree(SHIPPED / model / "versions" / str(shipped_version), dest / model / "versions" / str(version))
+    doc = {**manifest.to_dict(), "version": version}
+    (dest / model / "versions" / str(version) / "manifest.json").write_text(json.dumps(doc, indent=2))
+    return version
+
+
 def seed_s3(uri: str, models: tuple[str, ...] = ("cnn",), *, aliases: bool = True) -> None:
     """Copy the shipped `models` into the S3 registry `uri` with the operator's tool, infra/seed_registry.py
     (it creates the bucket if needed). With `aliases=False` only versions and blobs go up: no alias is set."""

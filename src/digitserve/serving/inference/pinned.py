@@ -9,6 +9,7 @@ verify and warm it up again and again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from digitserve.runtime import LoadError
 from digitserve.serving.errors import ModelNotReadyError, ServiceError, UnknownVersionError, VersionNotServableError
 from digitserve.serving.inference.state import LoadedVersion
 
+log = logging.getLogger(__name__)
 UNSERVABLE_KEPT_S = 300.0  # a pinned version that failed its checks is answered from memory this long
 MISSING_KEPT_S = 5.0  # a version that does not exist (yet): published versions appear within this
 MAX_UNSERVABLE = 1024
@@ -91,6 +93,7 @@ class PinnedVersions:
             error = VersionNotServableError(f"{model} v{version} cannot be served ({exc}); pin another version")
             keep_s = UNSERVABLE_KEPT_S
         self._unservable[key] = (error, time.monotonic() + keep_s)
+        log.warning("%s v%d cannot be served when pinned (%s); answered from memory for %.0f s", *key, exc, keep_s)
         while len(self._unservable) > MAX_UNSERVABLE:
             self._unservable.pop(next(iter(self._unservable)))
         return error
