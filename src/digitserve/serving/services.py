@@ -6,7 +6,8 @@ Threads and processes, each owned here (and only here):
 - `registry`: blocking registry reads and writes -- version loads, alias polls, rollout aliases,
   evidence, canary retirements;
 - `catalog`: listings for `GET /v1/models` and `/v2` metadata; `browse`: the models pages;
-- `decode`: the decode processes for large images (spawned on first use);
+- `decode`: the decode processes for large images (spawned on first use, by `decode-submit`, a
+  thread that hands them their jobs: starting a process takes the event loop 0.1 s);
 - `disagreements`, `feedback-spool`: one thread each for their writes; the feedback writer's
   drains run in daemon threads of their own (a hung registry call never blocks the exit);
 - `compare`: the shadow and canary comparisons' thread, at the lowest priority (started on
@@ -105,6 +106,7 @@ class Services:
             "disagreements": ThreadPoolExecutor(1, thread_name_prefix="disagreements"),
             "feedback-spool": ThreadPoolExecutor(1, thread_name_prefix="feedback-spool"),
             "compare": background_pool(),  # its one thread starts on the first comparison
+            "decode-submit": ThreadPoolExecutor(1, thread_name_prefix="decode-submit"),
             "default": ThreadPoolExecutor(2, thread_name_prefix="asyncio"),  # the loop's: asyncio.to_thread
         }
         self.decode = decode_pool(settings.requests.decode_processes)
@@ -117,7 +119,7 @@ class Services:
         self.rollouts = Rollouts(settings, self.versions, store, metrics, in_progress, *pools)
         self.aliases = RolloutAliases(self.versions, self.rollouts, registry, settings.alias, self.pools["registry"])
         self.judge = CanaryJudge(settings, self.rollouts, self.versions, registry, metrics, self.pools["registry"])
-        decoder = ImageDecoder(settings.requests, self.decode)
+        decoder = ImageDecoder(settings.requests, self.decode, self.pools["decode-submit"])
         self.pipeline = PredictionPipeline(self.versions, decoder, self.rollouts, metrics, settings.requests)
         self.catalog = Catalog(registry, self.pools["catalog"])  # a slow listing never delays a load
         self.browser = RegistryBrowser(registry, self.pools["browse"])

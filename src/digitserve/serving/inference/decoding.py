@@ -98,9 +98,10 @@ def die_with_parent() -> None:
 class ImageDecoder:
     """Decodes requests' images inline or in its own processes, admitting decode work by its cost."""
 
-    def __init__(self, limits: RequestLimits, pool: Executor) -> None:
+    def __init__(self, limits: RequestLimits, pool: Executor, submitter: Executor) -> None:
         self.limits = limits
         self.executor = pool  # the decode processes (the composition root's; they start on first use)
+        self.submitter = submitter  # a thread that hands jobs to the pool: starting a process is not for the loop
         self.backlog_pixels = 0  # pixels handed to the decode processes and not decoded yet
         self.backlog_s = 0.0  # their price
         self.correction = 1.0  # what finished decodes took over what they were priced at (a moving average)
@@ -119,7 +120,15 @@ class ImageDecoder:
         self._admit(pixels, cost, deadline)
         self.backlog_pixels += pixels
         self.backlog_s += cost
-        job = self.executor.submit(timed_prepare_many, blobs, names, self.limits.max_image_pixels)
+        loop = asyncio.get_running_loop()
+        submit = self.executor.submit  # spawns a decode process when one is missing: 0.1 s of fork and exec
+        args = (timed_prepare_many, blobs, names, self.limits.max_image_pixels)
+        try:
+            job = await loop.run_in_executor(self.submitter, submit, *args)
+        except BaseException:
+            self.backlog_pixels -= pixels
+            self.backlog_s = max(0.0, self.backlog_s - cost)
+            raise
         work = asyncio.wrap_future(job)
         work.add_done_callback(lambda done: self._decoded(done, pixels, cost))
         try:
