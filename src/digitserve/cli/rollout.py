@@ -46,6 +46,12 @@ def add_evidence_arguments(p: argparse.ArgumentParser) -> None:
         help=f"with --from/watch: agreement with production needed (default {defaults.min_agreement})",
     )
     p.add_argument(
+        "--min-clients",
+        type=int,
+        default=defaults.min_clients,
+        help=f"with --from/watch: client networks among the compared inputs (default {defaults.min_clients})",
+    )
+    p.add_argument(
         "--max-error-rate",
         type=float,
         default=defaults.max_error_rate,
@@ -54,9 +60,11 @@ def add_evidence_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def evidence_limits(args: argparse.Namespace) -> EvidenceLimits:
-    if args.min_compared < 1 or not 0 <= args.min_agreement <= 1 or not 0 <= args.max_error_rate <= 1:
-        raise RegistryError("--min-compared must be at least 1; --min-agreement and --max-error-rate are fractions")
-    return EvidenceLimits(args.min_compared, args.min_agreement, args.max_error_rate)
+    if args.min_compared < 1 or args.min_clients < 1:
+        raise RegistryError("--min-compared and --min-clients must be at least 1")
+    if not 0 <= args.min_agreement <= 1 or not 0 <= args.max_error_rate <= 1:
+        raise RegistryError("--min-agreement and --max-error-rate are fractions")
+    return EvidenceLimits(args.min_compared, args.min_agreement, args.max_error_rate, args.min_clients)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

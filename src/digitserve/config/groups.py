@@ -159,6 +159,7 @@ class GateSettings(Group):
 PROMOTE_MIN_COMPARED = 200
 PROMOTE_MIN_AGREEMENT = 0.99
 PROMOTE_MAX_ERROR_RATE = 0.01
+PROMOTE_MIN_CLIENTS = 3  # client networks among the compared inputs (no one client's chosen inputs promote)
 
 
 class ShadowSettings(Group):

@@ -7,7 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from digitserve.config.groups import PROMOTE_MAX_ERROR_RATE, PROMOTE_MIN_AGREEMENT, PROMOTE_MIN_COMPARED
+from digitserve.config.groups import (
+    PROMOTE_MAX_ERROR_RATE,
+    PROMOTE_MIN_AGREEMENT,
+    PROMOTE_MIN_CLIENTS,
+    PROMOTE_MIN_COMPARED,
+)
 from digitserve.gate.core import GateRefusedError
 from digitserve.gate.promotion import Promotion, promote
 from digitserve.registry import ModelRegistry, RegistryError
@@ -21,6 +26,7 @@ class EvidenceLimits:
     min_compared: int = PROMOTE_MIN_COMPARED
     min_agreement: float = PROMOTE_MIN_AGREEMENT
     max_error_rate: float = PROMOTE_MAX_ERROR_RATE
+    min_clients: int = PROMOTE_MIN_CLIENTS
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,13 @@ def judge_evidence(registry: ModelRegistry, model: str, alias: str, production: 
         refusals.append(f"only {evidence.compared} compared inputs, at least {limits.min_compared} needed")
     if evidence.agreement is not None and evidence.agreement < limits.min_agreement:
         refusals.append(f"agreement {evidence.agreement:.2%} < {limits.min_agreement:.2%}")
+    if evidence.clients < limits.min_clients:
+        refusals.append(
+            f"compared inputs from {evidence.clients} client networks, at least {limits.min_clients} needed"
+        )
+    median = evidence.client_agreement
+    if median is not None and median < limits.min_agreement:  # no few clients' easy inputs carry a promotion
+        refusals.append(f"the median client network's agreement {median:.2%} < {limits.min_agreement:.2%}")
     if evidence.error_rate is not None and evidence.error_rate > limits.max_error_rate:
         refusals.append(f"error rate {evidence.error_rate:.2%} > {limits.max_error_rate:.2%}")
     return Verdict(model, alias, state.version, evidence, tuple(refusals), bool(evidence.rolled_back), state.etag)

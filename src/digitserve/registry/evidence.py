@@ -69,6 +69,8 @@ class Evidence:
     candidate_p99_ms: float | None = None  # over the last window
     production_p99_ms: float | None = None
     rolled_back: str | None = None  # why this process retired the candidate, if it did
+    clients: int = 0  # client networks among the compared inputs (summed: the most any process saw)
+    client_agreement: float | None = None  # their median agreement (summed: the lowest any process saw)
     replicas: int = 1
     updated_at: str = ""
 
@@ -113,6 +115,8 @@ class Evidence:
         self.candidate_p99_ms = _max(self.candidate_p99_ms, other.candidate_p99_ms)
         self.production_p99_ms = _max(self.production_p99_ms, other.production_p99_ms)
         self.rolled_back = self.rolled_back or other.rolled_back
+        self.clients = max(self.clients, other.clients)
+        self.client_agreement = _min(self.client_agreement, other.client_agreement)
         self.production_version = other.production_version or self.production_version
         self.updated_at = max(self.updated_at, other.updated_at)
 
@@ -129,6 +133,10 @@ class Evidence:
                 total.add(found)
                 total.replicas += 1
         return total
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _max(a: float | None, b: float | None) -> float | None:

@@ -29,7 +29,14 @@ class Snapshot:
     @property
     def counts(self) -> tuple[int, ...]:
         e = self.evidence
-        return (e.candidate_requests, e.production_requests, e.compared, e.candidate_errors, int(bool(e.rolled_back)))
+        return (
+            e.candidate_requests,
+            e.production_requests,
+            e.compared,
+            e.candidate_errors,
+            int(bool(e.rolled_back)),
+            e.clients,
+        )
 
 
 class EvidencePublisher:
@@ -50,14 +57,16 @@ class EvidencePublisher:
         canary, shadow = self.canary_alias, self.shadow_alias
         for pair, watch in list(watches.items()):
             if canary:
-                a = agreed(pair.model, watch)
+                a, window = agreed(pair.model, watch), watch.canary.totals()
                 evidence = replace(
                     watch.evidence,
                     compared=a.compared,
                     agreed=a.agreed,
                     per_class=dict(a.per_class),
-                    candidate_p99_ms=watch.canary.totals().p99_ms,
+                    candidate_p99_ms=window.p99_ms,
                     production_p99_ms=watch.production.totals().p99_ms,
+                    clients=window.clients,
+                    client_agreement=window.client_agreement,
                 )
                 name = f"{self.replica}-p{pair.production_version}"
                 found.append(Snapshot(pair.model, canary, pair.canary_version, name, evidence))

@@ -1,0 +1,129 @@
+"""A canary's verdict rests on evidence no client can steer, and no evidence means no more exposure
+(docs/rollouts.md), against real servers in the default layout (two workers).
+
+The registry holds the shipped production cnn as v1 and the shipped cnn v2 -- trained on MNIST
+alone, with no not-a-digit threshold -- as v2: on digits the two agree (about 99.5%), on
+scribbles they never do (v1 says "not a digit", v2 names a digit).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from support.cli import digitserve, succeeded
+from support.registries import add_shipped_version, copy_shipped, png_b64
+from support.server import metric, model_info, running_server, wait_until
+from support.steady import steady_load
+
+from digitserve.data import load_mnist
+from digitserve.registry import ModelRegistry
+from digitserve.serving.rollouts.watch import sticky_side
+
+pytestmark = pytest.mark.slow
+ENV = {
+    "DIGITSERVE_MODELS": "cnn",
+    "DIGITSERVE_WORKERS": "2",
+    "DIGITSERVE_POLL_SECONDS": "1",
+    "DIGITSERVE_CANARY_ALIAS": "canary",
+    "DIGITSERVE_CANARY_PERCENT": "50",
+    "DIGITSERVE_CANARY_MIN_COMPARED": "40",
+    "DIGITSERVE_CANARY_WINDOW_S": "30",
+    "FORWARDED_ALLOW_IPS": "127.0.0.1",  # steady_load's clients say which network they are
+}
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    registry = copy_shipped(tmp_path / "registry")
+    assert add_shipped_version(registry, "cnn", 2) == 2
+    why = "test: the shipped v2 as canary"
+    args = ["registry", "promote", "cnn", "2", "--alias", "canary", "--force", "--reason", why]
+    succeeded(digitserve(*args, "--registry", registry.uri))
+    return registry
+
+
+def scribbles(n: int, seed: int = 0) -> list[str]:
+    """Tangles of random strokes, white on black as MNIST: no digit, to the production model."""
+    rng = np.random.default_rng(seed)
+    drawn = []
+    for _ in range(n):
+        image = Image.new("L", (28, 28))
+        points = [tuple(int(v) for v in rng.integers(4, 24, 2)) for _ in range(8)]
+        ImageDraw.Draw(image).line(points, fill=255, width=2)
+        drawn.append(png_b64(np.asarray(image)))
+    return drawn
+
+
+def canary_key() -> str:
+    return next(k for k in (f"user-{i}" for i in range(1000)) if sticky_side(k, 50))
+
+
+def rollbacks(registry: ModelRegistry) -> list[dict[str, object]]:
+    return [e for e in registry.events("cnn", "canary") if e["action"] == "rollback"]
+
+
+def test_one_client_sending_chosen_inputs_cannot_roll_a_canary_back(registry: ModelRegistry) -> None:
+    """Three honest client networks send digits; one client sends scribbles the two versions
+    always disagree on, on a sticky key that lands on the canary. Counted together the agreement
+    falls far below the 97% that rolled a canary back -- one anonymous client could retire any
+    canary in 28 requests -- but the verdict is the median client network's, and it holds."""
+    digits = load_mnist("test").images[:200]
+    attack = [{"images": [s]} for s in scribbles(60)]
+    env = {**ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_COMPARE_PERCENT": "100"}
+    with running_server(env) as url, steady_load([url], digits, clients=3, client_networks=True) as answers:
+        wait_until(lambda: sum(a.alias == "canary" for a in answers) > 20, 30, "the canary answers its share")
+        headers = {"X-Digitserve-Sticky": canary_key()}
+        with httpx.Client(base_url=url, timeout=30, headers=headers) as attacker:
+            sent = [attacker.post("/v1/models/cnn/predict", json=body) for body in attack * 3]
+        assert {r.status_code for r in sent} == {200}
+        assert sum(r.json()["alias"] == "canary" for r in sent) > 120, "the attacker reached the canary"
+        compared = metric(url, "digitserve_rollout_compared_total", kind="canary")
+        wait_until(lambda: metric(url, "digitserve_rollout_compared_total", kind="canary") > compared + 100, 30, "more")
+        time.sleep(3)  # three judgements since
+        compared = metric(url, "digitserve_rollout_compared_total", kind="canary")
+        agreed = metric(url, "digitserve_rollout_agreed_total", kind="canary")
+        live = model_info(url, "cnn")["rollouts"]["canary"]
+    assert compared >= 150 and agreed / compared < 0.9, (compared, agreed)  # the old rule would have fired
+    assert not rollbacks(registry), rollbacks(registry)
+    assert live["version"] == 2 and not live["rolled_back_here"], live
+    assert {a.status for a in answers} == {200}
+
+
+def test_a_canary_without_comparisons_stops_answering(registry: ModelRegistry) -> None:
+    """With nothing compared (CANARY_COMPARE_PERCENT=0, as when comparisons are shed under load) a
+    canary answers its first requests, then production answers in its place: a canary nobody
+    can vouch for gets no more traffic, however long it runs."""
+    digits = load_mnist("test").images[:100]
+    env = {**ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_COMPARE_PERCENT": "0"}
+    with running_server(env) as url, steady_load([url], digits, clients=3, client_networks=True) as answers:
+        wait_until(lambda: len(answers) > 1200, 60, "1,200 answers")
+        paused = metric(url, "digitserve_canary_paused_total")
+    canary = sum(a.alias == "canary" for a in answers)
+    assert 0 < canary <= 2 * (50 + 20), f"{canary} canary answers of {len(answers)}"  # per worker: min_requests
+    assert paused > 400, paused
+    assert {a.status for a in answers} == {200}
+
+
+def test_a_canary_promoted_again_after_a_rollback_is_taken_afresh(registry: ModelRegistry) -> None:
+    """Every client network sends scribbles: the canary disagrees everywhere and is rolled back.
+    Moving the canary alias to it again is a person's new decision: every worker routes to it
+    again within a poll (it used to stay refused until each worker restarted), on a fresh watch."""
+    tangles = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))) for s in scribbles(100)])
+    env = {**ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_COMPARE_PERCENT": "100"}
+    with running_server(env) as url, steady_load([url], tangles, clients=3, client_networks=True) as answers:
+        wait_until(lambda: rollbacks(registry), 30, "an automatic rollback")
+        wait_until(lambda: model_info(url, "cnn")["rollouts"]["canary"]["version"] is None, 10, "no canary routed")
+        why = "test: a person tries the canary again"
+        args = ["registry", "promote", "cnn", "2", "--alias", "canary", "--force", "--reason", why]
+        succeeded(digitserve(*args, "--registry", registry.uri))
+        again = len(answers)
+        wait_until(lambda: any(a.alias == "canary" for a in answers[again:]), 30, "the canary answers again")
+        wait_until(lambda: len(rollbacks(registry)) == 2, 30, "judged afresh, and rolled back again")
+    assert {a.status for a in answers} == {200}
