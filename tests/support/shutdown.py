@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from pathlib import Path
@@ -13,14 +14,18 @@ from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 from support.server import start_server
 
 
-def sigterm_under_load(registry_uri: str, log: Path) -> list[tuple[float, str]]:
+def listener_closed_at(log: Path) -> float:
+    """When the first of the server's workers closed its listener (time.monotonic, from its log)."""
+    found = re.findall(r"listener closed at monotonic ([0-9.]+)", log.read_text(errors="replace"))
+    return min(map(float, found), default=float("inf"))
+
+
+def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> list[tuple[float, str]]:
     """A server under load gets SIGTERM: 400 requests of 4 digits over ~2 s, SIGTERM after the 150th.
     Returns (time the request was written, outcome) for each request; for a request refused
     at connect, the time of that refusal."""
-    process, url = start_server(
-        {"DIGITSERVE_REGISTRY": registry_uri, "DIGITSERVE_MODELS": "cnn", "DIGITSERVE_SHUTDOWN_GRACE_S": "0.5"},
-        log_path=log,
-    )
+    env = {"DIGITSERVE_REGISTRY": registry_uri, "DIGITSERVE_MODELS": "cnn", "DIGITSERVE_SHUTDOWN_GRACE_S": "0.5"}
+    process, url = start_server({**env, "DIGITSERVE_WORKERS": str(workers)}, log_path=log)
     outcomes: list[tuple[float, str]] = []
 
     async def one(client: httpx.AsyncClient) -> None:

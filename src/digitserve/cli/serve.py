@@ -4,6 +4,7 @@ connection limits (serving/http/protocol.py), one process or a group of workers.
 from __future__ import annotations
 
 import argparse
+import copy
 import signal
 from typing import Any
 
@@ -13,6 +14,7 @@ from digitserve.config import forwarded_allow_ips, load_settings
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server with uvicorn; settings come from DIGITSERVE_* variables, flags override."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from digitserve.serving.app import create_app
     from digitserve.serving.http.protocol import LimitedHttpProtocol
@@ -25,10 +27,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     host, port = args.host or settings.host, args.port if args.port is not None else settings.port
+    log_config = copy.deepcopy(LOGGING_CONFIG)  # uvicorn's, and digitserve's own loggers beside its
+    log_config["loggers"]["digitserve"] = {"handlers": ["default"], "level": settings.log_level.upper()}
     common: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": settings.log_level,
+        "log_config": log_config,
         "access_log": False,
         "timeout_graceful_shutdown": settings.http.graceful_shutdown_s,
         "timeout_keep_alive": settings.http.keep_alive_s,
