@@ -52,6 +52,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     XDG_CACHE_HOME=/tmp/.cache \
     DIGITSERVE_CACHE_DIR=/var/cache/digitserve \
     DIGITSERVE_FEEDBACK_SPOOL_DIR=/var/cache/digitserve/feedback-spool \
+    DIGITSERVE_STATE_DIR=/var/cache/digitserve/state \
     DIGITSERVE_MODELS=cnn,vit \
     DIGITSERVE_ALIAS=production
 
