@@ -80,16 +80,20 @@ def test_one_client_network_cannot_steer_the_verdict_either_way() -> None:
 
 
 def test_a_canary_without_evidence_waits_for_it() -> None:
-    """Past its first answers, a canary answers only as much as its comparisons vouch for."""
+    """Past its first answers, a canary answers only as much as its comparisons vouch for -- and
+    comparisons from too few client networks, which could never reach a verdict, vouch for nothing."""
     watch = CanaryWatch(1, 2, 60)
     for _ in range(9):
-        watch.canary.add(0.005)
+        watch.canary_answered(0.005)
     assert not watch.waiting_for_evidence(SETTINGS)  # fewer than min_requests (10)
     for _ in range(30):
-        watch.canary.add(0.005)
+        watch.canary_answered(0.005)
     assert watch.waiting_for_evidence(SETTINGS)  # 39 answers, nothing compared (at most 20 per compared)
-    watch.canary.compare(NETS[0], 2, 2)
-    assert not watch.waiting_for_evidence(SETTINGS)  # 39 <= 20 x 2
+    watch.compared(NETS[0], 2, 2)
+    watch.compared(NETS[1], 2, 2)
+    assert watch.waiting_for_evidence(SETTINGS)  # 4 compared, but from 2 networks: no verdict possible
+    watch.compared(NETS[2], 2, 2)
+    assert not watch.waiting_for_evidence(SETTINGS)  # 39 <= 20 x 6, from 3 networks
 
 
 def test_the_window_forgets_what_is_older_than_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,6 +48,12 @@ class UnsupportedFormatError(ImageError):
     code = "unsupported_format"
 
 
+class TooManyPixelsError(ImageError):
+    """A request's images together hold more pixels than one request may (a 413, not a 422)."""
+
+    code = "payload_too_large"
+
+
 class ImageTooLargeError(ImageError):
     """More pixels than the limit, refused from the header before anything is decoded."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from digitserve.imaging.decode import ImageError, UnsupportedFormatError
+from digitserve.imaging.decode import ImageError, TooManyPixelsError, UnsupportedFormatError
 
 
 class ServiceError(Exception):
@@ -151,7 +151,8 @@ def http_error(exc: BaseException) -> HttpError | None:
     if isinstance(exc, ServiceError):
         return HttpError(exc.status_code, exc.code, exc.message, exc.headers)
     if isinstance(exc, ImageError):
-        return HttpError(415 if isinstance(exc, UnsupportedFormatError) else 422, exc.code, str(exc))
+        status = 415 if isinstance(exc, UnsupportedFormatError) else 413 if isinstance(exc, TooManyPixelsError) else 422
+        return HttpError(status, exc.code, str(exc))
     return None
 
 

@@ -145,17 +145,22 @@ class PredictionPipeline:
             except QueueFullError:
                 if route.side != "canary":
                     raise
-                return self._instead_of_canary(route, images, deadline)  # a canary without room is not for clients
+                # a canary without room is not for clients; nor is it the canary's fault (a client
+                # can fill it on purpose): counted apart, never judged as an error
+                return self._instead_of_canary(route, images, deadline, error=False)
             except RetiredError:
                 if attempt:  # the version was retired between lookup and submit twice: give up
                     raise
         raise AssertionError("unreachable")
 
     def _instead_of_canary(
-        self, canary: Route, images: np.ndarray, deadline: float
+        self, canary: Route, images: np.ndarray, deadline: float, error: bool = True
     ) -> tuple[Route, asyncio.Future[np.ndarray]]:
-        """Production answers what the canary could not (counted against the canary)."""
-        self.rollouts.failed(canary, error=True)
+        """Production answers what the canary could not (a failure is counted against the canary)."""
+        if error:
+            self.rollouts.failed(canary, error=True)
+        else:
+            self.metrics.rollout_failure(canary.model, canary.alias or "", canary.loaded.version, "full")
         route = self.rollouts.production_route(canary.state, canary.client)
         return route, route.loaded.batcher.submit(images, deadline)
 

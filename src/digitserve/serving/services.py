@@ -109,7 +109,6 @@ class Services:
             "decode-submit": ThreadPoolExecutor(1, thread_name_prefix="decode-submit"),
             "default": ThreadPoolExecutor(2, thread_name_prefix="asyncio"),  # the loop's: asyncio.to_thread
         }
-        self.decode = decode_pool(settings.requests.decode_processes)
         self.registry = registry = open_serving_registry(settings)
         slots = InferenceSlots(settings.batching.inference_slots, self.pools["forward"])
         self.versions = ModelVersions(settings, registry, metrics, slots, self.pools["registry"])
@@ -119,7 +118,10 @@ class Services:
         self.rollouts = Rollouts(settings, self.versions, store, metrics, in_progress, *pools)
         self.aliases = RolloutAliases(self.versions, self.rollouts, registry, settings.alias, self.pools["registry"])
         self.judge = CanaryJudge(settings, self.rollouts, self.versions, registry, metrics, self.pools["registry"])
-        decoder = ImageDecoder(settings.requests, self.decode, self.pools["decode-submit"])
+        processes = settings.requests.decode_processes
+        self.decoder = decoder = ImageDecoder(
+            settings.requests, lambda: decode_pool(processes), self.pools["decode-submit"]
+        )
         self.pipeline = PredictionPipeline(self.versions, decoder, self.rollouts, metrics, settings.requests)
         self.catalog = Catalog(registry, self.pools["catalog"])  # a slow listing never delays a load
         self.browser = RegistryBrowser(registry, self.pools["browse"])
@@ -187,7 +189,8 @@ class Services:
         self.pools["feedback-spool"].shutdown(wait=True)  # every sample answered 201 is on disk
         await self.feedback.spool.close()  # what the registry cannot take now stays on disk for the next start
         self.pools["forward"].shutdown(wait=True)
-        self.decode.shutdown(wait=True, cancel_futures=True)  # at most one image's decode: no process left behind
+        # the decode processes end with the job they are on (no process left behind), off the loop
+        await asyncio.to_thread(self.decoder.executor.shutdown, wait=True, cancel_futures=True)
         for name, pool in self.pools.items():
             if name not in ("forward", "feedback-spool"):
                 pool.shutdown(wait=False, cancel_futures=True)

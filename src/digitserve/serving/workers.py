@@ -56,6 +56,7 @@ def prepare_workers(settings: Settings, workers: int) -> Iterator[Path]:
     (root / "acks").mkdir(exist_ok=True)
     for stale in (root / "metrics").glob("*.db"):
         stale.unlink()
+    (root / "feedback-buckets").unlink(missing_ok=True)  # a new server: no bucket of an earlier one
     join_worker_group(root, workers)
     try:
         yield root

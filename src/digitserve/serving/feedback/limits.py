@@ -87,7 +87,8 @@ class SharedBuckets:
             levels = []
             for (slot, fresh), key, capacity in found:
                 tokens, at = (capacity, now) if fresh else SLOT.unpack_from(self._map, slot * SLOT.size)[1:]
-                levels.append((slot, _hash(key), min(capacity, tokens + (now - at) * rate_per_s)))
+                elapsed = max(0.0, now - at)  # a file from before a reboot holds times ahead of this clock
+                levels.append((slot, _hash(key), min(capacity, tokens + elapsed * rate_per_s)))
             wait = max(((1 - tokens) / rate_per_s for _, _, tokens in levels if tokens < 1), default=None)
             for slot, hashed, tokens in levels:
                 SLOT.pack_into(self._map, slot * SLOT.size, hashed, tokens - 1 if wait is None else tokens, now)
@@ -100,14 +101,15 @@ class SharedBuckets:
         idle for a whole refill is full anyway), else the first probed -- shared, never unlimited."""
         hashed = _hash(key)
         first = hashed % SLOTS
-        for i in range(PROBES):
+        free = None
+        for i in range(PROBES):  # its own slot first, wherever in the window it is
             slot = (first + i) % SLOTS
             owner, _, at = SLOT.unpack_from(self._map, slot * SLOT.size)
             if owner == hashed:
                 return slot, False
-            if owner == 0 or now - at > refill_s:
-                return slot, True
-        return first, False
+            if free is None and (owner == 0 or not 0 <= now - at <= refill_s):
+                free = slot
+        return (free, True) if free is not None else (first, False)
 
 
 def _hash(key: str) -> int:

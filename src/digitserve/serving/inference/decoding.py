@@ -21,27 +21,36 @@ import asyncio
 import base64
 import binascii
 import ctypes
+import logging
 import multiprocessing
 import os
 import re
 import signal
 import time
-from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor
 
 import numpy as np
 
 from digitserve.config import RequestLimits
-from digitserve.imaging.decode import ImageError, check_size, header_size
+from digitserve.imaging.decode import ImageError, TooManyPixelsError, check_size, header_size
 from digitserve.imaging.mnist import prepare_many, timed_prepare_many
 from digitserve.imaging.pixelcsv import looks_like_csv
-from digitserve.serving.errors import DeadlineExceededError, InvalidInputError, OverloadedError, PayloadTooLargeError
+from digitserve.serving.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    OverloadedError,
+    PayloadTooLargeError,
+)
 
+log = logging.getLogger(__name__)
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 # The price of decoding, measured on one core of the project's 2-core machine (docs/preprocessing.md):
 PER_IMAGE_S = 1.0e-3  # any image, however small: an 8x8 or a 28x28 PNG takes about 1 ms
 PER_PIXEL_S = 8e-8  # beyond that: a 400x400 canvas takes about 13 ms
 PER_CSV_S = 2.0e-3  # a 28x28 pixel CSV, parsed in Python
+PER_BYTE_S = 1e-6  # an image too large to read its header on the loop: priced by its bytes
+HEADER_BYTES = 16 * 1024  # larger files' headers are read in the decode processes (Pillow's parse grows with bytes)
 INLINE_S = 8e-3  # at most this much decoding per request on the event loop (about 7 digits)
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 COST_SMOOTHING = 0.2  # weight of the latest decode in the moving average of actual over priced
@@ -80,27 +89,55 @@ def decode_pool(processes: int) -> ProcessPoolExecutor:
     starts its processes on its first job, so a server that never gets a large image has none.
     Each dies with the server process that started it, however that one ends (`die_with_parent`)."""
     context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(processes, mp_context=context, initializer=die_with_parent)
+    return ProcessPoolExecutor(processes, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),))
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int) -> None:
     """In a decode process: ask Linux for SIGTERM when the parent exits (even killed), so a decode
-    process never outlives its server and keeps CPU, memory and multiprocessing's resource tracker."""
+    process never outlives its server and keeps CPU, memory and multiprocessing's resource tracker.
+    `parent` is the server process's pid (which may be 1: the server as a container's first process)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: the pool's own shutdown is all there is
         return
-    if os.getppid() == 1:  # the parent died before the request was made
+    if os.getppid() != parent:  # the parent died before the request was made
         os._exit(1)
+
+
+def check_request_pixels(pixels: int, limit: int) -> None:
+    if pixels > limit:
+        raise TooManyPixelsError(
+            f"the images hold {pixels:,} pixels in all, over the limit of {limit:,} per request; "
+            "send smaller images or fewer per request"
+        )
+
+
+def decode_job(
+    blobs: Sequence[bytes], names: Sequence[str], max_image_pixels: int, max_request_pixels: int
+) -> tuple[np.ndarray, float]:
+    """In a decode process: the request's pixels from every header (the large files' were not read on
+    the loop), then `timed_prepare_many`."""
+    total = 0
+    for blob, name in zip(blobs, names, strict=True):
+        if not looks_like_csv(blob):
+            width, height = header_size(blob)
+            try:
+                check_size(width, height, max_image_pixels)
+            except ImageError as exc:
+                raise type(exc)(f"{name}: {exc}") from None
+            total += width * height
+    check_request_pixels(total, max_request_pixels)
+    return timed_prepare_many(blobs, names, max_image_pixels)
 
 
 class ImageDecoder:
     """Decodes requests' images inline or in its own processes, admitting decode work by its cost."""
 
-    def __init__(self, limits: RequestLimits, pool: Executor, submitter: Executor) -> None:
+    def __init__(self, limits: RequestLimits, new_pool: Callable[[], Executor], submitter: Executor) -> None:
         self.limits = limits
-        self.executor = pool  # the decode processes (the composition root's; they start on first use)
+        self.new_pool = new_pool
+        self.executor = new_pool()  # the decode processes (they start on first use; the root closes them)
         self.submitter = submitter  # a thread that hands jobs to the pool: starting a process is not for the loop
         self.backlog_pixels = 0  # pixels handed to the decode processes and not decoded yet
         self.backlog_s = 0.0  # their price
@@ -109,12 +146,7 @@ class ImageDecoder:
     async def prepare(self, blobs: Sequence[bytes], names: Sequence[str], deadline: float) -> np.ndarray:
         """Decode and MNIST-normalise every image: (n, 28, 28) uint8, or an error naming the bad one."""
         pixels, cost = self._price(blobs, names)
-        limit = self.limits.max_request_pixels
-        if pixels > limit:
-            raise PayloadTooLargeError(
-                f"the images hold {pixels:,} pixels in all, over the limit of {limit:,} per request; "
-                "send smaller images or fewer per request"
-            )
+        check_request_pixels(pixels, self.limits.max_request_pixels)
         if cost <= INLINE_S:
             return prepare_many(blobs, names, self.limits.max_image_pixels)
         self._admit(pixels, cost, deadline)
@@ -122,12 +154,14 @@ class ImageDecoder:
         self.backlog_s += cost
         loop = asyncio.get_running_loop()
         submit = self.executor.submit  # spawns a decode process when one is missing: 0.1 s of fork and exec
-        args = (timed_prepare_many, blobs, names, self.limits.max_image_pixels)
+        args = (decode_job, blobs, names, self.limits.max_image_pixels, self.limits.max_request_pixels)
         try:
             job = await loop.run_in_executor(self.submitter, submit, *args)
-        except BaseException:
+        except BaseException as exc:
             self.backlog_pixels -= pixels
             self.backlog_s = max(0.0, self.backlog_s - cost)
+            if isinstance(exc, BrokenExecutor):
+                raise self._restart() from None
             raise
         work = asyncio.wrap_future(job)
         work.add_done_callback(lambda done: self._decoded(done, pixels, cost))
@@ -135,7 +169,18 @@ class ImageDecoder:
             images, _ = await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise DeadlineExceededError("the images could not be decoded before the deadline") from None
+        except BrokenExecutor:
+            raise self._restart() from None
         return images
+
+    def _restart(self) -> OverloadedError:
+        """A decode process died (killed, out of memory): a new pool for the next request, and a
+        503 for this one -- never a 500, never a pool that fails every request from now on."""
+        broken, self.executor = self.executor, self.new_pool()
+        broken.shutdown(wait=False, cancel_futures=True)
+        self.backlog_pixels, self.backlog_s = 0, 0.0
+        log.error("a decode process died; the decode processes were restarted")
+        return OverloadedError("image decoding was restarted on this server; retry shortly")
 
     def _admit(self, pixels: int, cost: float, deadline: float) -> None:
         """503 unless the decode work already queued leaves room for this request's: within the
@@ -150,12 +195,16 @@ class ImageDecoder:
             raise OverloadedError(f"the images waiting to be decoded need about {wait:.2f} s; retry shortly")
 
     def _price(self, blobs: Sequence[bytes], names: Sequence[str]) -> tuple[int, float]:
-        """(pixels, seconds) decoding will take, from the headers; an image over the per-image
-        limit is refused here."""
+        """(pixels, seconds) decoding will take, from the headers of the small images (an image over
+        the per-image limit is refused here) and the bytes of the large ones, whose headers are read
+        in the decode processes (`decode_job`)."""
         pixels, cost = 0, 0.0
         for blob, name in zip(blobs, names, strict=True):
             if looks_like_csv(blob):
                 cost += PER_CSV_S
+                continue
+            if len(blob) > HEADER_BYTES:
+                cost += INLINE_S + len(blob) * PER_BYTE_S  # never inline
                 continue
             width, height = header_size(blob)
             if width * height > self.limits.max_image_pixels:

@@ -109,8 +109,7 @@ class Rollouts:
         watch = self._watch(route)
         if route.side == "canary":
             if watch is not None:
-                watch.canary.add(latency_s)
-                watch.evidence.candidate_requests += 1
+                watch.canary_answered(latency_s)
             if random.random() * 100 < self.canary.compare_percent and state.served is not None:
                 served, client = state.served.servable, network_of(route.client)
                 self.comparer.offer(Job("canary", loaded.servable, probabilities, served, images, False, client))
@@ -193,7 +192,7 @@ class Rollouts:
         watch = self.watches.get(Pair(*c.pair))
         if key.kind == "canary" and watch is not None:
             for client, (compared, agreed) in c.by_client().items():
-                watch.canary.compare(client, compared, agreed)
+                watch.compared(client, compared, agreed)
         self.disagreements.keep(c)
 
     def agreed(self, model: str, watch: CanaryWatch) -> Agreement:

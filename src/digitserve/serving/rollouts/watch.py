@@ -91,11 +91,6 @@ class Window:
             client = OTHER
         bucket.clients[client] = bucket.clients.get(client, Tally()).plus(compared, agreed)
 
-    def counts(self) -> tuple[int, int]:
-        """(requests, compared) over the window: cheap enough for every routed request."""
-        self._now()
-        return sum(b.requests for b in self.buckets), sum(b.compared for b in self.buckets)
-
     def totals(self) -> Totals:
         self._now()
         latencies = [x for b in self.buckets for x in b.latencies]
@@ -133,6 +128,8 @@ class CanaryWatch:
     retired: str | None = None  # why this process retired it
     moved: bool = False  # the canary alias has been parked (by this process or another)
     tried_at: float = 0.0  # when this process last tried to park it
+    compared_total: int = 0  # since the watch began (the window forgets; exposure must not)
+    networks: set[str] = field(default_factory=set)  # client networks compared since (a few are enough)
 
     def __post_init__(self) -> None:
         self.production, self.canary = Window(self.window_s), Window(self.window_s)
@@ -164,12 +161,26 @@ class CanaryWatch:
             )
         return None
 
+    def canary_answered(self, latency_s: float) -> None:
+        self.canary.add(latency_s)
+        self.evidence.candidate_requests += 1
+
+    def compared(self, client: str, compared: int, agreed: int) -> None:
+        """Inputs the canary answered and production computed too, from one client network."""
+        self.canary.compare(client, compared, agreed)
+        self.compared_total += compared
+        if len(self.networks) < 64:
+            self.networks.add(client)
+
     def waiting_for_evidence(self, limits: CanarySettings) -> bool:
-        """Whether the canary has answered as much as its comparisons can vouch for: past the first
-        `min_requests`, more than `answers_per_compared` answers per compared input. Then production
-        answers in its place until the comparisons catch up -- no evidence, no more exposure."""
-        requests, compared = self.canary.counts()
-        return requests >= limits.min_requests and requests > limits.answers_per_compared * max(compared, 1)
+        """Whether the canary has answered as much as its comparisons can vouch for, since the watch
+        began: past its first `min_requests` answers, more than `answers_per_compared` per compared
+        input -- and compared inputs count only once they come from `min_clients` networks (until
+        then the canary could never be judged). Then production answers in its place until the
+        comparisons catch up: no evidence, no more exposure."""
+        answered = self.evidence.candidate_requests
+        judgeable = self.compared_total if len(self.networks) >= limits.min_clients else 0
+        return answered >= limits.min_requests and answered > limits.answers_per_compared * max(judgeable, 1)
 
     def live(self) -> dict[str, Any]:
         return {
