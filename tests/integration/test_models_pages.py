@@ -260,3 +260,17 @@ def test_show_more_pages_by_a_cursor(server: str) -> None:
     assert len(keys) == 4 == len(set(keys)) and keys == sorted(keys, reverse=True)
     older = get(server, "/models/cnn/versions?before=2").json()
     assert [v["version"] for v in older["items"]] == [1] and older["total"] == 1
+
+
+def test_the_api_docs_render_from_the_package(browser: Browser, server: str) -> None:
+    """/docs in Chromium: Swagger UI from the package's own files under the pages' CSP -- no
+    request leaves the server, no console error, and the operations are listed."""
+    page = browser.new_context(viewport=DESKTOP).new_page()  # type: ignore[arg-type]
+    watch = PageWatch(server.removeprefix("http://"))
+    watch.attach(page)
+    page.goto(server + "/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("digitserve")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    assert page.locator(".opblock").count() >= 10
+    watch.assert_clean()  # includes: every request went to this server
+    page.close()

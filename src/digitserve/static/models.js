@@ -18,6 +18,7 @@
       if (value === null || value === undefined || value === false) continue;
       if (key === "class") el.className = value;
       else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+      else if (key === "style") el.style.cssText = String(value);  // CSSOM: allowed by the pages' CSP
       else el.setAttribute(key, value === true ? "" : String(value));
     }
     for (const child of children.flat()) {
