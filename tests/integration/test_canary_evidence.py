@@ -127,3 +127,23 @@ def test_a_canary_promoted_again_after_a_rollback_is_taken_afresh(registry: Mode
         wait_until(lambda: any(a.alias == "canary" for a in answers[again:]), 30, "the canary answers again")
         wait_until(lambda: len(rollbacks(registry)) == 2, 30, "judged afresh, and rolled back again")
     assert {a.status for a in answers} == {200}
+
+
+def test_one_client_sending_costly_requests_cannot_roll_a_canary_back(registry: ModelRegistry) -> None:
+    """Requests of 256 digits each, sent on a canary sticky key, make the canary's latency for that
+    client ten times production's; judged over everyone's requests that passed the p99 rule. The
+    median network's p99 is the honest networks', and the canary stays."""
+    digits = load_mnist("test").images[:256]
+    heavy = {"images": [png_b64(d) for d in digits]}
+    env = {**ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_MIN_REQUESTS": "20"}
+    with running_server(env) as url, steady_load([url], digits[:100], clients=3, client_networks=True) as answers:
+        wait_until(lambda: sum(a.alias == "canary" for a in answers) > 40, 30, "the canary answers its share")
+        headers = {"X-Digitserve-Sticky": canary_key()}
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as attacker:
+            sent = [attacker.post("/v1/models/cnn/predict", json=heavy) for _ in range(30)]
+        assert sum(r.status_code == 200 and r.json()["alias"] == "canary" for r in sent) >= 25
+        time.sleep(3)  # three judgements since
+        live = model_info(url, "cnn")["rollouts"]["canary"]
+    assert not rollbacks(registry), rollbacks(registry)
+    assert live["version"] == 2 and not live["rolled_back_here"], live
+    assert {a.status for a in answers} == {200}
