@@ -77,6 +77,7 @@ def test_one_client_sending_chosen_inputs_cannot_roll_a_canary_back(registry: Mo
     digits = load_mnist("test").images[:200]
     attack = [{"images": [s]} for s in scribbles(60)]
     env = {**ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_COMPARE_PERCENT": "100"}
+    env["DIGITSERVE_WORKERS"] = "1"  # the attacker and every honest network in one watch
     with running_server(env) as url, steady_load([url], digits, clients=3, client_networks=True) as answers:
         wait_until(lambda: sum(a.alias == "canary" for a in answers) > 20, 30, "the canary answers its share")
         headers = {"X-Digitserve-Sticky": canary_key()}
@@ -91,6 +92,7 @@ def test_one_client_sending_chosen_inputs_cannot_roll_a_canary_back(registry: Mo
         agreed = metric(url, "digitserve_rollout_agreed_total", kind="canary")
         live = model_info(url, "cnn")["rollouts"]["canary"]
     assert compared >= 150 and agreed / compared < 0.9, (compared, agreed)  # the old rule would have fired
+    assert live["live"]["canary"]["clients"] >= 4, live  # judged: the attacker's network and three honest ones
     assert not rollbacks(registry), rollbacks(registry)
     assert live["version"] == 2 and not live["rolled_back_here"], live
     assert {a.status for a in answers} == {200}
@@ -126,4 +128,33 @@ def test_a_canary_promoted_again_after_a_rollback_is_taken_afresh(registry: Mode
         again = len(answers)
         wait_until(lambda: any(a.alias == "canary" for a in answers[again:]), 30, "the canary answers again")
         wait_until(lambda: len(rollbacks(registry)) == 2, 30, "judged afresh, and rolled back again")
+    assert {a.status for a in answers} == {200}
+
+
+def test_one_client_sending_costly_requests_cannot_roll_a_canary_back(registry: ModelRegistry) -> None:
+    """Requests of 256 digits each, sent on a canary sticky key, make the canary's latency for that
+    client ten times production's; judged over everyone's requests that passed the p99 rule. The
+    median network's p99 is the honest networks', and the canary stays."""
+    digits = load_mnist("test").images[:256]
+    heavy = {"images": [png_b64(d) for d in digits]}
+    # one worker: every honest network and the attacker meet in one watch (with two, the kernel may
+    # split the networks so that neither worker holds three, and nothing would be judged at all)
+    env = {
+        **ENV,
+        "DIGITSERVE_REGISTRY": registry.uri,
+        "DIGITSERVE_CANARY_MIN_REQUESTS": "20",
+        "DIGITSERVE_WORKERS": "1",
+    }
+    with running_server(env) as url, steady_load([url], digits[:100], clients=3, client_networks=True) as answers:
+        wait_until(lambda: sum(a.alias == "canary" for a in answers) > 40, 30, "the canary answers its share")
+        headers = {"X-Digitserve-Sticky": canary_key()}
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as attacker:
+            sent = [attacker.post("/v1/models/cnn/predict", json=heavy) for _ in range(30)]
+        assert sum(r.status_code == 200 and r.json()["alias"] == "canary" for r in sent) >= 25
+        time.sleep(3)  # three judgements since
+        live = model_info(url, "cnn")["rollouts"]["canary"]
+    window = live["live"]["canary"]
+    assert window["networks"] >= 4 and window["p99_ms"] > 3 * window["network_p99_ms"], window  # it was judged
+    assert not rollbacks(registry), rollbacks(registry)
+    assert live["version"] == 2 and not live["rolled_back_here"], live
     assert {a.status for a in answers} == {200}

@@ -14,19 +14,20 @@ from digitserve.serving.rollouts.watch import CanaryWatch, Window, sticky_side
 SETTINGS = Settings(canary_min_requests=10, canary_min_compared=10, canary_window_s=60).canary
 
 
-def watch_with(canary_ms: float = 5, production_ms: float = 5, errors: float = 0, misses: float = 0) -> CanaryWatch:
-    watch = CanaryWatch(1, 2, 60)
-    for _ in range(20):
-        watch.production.add(production_ms / 1000)
-        watch.canary.add(canary_ms / 1000)
-    for _ in range(int(errors)):
-        watch.canary.add(None, error=True)
-    for _ in range(int(misses)):
-        watch.canary.add(None, miss=True)
-    return watch
-
-
 NETS = ("10.0.1.0/24", "10.0.2.0/24", "10.0.3.0/24")
+
+
+def watch_with(canary_ms: float = 5, production_ms: float = 5, errors: float = 0, misses: float = 0) -> CanaryWatch:
+    """20 answers on each side, and the canary's errors and misses, spread over three client networks."""
+    watch = CanaryWatch(1, 2, 60)
+    for i in range(20):
+        watch.production.add(production_ms / 1000, client=NETS[i % 3])
+        watch.canary.add(canary_ms / 1000, client=NETS[i % 3])
+    for i in range(int(errors)):
+        watch.canary.add(None, error=True, client=NETS[i % 3])
+    for i in range(int(misses)):
+        watch.canary.add(None, miss=True, client=NETS[i % 3])
+    return watch
 
 
 def test_a_canary_like_production_is_kept() -> None:
@@ -39,9 +40,15 @@ def test_a_canary_like_production_is_kept() -> None:
 @pytest.mark.parametrize(
     ("made", "words"),
     [
-        ({"errors": 3}, "server errors: 3 of 23 canary requests (limit 2.0%)"),
-        ({"misses": 3}, "deadline misses: 13.0% of 23 canary requests, production 0.0%"),
-        ({"canary_ms": 400, "production_ms": 5}, "p99 latency 400.0 ms, production 5.0 ms (limit 65.0 ms)"),
+        (
+            {"errors": 3},
+            "server errors: 12.5% of the median client network's canary requests (3 of 23 in all; limit 2.0%)",
+        ),
+        ({"misses": 3}, "deadline misses: 12.5% of the median network's canary requests, production 0.0%"),
+        (
+            {"canary_ms": 400, "production_ms": 5},
+            "p99 latency 400.0 ms, production 5.0 ms (the median client network's; limit 65.0 ms)",
+        ),
     ],
 )
 def test_a_canary_past_a_threshold_is_judged_with_its_numbers(made: dict[str, float], words: str) -> None:
@@ -60,6 +67,21 @@ def test_agreement_counts_only_with_enough_compared_inputs_from_enough_client_ne
     assert watch.judge(SETTINGS) == (
         "agreement with production 50.0% (the median of 3 client networks) on 40 compared inputs (minimum 97.0%)"
     )
+
+
+def test_one_client_network_cannot_fail_a_canary_by_its_own_costly_or_failing_requests() -> None:
+    """Slow requests (256 images each) and failures, all from one network, move that network's
+    own numbers: the verdict is the median network's."""
+    watch = watch_with()
+    for _ in range(30):
+        watch.canary.add(2.0, client="192.0.2.0/24")  # 2 s each
+        watch.canary.add(None, error=True, client="192.0.2.0/24")
+    assert watch.judge(SETTINGS) is None
+    few = CanaryWatch(1, 2, 60)  # and with fewer than min_clients networks, nothing is judged at all
+    for _ in range(60):
+        few.production.add(0.005, client=NETS[0])
+        few.canary.add(None, error=True, client=NETS[0])
+    assert few.judge(SETTINGS) is None
 
 
 def test_one_client_network_cannot_steer_the_verdict_either_way() -> None:

@@ -107,15 +107,16 @@ class Rollouts:
         if route.side == "pinned":
             return
         watch = self._watch(route)
+        network = network_of(route.client) if watch is not None else None
         if route.side == "canary":
             if watch is not None:
-                watch.canary_answered(latency_s)
+                watch.canary_answered(latency_s, network)
             if random.random() * 100 < self.canary.compare_percent and state.served is not None:
                 served, client = state.served.servable, network_of(route.client)
                 self.comparer.offer(Job("canary", loaded.servable, probabilities, served, images, False, client))
             return
         if watch is not None:
-            watch.production.add(latency_s)
+            watch.production.add(latency_s, client=network)
             watch.evidence.production_requests += 1
         shadow = self.versions.rollout(state, "shadow")
         if shadow is not None and random.random() * 100 < self.shadow.percent:
@@ -129,7 +130,7 @@ class Rollouts:
         if watch is None:
             return
         side = watch.canary if route.side == "canary" else watch.production
-        side.add(None, error=error, miss=miss)
+        side.add(None, error=error, miss=miss, client=network_of(route.client))
         if route.side == "canary":
             watch.evidence.candidate_errors += error
             watch.evidence.candidate_deadline_misses += miss

@@ -19,6 +19,8 @@ from digitserve.serving.clients import OTHER
 BUCKETS = 12  # the window is this many buckets: it slides by a twelfth of its length
 MAX_LATENCIES = 2000  # latencies kept per bucket for the p99 (a uniform sample beyond that)
 MAX_CLIENTS = 1000  # client networks tallied per bucket; later ones count as one, "other"
+MAX_CLIENT_LATENCIES = 100  # latencies kept per network and bucket (a uniform sample beyond that)
+MIN_CLIENT_REQUESTS = 5  # a network's own rates count once it sent this many in the window
 
 
 @dataclass
@@ -31,6 +33,17 @@ class _Bucket:
     agreed: int = 0
     latencies: list[float] = field(default_factory=list)
     clients: dict[str, Tally] = field(default_factory=dict)  # client network -> its compared inputs
+    answers: dict[str, _Answers] = field(default_factory=dict)  # client network -> what it was answered
+
+
+@dataclass
+class _Answers:
+    """One client network's answers in a bucket."""
+
+    requests: int = 0
+    errors: int = 0
+    misses: int = 0
+    latencies: list[float] = field(default_factory=list)
 
 
 class Pair(NamedTuple):
@@ -52,6 +65,10 @@ class Totals(NamedTuple):
     p99_ms: float | None
     clients: int = 0  # client networks among the compared inputs
     client_agreement: float | None = None  # the median of their agreement: what no few clients can steer
+    networks: int = 0  # client networks that sent at least MIN_CLIENT_REQUESTS in the window
+    network_error_rate: float | None = None  # the median network's
+    network_miss_rate: float | None = None
+    network_p99_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self._asdict()
@@ -72,16 +89,23 @@ class Window:
             self.buckets.append(_Bucket(now))
         return self.buckets[-1]
 
-    def add(self, latency: float | None = None, error: bool = False, miss: bool = False) -> None:
+    def add(
+        self, latency: float | None = None, error: bool = False, miss: bool = False, client: str | None = None
+    ) -> None:
         bucket = self._now()
         bucket.requests += 1
         bucket.errors += error
         bucket.misses += miss
-        if latency is not None:
-            if len(bucket.latencies) < MAX_LATENCIES:
-                bucket.latencies.append(latency)
-            elif random.random() < MAX_LATENCIES / bucket.requests:
-                bucket.latencies[random.randrange(MAX_LATENCIES)] = latency
+        _sample(bucket.latencies, latency, bucket.requests, MAX_LATENCIES)
+        if client is None:
+            return
+        if client not in bucket.answers and len(bucket.answers) >= MAX_CLIENTS:
+            client = OTHER
+        mine = bucket.answers.setdefault(client, _Answers())
+        mine.requests += 1
+        mine.errors += error
+        mine.misses += miss
+        _sample(mine.latencies, latency, mine.requests, MAX_CLIENT_LATENCIES)
 
     def compare(self, client: str, compared: int, agreed: int) -> None:
         bucket = self._now()
@@ -103,7 +127,32 @@ class Window:
             agreed=sum(b.agreed for b in self.buckets),
             p99_ms=round(p99, 3) if p99 is not None else None,
             **self._clients(),
+            **self._networks(),
         )
+
+    def _networks(self) -> dict[str, Any]:
+        """The median client network's error rate, miss rate and p99: what one client's costly or
+        failing requests move for itself only."""
+        merged: dict[str, _Answers] = {}
+        for bucket in self.buckets:
+            for client, a in bucket.answers.items():
+                into = merged.setdefault(client, _Answers())
+                into.requests, into.errors, into.misses = (
+                    into.requests + a.requests,
+                    into.errors + a.errors,
+                    into.misses + a.misses,
+                )
+                into.latencies.extend(a.latencies)
+        counted = [a for a in merged.values() if a.requests >= MIN_CLIENT_REQUESTS]
+        if not counted:
+            return {}
+        p99s = [float(np.percentile(a.latencies, 99)) * 1000 for a in counted if a.latencies]
+        return {
+            "networks": len(counted),
+            "network_error_rate": round(float(np.median([a.errors / a.requests for a in counted])), 6),
+            "network_miss_rate": round(float(np.median([a.misses / a.requests for a in counted])), 6),
+            "network_p99_ms": round(float(np.median(p99s)), 3) if p99s else None,
+        }
 
     def _clients(self) -> dict[str, Any]:
         tallies: dict[str, Tally] = {}
@@ -112,6 +161,16 @@ class Window:
         rates = [t.agreed / t.compared for t in tallies.values() if t.compared]
         median = float(np.median(rates)) if rates else None
         return {"clients": len(rates), "client_agreement": round(median, 6) if median is not None else None}
+
+
+def _sample(kept: list[float], value: float | None, seen: int, limit: int) -> None:
+    """Keep `value` in a uniform sample of at most `limit` of the `seen` so far."""
+    if value is None:
+        return
+    if len(kept) < limit:
+        kept.append(value)
+    elif random.random() < limit / seen:
+        kept[random.randrange(limit)] = value
 
 
 @dataclass
@@ -139,18 +198,24 @@ class CanaryWatch:
         """Why the canary must go (a sentence with the numbers), or None while it holds up."""
         canary, production = self.canary.totals(), self.production.totals()
         n = canary.requests
-        if n >= limits.min_requests:
-            if canary.errors / n > limits.max_error_rate:
-                return f"server errors: {canary.errors} of {n} canary requests (limit {limits.max_error_rate:.1%})"
-            miss, base = canary.deadline_misses / n, production.deadline_misses / max(production.requests, 1)
-            if miss > limits.max_deadline_miss_rate and miss > base:
-                return f"deadline misses: {miss:.1%} of {n} canary requests, production {base:.1%}"
-            if production.requests >= limits.min_requests and canary.p99_ms and production.p99_ms:
-                limit = production.p99_ms * limits.max_p99_ratio + limits.p99_slack_ms
-                if canary.p99_ms > limit:
+        judged = canary.networks >= limits.min_clients and production.networks >= 1  # no few clients decide
+        if n >= limits.min_requests and judged:
+            errors, misses = canary.network_error_rate or 0.0, canary.network_miss_rate or 0.0
+            if errors > limits.max_error_rate:
+                return (
+                    f"server errors: {errors:.1%} of the median client network's canary requests "
+                    f"({canary.errors} of {n} in all; limit {limits.max_error_rate:.1%})"
+                )
+            base = production.network_miss_rate or 0.0
+            if misses > limits.max_deadline_miss_rate and misses > base:
+                return f"deadline misses: {misses:.1%} of the median network's canary requests, production {base:.1%}"
+            mine, theirs = canary.network_p99_ms, production.network_p99_ms
+            if production.requests >= limits.min_requests and mine and theirs:
+                limit = theirs * limits.max_p99_ratio + limits.p99_slack_ms
+                if mine > limit:
                     return (
-                        f"p99 latency {canary.p99_ms:.1f} ms, production {production.p99_ms:.1f} ms "
-                        f"(limit {limit:.1f} ms)"
+                        f"p99 latency {mine:.1f} ms, production {theirs:.1f} ms "
+                        f"(the median client network's; limit {limit:.1f} ms)"
                     )
         compared, clients, median = canary.compared, canary.clients, canary.client_agreement
         enough = compared >= limits.min_compared and clients >= limits.min_clients
@@ -161,8 +226,8 @@ class CanaryWatch:
             )
         return None
 
-    def canary_answered(self, latency_s: float) -> None:
-        self.canary.add(latency_s)
+    def canary_answered(self, latency_s: float, client: str | None = None) -> None:
+        self.canary.add(latency_s, client=client)
         self.evidence.candidate_requests += 1
 
     def compared(self, client: str, compared: int, agreed: int) -> None:
