@@ -178,11 +178,13 @@ class Comparer:
                 self.backlog -= size
 
     async def _compare(self, jobs: list[Job]) -> None:
-        groups: dict[PairKey, list[Job]] = {}
+        # one batch per version pair and per side that answered (a paused canary runs on production's inputs)
+        groups: dict[tuple[PairKey, bool], list[Job]] = {}
         for job in jobs:
             first, second = (job.answered, job.other) if job.answered_is_production else (job.other, job.answered)
-            groups.setdefault(PairKey(job.kind, first.model, first.version, second.version), []).append(job)
-        for key, group in groups.items():
+            key = PairKey(job.kind, first.model, first.version, second.version)
+            groups.setdefault((key, job.answered_is_production), []).append(job)
+        for (key, _), group in groups.items():
             head = group[0]
             images = np.concatenate([job.images for job in group])
             answered = np.concatenate([job.probabilities for job in group])

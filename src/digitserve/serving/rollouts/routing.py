@@ -118,6 +118,16 @@ class Rollouts:
         if watch is not None:
             watch.production.add(latency_s, client=network)
             watch.evidence.production_requests += 1
+            canary = self.versions.rollout(state, "canary")
+            if (
+                canary is not None
+                and watch.waiting_for_evidence(self.canary)
+                and random.random() * 100 < self.canary.compare_percent
+            ):
+                # paused for want of evidence: the canary runs unseen on production's inputs, as a
+                # shadow does, until its comparisons can vouch for it again
+                job = Job("canary", loaded.servable, probabilities, canary.servable, images, True, network or "")
+                self.comparer.offer(job)
         shadow = self.versions.rollout(state, "shadow")
         if shadow is not None and random.random() * 100 < self.shadow.percent:
             self.comparer.offer(Job("shadow", loaded.servable, probabilities, shadow.servable, images, True))
