@@ -6,6 +6,7 @@ server in a subprocess, spoken to over HTTP by boto3 exactly as production S3 wo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -129,3 +130,33 @@ def moto_auth_s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterato
     with run_moto_server(tmp_path / "moto-auth.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
         set_fake_aws_env(monkeypatch, endpoint, tmp_path)
         yield endpoint
+
+
+# --- smoke-trained models, trained once per session -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smoke_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry folder that `training/train.py --smoke` filled, as a user runs it: cnn v1 (seed 0),
+    cnn v2 (seed 1) and vit v1 (seed 0), no alias. Trained once for the whole session; a test
+    copies it (`smoke_copy`) before it changes anything."""
+    from support.registries import ROOT
+
+    root = tmp_path_factory.mktemp("smoke-trained") / "registry"
+    for arch, seed in (("cnn", "0"), ("cnn", "1"), ("vit", "0")):
+        command = [sys.executable, "training/train.py", "--arch", arch, "--smoke", "--seed", seed]
+        command += ["--registry", str(root)]
+        trained = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert trained.returncode == 0, trained.stderr[-2000:]
+        assert json.loads(trained.stdout.strip().splitlines()[-1])["model"] == arch, trained.stdout[-500:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def smoke_copy(smoke_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's own copy of `smoke_trained`."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("smoke-copy") / "registry"
+    shutil.copytree(smoke_trained, copy)
+    return copy

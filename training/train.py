@@ -70,8 +70,10 @@ def train(cfg: TrainConfig, model: nn.Module, data: TrainingData, rank: int, wor
     wrapped: nn.Module = DistributedDataParallel(model) if world > 1 else model
     steps = max(len(data.labels) // cfg.batch_size, 1)
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # OneCycleLR divides by (pct_start * total steps - 1): at 5 steps (a smoke run with some feedback) 0.2 is zero
+    pct_start = 0.25 if cfg.epochs * steps == 5 else 0.2
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps, pct_start=0.2
+        optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps, pct_start=pct_start
     )
     if rank == 0:
         n_params = sum(p.numel() for p in model.parameters())

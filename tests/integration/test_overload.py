@@ -1,8 +1,10 @@
-"""Overload: measure the server's capacity, offer about 3x that for 20 s in an open loop (requests
-go out on schedule whatever the answers do), then drop back to a light steady load.
+"""Overload: measure the server's capacity, offer about 3x that for 12 s in an open loop (requests
+go out on schedule whatever the answers do), then drop back to a light steady load -- with one
+worker and with the default layout (two workers here).
 
 The server must shed (503 + Retry-After, or 504 past the deadline) rather than queue without
-bound: memory stays flat, the requests it accepts keep a bounded p99, and once the load drops
+bound: memory stays flat, the requests it accepts keep a p99 under 0.5 s inside the server (its
+own histogram, so the load generator's lag on shared cores is not counted), and once the load drops
 every request succeeds at normal latency again. Every request sent is counted against the answer
 it got: no connection may end without one. CPU-heavy: `DIGITSERVE_OVERLOAD_SECONDS` shortens the
 overload phase while developing.
@@ -12,15 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
 from collections import Counter
 from collections.abc import Iterator
 
+import psutil
 import pytest
 from PIL import Image, ImageOps
-from support.hostile import address, proc_kib
+from support.hostile import address
 from support.loadgen import ConnectionPool, Outcome, build_request, closed_loop, open_loop
 from support.registries import copy_shipped
 from support.server import metric, start_server, stop_server
@@ -29,22 +33,25 @@ from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
 pytestmark = pytest.mark.slow
 
-OVERLOAD_S = float(os.environ.get("DIGITSERVE_OVERLOAD_SECONDS", "20"))
+OVERLOAD_S = float(os.environ.get("DIGITSERVE_OVERLOAD_SECONDS", "12"))
 OVERLOAD_FACTOR = 3.0
 CAPACITY_S, STEADY_S = 4.0, 3.0
 CLIENTS = 32  # closed-loop clients while measuring capacity: enough to fill batches
 LIGHT_CLIENTS = 4  # the steady load before and after
-P99_BOUND_S = 1.2  # accepted requests under 3x overload (measured 0.32-0.42 s; the README's target is 0.6 s)
+SERVER_P99_BOUND_S = 0.5  # accepted requests under 3x overload, arrival to answer in the server (the README's bound)
+CLIENT_P99_BOUND_S = 2.5  # the same seen by the load generator, whose own lag on 2 shared cores is part of it
 MAX_CONCURRENT = 32  # the server's cap on predictions in progress
 MAX_QUEUE = 256
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1 worker", "2 workers"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """One worker, and the default layout (a worker per core: two here), each with the per-process caps."""
     registry = copy_shipped(tmp_path_factory.mktemp("registry"))
     env = {
         "DIGITSERVE_REGISTRY": registry.uri,
         "DIGITSERVE_MODELS": "cnn",
+        "DIGITSERVE_WORKERS": str(request.param),
         "DIGITSERVE_POLL_SECONDS": "3600",
         "DIGITSERVE_MAX_CONCURRENT_REQUESTS": str(MAX_CONCURRENT),
         "DIGITSERVE_MAX_QUEUE": str(MAX_QUEUE),
@@ -53,6 +60,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]
     process, url = start_server(env, log_path=tmp_path_factory.mktemp("logs") / "server.log")
     yield process.pid, url
     assert stop_server(process) == 0
+
+
+def tree_rss_mib(pid: int) -> float:
+    """The resident memory of the server and every process it started (its workers, decode processes)."""
+    root = psutil.Process(pid)
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += proc.memory_info().rss
+    return total / 2**20
+
+
+def answered_within(url: str, bound_s: float) -> tuple[float, float]:
+    """From the server's own histogram (arrival to answer of each prediction it answered): how
+    many were answered within `bound_s` (a bucket edge), and how many in all."""
+    name = "digitserve_routed_latency_seconds"
+    return metric(url, f"{name}_bucket", model="cnn", le=str(bound_s)), metric(url, f"{name}_count", model="cnn")
 
 
 def p(values: list[float], q: float) -> float:
@@ -98,7 +122,7 @@ def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str
     rss_mib: list[float] = []
 
     async def sample_rss() -> None:
-        rss_mib.append(proc_kib(pid, "VmRSS") / 1024)
+        rss_mib.append(tree_rss_mib(pid))
 
     async def scenario() -> tuple[float, dict[str, list[Outcome]]]:
         pool = ConnectionPool(host, port, limit=2000)
@@ -107,7 +131,9 @@ def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str
         phases["capacity"] = await closed_loop(pool, request, CLIENTS, CAPACITY_S)
         rate = OVERLOAD_FACTOR * sum(o.status == 200 for o in phases["capacity"]) / CAPACITY_S
         await sample_rss()
+        within.append(await asyncio.to_thread(answered_within, url, SERVER_P99_BOUND_S))
         phases["overload"] = await open_loop(pool, request, rate, OVERLOAD_S, on_tick=sample_rss)
+        within.append(await asyncio.to_thread(answered_within, url, SERVER_P99_BOUND_S))
         phases["light after"] = await closed_loop(pool, request, LIGHT_CLIENTS, STEADY_S)
         pool.close()
         shed.append(sum(o.status == 503 for outcomes in [warm_up, *phases.values()] for o in outcomes))
@@ -116,6 +142,7 @@ def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str
     shed_before = metric(url, "digitserve_requests_total", route="/v1/models/{model}/predict", status="503")
     shed_before += metric(url, "digitserve_protocol_refusals_total", reason="overloaded")
     shed: list[int] = []
+    within: list[tuple[float, float]] = []  # (answered within the bound, answered) before and after the overload
     rate, phases = asyncio.run(scenario())
     counted = metric(url, "digitserve_requests_total", route="/v1/models/{model}/predict", status="503")
     refused = metric(url, "digitserve_protocol_refusals_total", reason="overloaded")  # past MAX_CONNECTIONS
@@ -137,9 +164,13 @@ def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str
     # under 3x its capacity the server sheds and keeps working, with bounded latency and memory
     assert overload["shed_fraction"] > 0.25, overload
     assert overload["ok_per_s"] > 0.25 * capacity["ok_per_s"], (overload, capacity)
-    assert overload["p99_s"] < P99_BOUND_S, overload
+    (fast_before, all_before), (fast_after, all_after) = within
+    in_bound = (fast_after - fast_before) / (all_after - all_before)
+    print(f"{payload}: {in_bound:.2%} of accepted requests answered within {SERVER_P99_BOUND_S} s in the server")
+    assert in_bound >= 0.99, f"server-side p99 over {SERVER_P99_BOUND_S} s: only {in_bound:.2%} within it"
+    assert overload["p99_s"] < CLIENT_P99_BOUND_S, overload
     late = [o.latency for o in sent if o.status == 200 and o.sent_at > sent[0].sent_at + 2 * OVERLOAD_S / 3]
-    assert p(late, 0.99) < P99_BOUND_S, "the accepted requests' latency kept growing"
+    assert p(late, 0.99) < CLIENT_P99_BOUND_S, "the accepted requests' latency kept growing"
     assert max(rss_mib) - rss_mib[0] < 150, rss_mib
 
     # and as soon as the load drops, every request succeeds at the latency it had before

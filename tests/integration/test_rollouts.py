@@ -10,13 +10,14 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from support.cli import digitserve, error_line, succeeded
-from support.registries import copy_shipped, png_b64, publish_variant, train_smoke
+from support.registries import add_version_from, copy_shipped, png_b64, publish_variant
 from support.server import metric, model_info, running_server, start_server, stop_server, wait_until
 from support.steady import steady_load
 
@@ -39,10 +40,10 @@ CANARY_ENV = {
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def template(tmp_path_factory: pytest.TempPathFactory, smoke_trained: Path) -> Path:
     root = tmp_path_factory.mktemp("template")
     registry = copy_shipped(root)
-    train_smoke(registry.uri)  # v2: bad
+    assert add_version_from(smoke_trained, registry, "cnn", 1) == 2  # v2: bad, train.py --smoke
     assert publish_variant(registry, "cnn", 1) == 3  # v3: good
     return root
 
@@ -127,7 +128,7 @@ def test_a_bad_canary_is_rolled_back_once_by_two_servers(registry: ModelRegistry
 
 def test_a_good_canary_survives_and_is_promoted_from_its_evidence(registry: ModelRegistry, digits: np.ndarray) -> None:
     place(registry, "canary", 3)
-    env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri}
+    env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_COMPARE_PERCENT": "100"}
     with running_server(env) as url, steady_load([url], digits, clients=4, client_networks=True) as answers:
         wait_until(lambda: Evidence.gather(registry, "cnn", "canary", 3).compared >= 200, 90, "200 compared inputs")
         check_routing(url)
@@ -236,10 +237,9 @@ def overload(url: str, seconds: float) -> int:
             while time.monotonic() < end:
                 statuses[c.post("/v1/models/cnn/predict", json=body).status_code] += 1
 
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(64) as pool:
-        for _ in range(64):
-            pool.submit(client)
+        futures = [pool.submit(client) for _ in range(64)]
+    for future in futures:
+        future.result()  # a client that failed without an answer (a reset, a timeout) fails the test
     assert set(statuses) <= {200, 503}, statuses
     return statuses[200]

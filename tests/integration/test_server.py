@@ -7,6 +7,7 @@ import base64
 import io
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,6 @@ import pytest
 from PIL import Image
 from support.registries import blob_path, copy_shipped, png_b64, png_bytes, publish_variant
 from support.server import metric, start_server, stop_server
-from support.shutdown import sigterm_under_load
 
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
@@ -110,24 +110,27 @@ def test_alias_move_under_load_switches_versions_without_a_failure(
         async with httpx.AsyncClient(base_url=server, timeout=60) as client:
             workers = [asyncio.create_task(client_loop(client, i)) for i in range(16)]
             await asyncio.sleep(1.5)
+            moved_at = time.perf_counter()
             await asyncio.to_thread(registry.move_alias, "cnn", "production", 2, reason="test: hot-swap")
             await asyncio.to_thread(reload, server)
             swapped_at = time.perf_counter()
             await asyncio.sleep(1.5)
             stop.set()
             await asyncio.gather(*workers)
-            return swapped_at
+            return moved_at, swapped_at
 
     try:
-        swapped_at = asyncio.run(scenario())
+        moved_at, swapped_at = asyncio.run(scenario())
     finally:
         registry.move_alias("cnn", "production", 1, reason="test: restore")
         reload(server)
     assert errors == []
     versions = [v for _, v in results]
     assert set(versions) == {1, 2} and unpromoted not in versions
-    assert all(v == 2 for sent, v in results if sent > swapped_at)  # sent after the swap: only v2 answers
-    assert all(v == 1 for sent, v in results if sent < swapped_at - 5)  # long before it: only v1
+    after = [v for sent, v in results if sent > swapped_at]  # sent once every worker acknowledged the reload
+    before = [v for sent, v in results if sent < moved_at]  # sent before the alias moved
+    assert len(after) >= 10 and set(after) == {2}, Counter(after)
+    assert len(before) >= 10 and set(before) == {1}, Counter(before)
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncated", "missing", "golden"])
@@ -304,10 +307,3 @@ def test_admin_routes_are_off_without_a_token(registry: ModelRegistry, tmp_path:
         assert httpx.post(f"{url}/v1/admin/reload", headers={"Authorization": "Bearer x"}).status_code == 404
     finally:
         assert stop_server(process) == 0
-
-
-def test_sigterm_under_load_answers_every_accepted_request(registry: ModelRegistry, tmp_path: Path) -> None:
-    outcomes = [outcome for _, outcome in sigterm_under_load(registry.uri, tmp_path / "s.log")]
-    assert not [o for o in outcomes if o.startswith("dropped")], outcomes  # accepted, then no answer
-    assert set(outcomes) <= {"ok", "503 shutting_down", "not accepted"}
-    assert outcomes.count("ok") >= 150

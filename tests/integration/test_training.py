@@ -25,14 +25,10 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def smoke_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A registry with a smoke-trained cnn (v1, v2) and vit (v1)."""
-    root = tmp_path_factory.mktemp("registry")
-    for arch, seed in (("cnn", "0"), ("cnn", "1"), ("vit", "0")):
-        proc = run("training/train.py", "--arch", arch, "--smoke", "--seed", seed, "--registry", str(root))
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert json.loads(proc.stdout.strip().splitlines()[-1])["model"] == arch
-    return root
+def smoke_registry(smoke_copy: Path) -> Path:
+    """A registry with a smoke-trained cnn (v1, v2) and vit (v1): `train.py --smoke` run three times
+    (conftest.py's `smoke_trained`, shared with the other modules that need smoke-trained models)."""
+    return smoke_copy
 
 
 def test_smoke_training_publishes_a_complete_version(smoke_registry: Path) -> None:

@@ -12,8 +12,6 @@ import base64
 import io
 import json
 import struct
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,23 +39,13 @@ MAX_BODY_BYTES = 1024 * 1024
 N = 8  # test digits per request
 
 
-def train_smoke(registry: Path, *args: str) -> None:
-    cmd = [sys.executable, str(REPO / "training" / "train.py"), *args, "--smoke", "--registry", str(registry)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        pytest.fail(f"{' '.join(args)} smoke training failed:\n{result.stderr[-2000:]}")
-
-
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """cnn v1, v2 (another seed) and vit v1, smoke-trained; `production` -> v1 of each."""
-    root = tmp_path_factory.mktemp("v2-registry")
-    for args in (["--arch", "cnn"], ["--arch", "vit"], ["--arch", "cnn", "--seed", "1"]):
-        train_smoke(root, *args)
-    reg = ModelRegistry.open(str(root))
+def registry(smoke_copy: Path) -> Path:
+    """cnn v1, v2 (another seed) and vit v1, smoke-trained (conftest.py); `production` -> v1 of each."""
+    reg = ModelRegistry.open(str(smoke_copy))
     for model in ("cnn", "vit"):
         reg.move_alias(model, "production", 1)
-    return root
+    return smoke_copy
 
 
 @pytest.fixture(scope="module")

@@ -153,7 +153,7 @@ def style_count(digit: int) -> int:
     return len(STYLES[digit])
 
 
-def handwritten(digit: int, seed: int, spacing: float = 0.012) -> list[np.ndarray]:
+def handwritten(digit: int, seed: int, spacing: float = 0.024) -> list[np.ndarray]:
     """The strokes of one hand-drawn `digit`: a list of (n, 2) point arrays in the unit box."""
     rng = np.random.default_rng(seed)
     style = STYLES[digit][seed % style_count(digit)]

@@ -47,14 +47,20 @@ def copy_shipped(dest: Path, models: tuple[str, ...] = ("cnn",)) -> ModelRegistr
 
 def add_shipped_version(registry: ModelRegistry, model: str, shipped_version: int) -> int:
     """Copy another shipped version of `model` into a `copy_shipped` registry as its next version."""
-    shipped = ModelRegistry.open(str(SHIPPED))
-    manifest = shipped.manifest(model, shipped_version)
+    return add_version_from(SHIPPED, registry, model, shipped_version)
+
+
+def add_version_from(source: Path, registry: ModelRegistry, model: str, source_version: int) -> int:
+    """Copy version `source_version` of `model` from the local registry at `source` into the local
+    `registry` as its next version (the artifacts as they are; the manifest renumbered)."""
+    manifest = ModelRegistry.open(str(source)).manifest(model, source_version)
     dest = Path(registry.uri)
     version = max(registry.list_versions(model)) + 1
+    (dest / model / "blobs").mkdir(parents=True, exist_ok=True)
     for artifact in (manifest.weights, manifest.onnx):
         if artifact is not None:
-            shutil.copyfile(SHIPPED / artifact.key(model), dest / artifact.key(model))
-    shutil.copytree(SHIPPED / model / "versions" / str(shipped_version), dest / model / "versions" / str(version))
+            shutil.copyfile(source / artifact.key(model), dest / artifact.key(model))
+    shutil.copytree(source / model / "versions" / str(source_version), dest / model / "versions" / str(version))
     doc = {**manifest.to_dict(), "version": version}
     (dest / model / "versions" / str(version) / "manifest.json").write_text(json.dumps(doc, indent=2))
     return version

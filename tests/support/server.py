@@ -117,6 +117,9 @@ def start_server(
     env = {  # one process unless a test asks for more; a feedback spool of its own, never the user's
         "DIGITSERVE_WORKERS": "1",
         "DIGITSERVE_FEEDBACK_SPOOL_DIR": tempfile.mkdtemp(prefix="digitserve-spool-"),
+        # the drain before the listener closes is for a load balancer to notice /readyz: none here
+        # (the drain's own tests set it)
+        "DIGITSERVE_SHUTDOWN_GRACE_S": "0.2",
         **(env or {}),
     }
     process, base_url, _ = spawn(cmd, env, log_path=log_path, ready_timeout_s=ready_timeout_s, wait_path=wait_path)
@@ -144,11 +147,29 @@ def stop_server(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOU
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=5)
-    for child in alive:
+    for child in _still_running(children, timeout_s=5):
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
     return process.returncode
+
+
+def _still_running(processes: list[Any], timeout_s: float) -> list[Any]:
+    """Those of `processes` (psutil) still running after up to `timeout_s`, polled every 20 ms
+    (psutil.wait_procs backs off to over a second for processes that are not our children)."""
+    import psutil
+
+    def running(proc: Any) -> bool:
+        try:
+            return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in processes if running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if running(p)]
+    return alive
 
 
 @contextmanager

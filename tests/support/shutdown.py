@@ -1,4 +1,4 @@
-"""The SIGTERM-under-load scenario, shared by test_server.py (one run) and tests/hostile (twenty)."""
+"""The SIGTERM-under-load scenario of tests/hostile/test_round_two.py (twenty runs per layout)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import re
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,13 +21,31 @@ def listener_closed_at(log: Path) -> float:
     return min(map(float, found), default=float("inf"))
 
 
-def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> list[tuple[float, str]]:
+@dataclass(frozen=True)
+class Outcome:
+    at: float  # time.monotonic() the request was written; for one refused at connect, of the refusal
+    result: str  # "ok", "503 shutting_down", "not accepted" or "dropped: <error>"
+    answered_at: float | None = None  # when its answer arrived
+
+
+@dataclass(frozen=True)
+class ShutdownRun:
+    outcomes: list[Outcome]
+    sigterm_at: float  # time.monotonic() just before SIGTERM was sent
+
+    def answered_before_sigterm(self) -> list[Outcome]:
+        """The requests whose answer arrived before the signal was sent: the server served them
+        while not yet draining, so each must be a 200."""
+        return [o for o in self.outcomes if o.answered_at is not None and o.answered_at < self.sigterm_at]
+
+
+def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> ShutdownRun:
     """A server under load gets SIGTERM: 400 requests of 4 digits over ~2 s, SIGTERM after the 150th.
-    Returns (time the request was written, outcome) for each request; for a request refused
-    at connect, the time of that refusal."""
+    Returns each request's outcome and the moment of the signal."""
     env = {"DIGITSERVE_REGISTRY": registry_uri, "DIGITSERVE_MODELS": "cnn", "DIGITSERVE_SHUTDOWN_GRACE_S": "0.5"}
     process, url = start_server({**env, "DIGITSERVE_WORKERS": str(workers)}, log_path=log)
-    outcomes: list[tuple[float, str]] = []
+    outcomes: list[Outcome] = []
+    sigterm_at = [float("inf")]
 
     async def one(client: httpx.AsyncClient) -> None:
         moments: dict[str, float] = {}
@@ -38,18 +57,15 @@ def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> list[t
         try:
             r = await client.post("/v1/models/cnn/predict", json=body, extensions={"trace": trace})
         except httpx.ConnectError:  # the listener had closed: the request was never sent
-            outcomes.append((moments.get("connection.connect_tcp.failed", time.monotonic()), "not accepted"))
+            outcomes.append(Outcome(moments.get("connection.connect_tcp.failed", time.monotonic()), "not accepted"))
             return
         except httpx.HTTPError as exc:
             sent = moments.get("http11.send_request_headers.started", time.monotonic())
-            outcomes.append((sent, f"dropped: {type(exc).__name__}"))
+            outcomes.append(Outcome(sent, f"dropped: {type(exc).__name__}"))
             return
-        outcomes.append(
-            (
-                moments["http11.send_request_headers.started"],
-                "ok" if r.status_code == 200 else f"{r.status_code} {r.json()['code']}",
-            )
-        )
+        result = "ok" if r.status_code == 200 else f"{r.status_code} {r.json()['code']}"
+        answered = moments.get("http11.receive_response_headers.complete", time.monotonic())
+        outcomes.append(Outcome(moments["http11.send_request_headers.started"], result, answered))
 
     async def scenario() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -57,10 +73,11 @@ def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> list[t
             for i in range(400):
                 tasks.append(asyncio.create_task(one(client)))
                 if i == 150:
+                    sigterm_at[0] = time.monotonic()
                     process.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.005)
             await asyncio.gather(*tasks)
 
     asyncio.run(scenario())
     assert process.wait(timeout=60) == 0
-    return outcomes
+    return ShutdownRun(outcomes, sigterm_at[0])

@@ -37,6 +37,7 @@ def race(n: int, attempt: Callable[[int], str]) -> list[str]:
         t.start()
     for t in threads:
         t.join()
+    assert len(outcomes) == n, f"{n - len(outcomes)} attempts raised instead of returning an outcome"
     return outcomes
 
 

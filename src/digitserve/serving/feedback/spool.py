@@ -10,6 +10,11 @@ same spool folder: nothing accepted is lost on SIGTERM or a restart. Several wor
 replicas sharing a folder) may drain the same spool: the registry's create-only write makes them
 agree. No folder is listed on the event loop: the count of spooled samples is kept in memory and
 re-counted by the writer's thread.
+
+A duplicate is known to every worker sharing the folder, without a registry read: a sample
+written to the registry leaves an empty marker under `written/` (made before its spooled file
+is removed, so one of the two always exists), and a sample is new only if neither exists once
+its file is linked in. The newest `RECENT_IDS` markers are kept.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 60.0
 FLUSH_ON_SHUTDOWN_S = 5.0
 RECENT_IDS = 10_000  # ids of samples spooled lately: a duplicate of one is known without a registry read
+PRUNE_EVERY = 500  # samples written between prunings of the `written/` markers
 STALE_TEMP_S = 60.0  # a temporary file this old is what a crash mid-write left
 T = TypeVar("T")
 
@@ -107,7 +113,13 @@ class FeedbackSpool:
         return new
 
     def _spool(self, sample: FeedbackSample) -> bool:
+        """Link the sample in (create-only); False if it is spooled already, or written already
+        (by any worker on this folder)."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        marker = self.folder / "written" / sample.id
+        if marker.exists():
+            return False
+        spooled = self.folder / f"{sample.id}.json"
         fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=self.folder)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -115,11 +127,14 @@ class FeedbackSpool:
                 f.flush()
                 os.fsync(f.fileno())
             try:
-                os.link(tmp, self.folder / f"{sample.id}.json")  # create-only: a duplicate is one file
+                os.link(tmp, spooled)  # create-only: a duplicate is one file
             except FileExistsError:
                 return False
         finally:
             os.unlink(tmp)
+        if marker.exists():  # written meanwhile (its marker is made before its file goes): not new
+            spooled.unlink(missing_ok=True)
+            return False
         _fsync_folder(self.folder)
         return True
 
@@ -158,8 +173,24 @@ class FeedbackSpool:
             return False
         self.last_error = None
         self.written += 1
+        written = self.folder / "written"
+        written.mkdir(exist_ok=True)
+        (written / sample.id).touch()  # before the spooled file goes: a duplicate is known all along
         path.unlink(missing_ok=True)
+        if self.written % PRUNE_EVERY == 0:
+            self._prune_markers(written)
         return True
+
+    @staticmethod
+    def _prune_markers(written: Path) -> None:
+        """Keep the newest RECENT_IDS markers of written samples (an older duplicate is a registry
+        create that finds the sample there: stored once all the same, answered as new)."""
+        found = []
+        for marker in written.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                found.append((marker.stat().st_mtime, marker))
+        for _, marker in sorted(found, reverse=True)[RECENT_IDS:]:
+            marker.unlink(missing_ok=True)
 
     async def run(self) -> None:
         """Drain whenever something is spooled; while the registry fails, retry with a growing pause."""
