@@ -17,13 +17,14 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from support.cli import digitserve, succeeded
+from support.cli import digitserve, error_line, succeeded
 from support.registries import add_shipped_version, copy_shipped, png_b64
 from support.server import metric, model_info, running_server, wait_until
 from support.steady import steady_load
 
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
+from digitserve.registry.evidence import Evidence
 from digitserve.serving.rollouts.watch import sticky_side
 
 pytestmark = pytest.mark.slow
@@ -162,3 +163,45 @@ def test_one_client_sending_costly_requests_cannot_roll_a_canary_back(registry: 
     assert not rollbacks(registry), rollbacks(registry)
     assert live["version"] == 2 and not live["rolled_back_here"], live
     assert {a.status for a in answers} == {200}
+
+
+def test_with_automatic_rollback_off_a_failing_canary_serves_until_a_person_retires_it(
+    registry: ModelRegistry,
+) -> None:
+    """CANARY_AUTO_ROLLBACK=false: the watch still judges (`registry watch` reports the failing
+    agreement and gives up at its timeout) but no server moves the alias; `registry retire` does,
+    and every worker of the default layout stops routing to the canary at its next poll."""
+    tangles = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))) for s in scribbles(100)])
+    env = {
+        **ENV,
+        "DIGITSERVE_REGISTRY": registry.uri,
+        "DIGITSERVE_CANARY_COMPARE_PERCENT": "100",
+        "DIGITSERVE_CANARY_AUTO_ROLLBACK": "false",
+    }
+    uri = registry.uri
+    with running_server(env) as url, steady_load([url], tangles, clients=3, client_networks=True) as answers:
+        assert model_info(url, "cnn")["rollouts"]["canary"]["auto_rollback"] is False
+        compared = "digitserve_rollout_compared_total"
+        wait_until(lambda: metric(url, compared, kind="canary") >= 200, 60, "200 compared inputs")
+        wait_until(lambda: Evidence.gather(registry, "cnn", "canary", 2).compared >= 40, 30, "evidence published")
+        watch = digitserve("registry", "watch", "cnn", "--timeout", "2", "--interval", "1", "--registry", uri)
+        line = error_line(watch)
+        assert line.startswith("error: not enough evidence after 2 s: ") and "agreement 0.00% < " in line, line
+        assert "cnn/canary v2: " in watch.stdout, watch.stdout
+        assert not rollbacks(registry)
+        seen = len(answers)
+        wait_until(lambda: sum(a.alias == "canary" for a in answers[seen:]) >= 20, 30, "the canary still answers")
+
+        retired = succeeded(digitserve("registry", "retire", "cnn", "--reason", "test: by hand", "--registry", uri))
+        assert retired.strip() == "cnn/canary -> v1 (production's version; retired v2)", retired
+        # each worker polls on its own: once 60 answers in a row came from production, both have
+        # seen the retirement (a worker still routing half its answers to the canary would show)
+        wait_until(lambda: len(answers) > 60 and {a.alias for a in answers[-60:]} == {"production"}, 20, "all polled")
+        after = len(answers)
+        wait_until(lambda: len(answers) >= after + 100, 30, "answers after the retirement")
+        line = error_line(digitserve("registry", "watch", "cnn", "--timeout", "1", "--registry", uri))
+        assert "cnn/canary is retired; move it to a candidate again first; nothing to watch" in line, line
+    assert {a.alias for a in answers[after:]} == {"production"}
+    assert {a.status for a in answers} == {200}
+    assert not rollbacks(registry)
+    assert registry.events("cnn", "canary")[-1]["action"] == "retire"

@@ -140,6 +140,8 @@ def test_a_good_canary_survives_and_is_promoted_from_its_evidence(registry: Mode
         assert metric(url, "digitserve_model_version_info", alias="canary", version="3") == 1
 
         uri = registry.uri
+        watched = succeeded(digitserve("registry", "watch", "cnn", "--timeout", "30", "--registry", uri))
+        assert watched.strip().splitlines()[-1].endswith("; enough evidence"), watched  # what a pipeline waits on
         line = error_line(
             digitserve("registry", "promote", "cnn", "--from", "canary", "--min-compared", "1000000", "--registry", uri)
         )

@@ -93,7 +93,7 @@ def test_alias_move_under_load_switches_versions_without_a_failure(
 ) -> None:
     images, _ = digits
     unpromoted = publish_variant(registry, "cnn", 1, nudge=2e-4)  # exists, never promoted
-    results: list[tuple[float, int]] = []
+    results: list[tuple[float, float, int]] = []  # (sent, answered, version)
     errors: list[str] = []
     stop = asyncio.Event()
 
@@ -104,7 +104,7 @@ def test_alias_move_under_load_switches_versions_without_a_failure(
             if r.status_code != 200:
                 errors.append(f"{r.status_code} {r.text}")
             else:
-                results.append((sent, r.json()["version"]))
+                results.append((sent, time.perf_counter(), r.json()["version"]))
 
     async def scenario() -> float:
         async with httpx.AsyncClient(base_url=server, timeout=60) as client:
@@ -125,10 +125,10 @@ def test_alias_move_under_load_switches_versions_without_a_failure(
         registry.move_alias("cnn", "production", 1, reason="test: restore")
         reload(server)
     assert errors == []
-    versions = [v for _, v in results]
+    versions = [v for _, _, v in results]
     assert set(versions) == {1, 2} and unpromoted not in versions
-    after = [v for sent, v in results if sent > swapped_at]  # sent once every worker acknowledged the reload
-    before = [v for sent, v in results if sent < moved_at]  # sent before the alias moved
+    after = [v for sent, _, v in results if sent > swapped_at]  # sent once the reload had answered
+    before = [v for _, answered, v in results if answered < moved_at]  # answered before the alias moved
     assert len(after) >= 10 and set(after) == {2}, Counter(after)
     assert len(before) >= 10 and set(before) == {1}, Counter(before)
 

@@ -186,7 +186,13 @@ def running_server(
 
 def metric(url: str, name: str, **labels: str) -> float:
     """The sum of the /metrics samples called `name` whose labels include `labels`."""
-    text = httpx.get(f"{url}/metrics").text
+    scraped = httpx.get(f"{url}/metrics")
+    assert scraped.status_code == 200, f"/metrics answered {scraped.status_code}: {scraped.text[:200]}"
+    return metric_in(scraped.text, name, **labels)
+
+
+def metric_in(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`, in a /metrics text."""
     total = 0.0
     for line in text.splitlines():
         named = line.startswith((name + "{", name + " "))
