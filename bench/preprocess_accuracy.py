@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,6 +80,7 @@ def main() -> None:
     p.add_argument("--version", type=int, help="a version number instead of the alias")
     p.add_argument("-n", type=int, default=1000, help="photo-like images")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="also merge the report into this JSON file, keyed by seed")
     args = p.parse_args()
     registry = ModelRegistry.open(args.registry)
     version = args.version or registry.resolve_alias(args.model, args.alias)
@@ -89,6 +92,11 @@ def main() -> None:
         "mnist_test": mnist_results(model),
     }
     print(json.dumps(report, indent=2))
+    if args.out is not None:
+        doc = json.loads(args.out.read_text()) if args.out.exists() else {}
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        doc[f"seed {args.seed}"] = {**report, "n": args.n, "commit": commit, "date": time.strftime("%Y-%m-%d")}
+        args.out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 import harness as h
 import report
 
+README = h.BENCH.parent / "README.md"
 # Commits the headline scenarios are re-run at, oldest first: (label, git ref).
 HISTORY: list[tuple[str, str]] = [
     ("before the ONNX serving core (torch, 1 worker)", "c547d31"),
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(report.markdown(bench.results))
     args.out.with_suffix(".json").write_text(json.dumps(bench.results, indent=1, default=str))
     print(f"wrote {args.out}")
+    if not args.smoke and args.out == h.BENCH / "results.md" and report.update_readme(bench.results, README):
+        print(f"updated the figures in {README}")
     return 0
 
 

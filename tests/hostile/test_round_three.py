@@ -27,7 +27,7 @@ from support.cli import digitserve
 from support.feedback import send
 from support.hostile import address, read_response
 from support.registries import copy_shipped, publish_variant
-from support.server import start_server, stop_server, wait_until
+from support.server import loop_lags_over, start_server, stop_server, wait_until
 
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
@@ -35,19 +35,11 @@ from digitserve.registry import ModelRegistry
 pytestmark = pytest.mark.slow
 PER_MINUTE = 5
 LOOP_LAG_BOUND_S = 0.1  # the worst event-loop lag while hostile requests arrive (it was 0.4-0.7 s)
-LAG = "digitserve_event_loop_lag_seconds"
 
 
 def lags_over_bound(url: str) -> float:
-    """How many of the server's loop-lag readings (every 50 ms, every worker) exceeded the bound,
-    from one scrape of /metrics."""
-    count = within = 0.0
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(f"{LAG}_count"):
-            count += float(line.rsplit(" ", 1)[1])
-        elif line.startswith(f"{LAG}_bucket") and f'le="{LOOP_LAG_BOUND_S}"' in line:
-            within += float(line.rsplit(" ", 1)[1])
-    return count - within
+    """How many of the server's loop-lag readings (every 50 ms, every worker) exceeded the bound."""
+    return loop_lags_over(url, LOOP_LAG_BOUND_S)
 
 
 def png(image: np.ndarray) -> str:

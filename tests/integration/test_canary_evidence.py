@@ -8,17 +8,16 @@ scribbles they never do (v1 says "not a digit", v2 names a digit).
 
 from __future__ import annotations
 
-import base64
-import io
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 from support.cli import digitserve, error_line, succeeded
 from support.registries import add_shipped_version, copy_shipped, png_b64
+from support.scribbles import scribble_images
 from support.server import metric, model_info, running_server, wait_until
 from support.steady import steady_load
 
@@ -51,15 +50,8 @@ def registry(tmp_path: Path) -> ModelRegistry:
 
 
 def scribbles(n: int, seed: int = 0) -> list[str]:
-    """Tangles of random strokes, white on black as MNIST: no digit, to the production model."""
-    rng = np.random.default_rng(seed)
-    drawn = []
-    for _ in range(n):
-        image = Image.new("L", (28, 28))
-        points = [tuple(int(v) for v in rng.integers(4, 24, 2)) for _ in range(8)]
-        ImageDraw.Draw(image).line(points, fill=255, width=2)
-        drawn.append(png_b64(np.asarray(image)))
-    return drawn
+    """Tangles of random strokes (support/scribbles.py) as PNG base64: v1 and v2 never agree on them."""
+    return [png_b64(image) for image in scribble_images(n, seed)]
 
 
 def canary_key() -> str:
@@ -118,7 +110,7 @@ def test_a_canary_promoted_again_after_a_rollback_is_taken_afresh(registry: Mode
     """Every client network sends scribbles: the canary disagrees everywhere and is rolled back.
     Moving the canary alias to it again is a person's new decision: every worker routes to it
     again within a poll (it used to stay refused until each worker restarted), on a fresh watch."""
-    tangles = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))) for s in scribbles(100)])
+    tangles = scribble_images(100)
     env = {**ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_COMPARE_PERCENT": "100"}
     with running_server(env) as url, steady_load([url], tangles, clients=3, client_networks=True) as answers:
         wait_until(lambda: rollbacks(registry), 30, "an automatic rollback")
@@ -171,7 +163,7 @@ def test_with_automatic_rollback_off_a_failing_canary_serves_until_a_person_reti
     """CANARY_AUTO_ROLLBACK=false: the watch still judges (`registry watch` reports the failing
     agreement and gives up at its timeout) but no server moves the alias; `registry retire` does,
     and every worker of the default layout stops routing to the canary at its next poll."""
-    tangles = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))) for s in scribbles(100)])
+    tangles = scribble_images(100)
     env = {
         **ENV,
         "DIGITSERVE_REGISTRY": registry.uri,

@@ -95,15 +95,24 @@ def test_a_correction_keeps_only_the_28x28_input_once(server: str, registry: Mod
     now = {v: metric(server, "digitserve_feedback_total", version="1", verdict=v) - counted[v] for v in counted}
     assert now == {"right": int(kept.right), "wrong": int(not kept.right)}, "the duplicate is not counted again"
 
-    def counted_in(seen: dict[str, Any]) -> bool:  # each worker refreshes its own view: judge one view at a time
+    views: list[dict[str, Any]] = []  # each worker refreshes its own view: judge one view at a time
+
+    def counted() -> bool:
+        views.append(seen := quality(server))
         return bool(seen["samples"] >= before["samples"] + 1 and seen["right"] >= before["right"] + kept.right)
 
-    wait_until(lambda: counted_in(quality(server)), 30, "the sample counted in the listing")
-    after = quality(server)
+    wait_until(counted, 30, "the sample counted in the listing")
+    after = views[-1]
     assert after["accuracy"] == round(after["right"] / after["samples"], 4)
     succeeded(digitserve("feedback", "accept", sid[:10], "--reason", "checked", "--registry", registry.uri))
-    wait_until(lambda: quality(server)["accepted"] >= before["accepted"] + 1, 30, "the review counted in the listing")
-    assert quality(server)["accepted_accuracy"] is not None
+    reviewed: list[dict[str, Any]] = []
+
+    def review_counted() -> bool:
+        reviewed.append(seen := quality(server))
+        return bool(seen["accepted"] >= before["accepted"] + 1)
+
+    wait_until(review_counted, 30, "the review counted in the listing")
+    assert reviewed[-1]["accepted_accuracy"] is not None
 
 
 def quality(server: str) -> dict[str, Any]:

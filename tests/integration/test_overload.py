@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 from PIL import Image, ImageOps
+from support.evidence import record
 from support.hostile import address
 from support.loadgen import ConnectionPool, Outcome, build_request, closed_loop, open_loop
 from support.registries import copy_shipped
@@ -45,7 +46,7 @@ MAX_QUEUE = 256
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["1 worker", "2 workers"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, int]]:
     """One worker, and the default layout (a worker per core: two here), each with the per-process caps."""
     registry = copy_shipped(tmp_path_factory.mktemp("registry"))
     env = {
@@ -58,7 +59,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         "DIGITSERVE_REQUEST_TIMEOUT_S": "2",
     }
     process, url = start_server(env, log_path=tmp_path_factory.mktemp("logs") / "server.log")
-    yield process.pid, url
+    yield process.pid, url, request.param
     assert stop_server(process) == 0
 
 
@@ -120,8 +121,8 @@ PAYLOADS = {"png-28x28": lambda: EXAMPLE_PNG_B64, "canvas-400x400": canvas_drawi
 
 
 @pytest.mark.parametrize("payload", list(PAYLOADS))
-def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str], payload: str) -> None:
-    pid, url = server
+def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str, int], payload: str) -> None:
+    pid, url, workers = server
     host, port = address(url)
     image = PAYLOADS[payload]()
     request = build_request("/v1/models/cnn/predict", json.dumps({"images": [image]}).encode(), host)
@@ -172,6 +173,26 @@ def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str
     assert overload["ok_per_s"] > 0.25 * capacity["ok_per_s"], (overload, capacity)
     (fast_before, all_before), (fast_after, all_after) = within
     in_bound = (fast_after - fast_before) / (all_after - all_before)
+    record(
+        f"{workers} worker{'s' if workers > 1 else ''}, {payload}",
+        {
+            "workers": workers,
+            "payload": payload,
+            "capacity_per_s": round(capacity["ok_per_s"]),
+            "offered_per_s": round(rate),
+            "sent": len(sent),
+            "shed_fraction": round(overload["shed_fraction"], 3),
+            "served_per_s": round(overload["ok_per_s"]),
+            "client_p50_s": round(overload["p50_s"], 3),
+            "client_p99_s": round(overload["p99_s"], 3),
+            "client_lag_p99_s": round(overload["client_lag_p99_s"], 3),
+            "server_within_bound": round(in_bound, 4),
+            "server_bound_s": SERVER_P99_BOUND_S,
+            "after_p99_s": round(after["p99_s"], 3),
+            "rss_growth_mib": round(max(rss_mib) - rss_mib[0], 1),
+            "overload_s": OVERLOAD_S,
+        },
+    )
     print(f"{payload}: {in_bound:.2%} of accepted requests answered within {SERVER_P99_BOUND_S} s in the server")
     assert in_bound >= 0.99, f"server-side p99 over {SERVER_P99_BOUND_S} s: only {in_bound:.2%} within it"
     assert overload["p99_s"] < CLIENT_P99_BOUND_S, overload

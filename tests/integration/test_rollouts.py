@@ -7,7 +7,9 @@ bad candidate that disagrees with production on many inputs -- and v3, v1's weig
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 from support.cli import digitserve, error_line, succeeded
 from support.registries import add_version_from, copy_shipped, png_b64, publish_variant
-from support.server import metric, model_info, running_server, start_server, stop_server, wait_until
+from support.server import DIGITSERVE, metric, model_info, running_server, start_server, stop_server, wait_until
 from support.steady import steady_load
 
 from digitserve.data import load_mnist
@@ -245,3 +247,45 @@ def overload(url: str, seconds: float) -> int:
         future.result()  # a client that failed without an answer (a reset, a timeout) fails the test
     assert set(statuses) <= {200, 503}, statuses
     return statuses[200]
+
+
+ROLLOUT_SH = Path(__file__).resolve().parents[2] / "scripts" / "rollout.sh"
+
+
+def rollout_sh(registry: ModelRegistry, *args: str) -> subprocess.CompletedProcess[str]:
+    """`scripts/rollout.sh ARGS` as the rollout workflow runs it: the registry in the environment."""
+    env = {
+        **os.environ,
+        "DIGITSERVE_REGISTRY": registry.uri,
+        "DIGITSERVE_BIN": str(DIGITSERVE),
+        "DIGITSERVE_ACTOR": "ci",
+    }
+    return subprocess.run([str(ROLLOUT_SH), *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_the_rollout_script_promotes_a_good_canary_from_its_evidence(
+    registry: ModelRegistry, digits: np.ndarray
+) -> None:
+    """scripts/rollout.sh: through the gate to canary, wait for the servers' evidence, promote."""
+    env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_COMPARE_PERCENT": "100"}
+    with running_server(env) as url, steady_load([url], digits, clients=4, client_networks=True) as answers:
+        done = rollout_sh(registry, "cnn", "3", "120")
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        wait_until(lambda: model_info(url, "cnn")["serving"]["version"] == 3, 30, "the server follows production")
+    assert "cnn/canary -> v3" in done.stdout and "cnn/production -> v3 (was v1)" in done.stdout, done.stdout
+    assert "enough evidence" in done.stdout
+    assert registry.resolve_alias("cnn", "production") == 3
+    actions = [(e["action"], e["to"]) for e in registry.events("cnn")]
+    assert ("promote", 3) in actions and not rollbacks(registry)
+    assert {a.status for a in answers} == {200}
+
+
+def test_the_rollout_script_retires_a_canary_that_gets_no_evidence(registry: ModelRegistry) -> None:
+    """With no server watching, the evidence never comes: the script retires the canary and fails."""
+    done = rollout_sh(registry, "cnn", "3", "2")
+    assert done.returncode != 0
+    assert "not enough evidence after 2 s" in done.stderr, done.stderr
+    canary = registry.get_alias("cnn", "canary")
+    assert canary is not None and canary.retired and canary.version == 1, canary
+    assert registry.events("cnn", "canary")[-1]["action"] == "retire"
+    assert registry.resolve_alias("cnn", "production") == 1

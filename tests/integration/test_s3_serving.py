@@ -8,6 +8,8 @@ server stopped mid-run) and check that no client ever sees an error because of i
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 import uuid
 from contextlib import ExitStack
@@ -19,8 +21,19 @@ import httpx
 import numpy as np
 import pytest
 from conftest import run_moto_server, set_fake_aws_env  # tests/conftest.py
+from support.cli import digitserve, succeeded
 from support.net import free_port
-from support.registries import SHIPPED, copy_shipped, png_b64, publish_network, seed_s3
+from support.proxy import cuttable_proxy
+from support.registries import (
+    SEED_SCRIPT,
+    SHIPPED,
+    add_shipped_version,
+    copy_shipped,
+    png_b64,
+    publish_network,
+    seed_s3,
+)
+from support.scribbles import scribble_images
 from support.server import metric, model_info, start_server, stop_server, wait_until
 from support.steady import steady_load
 
@@ -192,3 +205,51 @@ def test_s3_going_away_mid_run_fails_no_request_and_recovers(
         f"outage noticed in {down_s:.1f}s, recovered {up_s:.1f}s after the re-seed; "
         f"{len(outcomes)} answers ({answered_during_outage} during the outage), none failed"
     )
+
+
+def test_a_rollback_while_s3_is_unreachable_is_retried_until_it_lands(moto_s3_env: str, tmp_path: Path) -> None:
+    """A bad canary fails its watch while the way to S3 is cut: the server stops routing to it at
+    once (production answers its share), the alias move fails and is retried, and it lands once S3
+    is reachable again -- one rollback event, with the evidence. One worker: every client network
+    in one watch, so that it judges (the two-worker rollback is test_canary_evidence.py's)."""
+    local = copy_shipped(tmp_path / "local")
+    assert add_shipped_version(local, "cnn", 2) == 2  # on scribbles v2 never agrees with v1
+    uri = f"s3://digitserve-retire-{uuid.uuid4().hex[:12]}/{PREFIX}"
+    seeded = subprocess.run([sys.executable, str(SEED_SCRIPT), str(tmp_path / "local"), uri], capture_output=True)
+    assert seeded.returncode == 0, seeded.stderr
+    why = ["--force", "--reason", "test: the shipped v2 as canary", "--registry", uri]
+    succeeded(digitserve("registry", "promote", "cnn", "2", "--alias", "canary", *why))
+    registry = ModelRegistry.open(uri)
+    tangles = scribble_images(100)
+    with cuttable_proxy(("127.0.0.1", int(urlparse(moto_s3_env).port or 0))) as proxy:
+        env = serve_env(
+            uri,
+            tmp_path / "cache",
+            AWS_ENDPOINT_URL=proxy.endpoint,  # the server reaches S3 only through the proxy
+            DIGITSERVE_WORKERS="1",
+            DIGITSERVE_CANARY_ALIAS="canary",
+            DIGITSERVE_CANARY_PERCENT="50",
+            DIGITSERVE_CANARY_COMPARE_PERCENT="100",
+            DIGITSERVE_CANARY_MIN_COMPARED="40",
+            FORWARDED_ALLOW_IPS="127.0.0.1",
+        )
+        process, url = start_server(env, log_path=tmp_path / "server.log")
+        try:
+            with steady_load([url], tangles, clients=3, client_networks=True) as answers:
+                wait_until(lambda: sum(a.alias == "canary" for a in answers) >= 10, 30, "the canary answers")
+                proxy.set_cut(True)  # S3 unreachable from here on
+                retrying = lambda: metric(url, "digitserve_canary_rollbacks_total", outcome="retrying")  # noqa: E731
+                wait_until(lambda: retrying() >= 1, OUTAGE_TIMEOUT_S, "a rollback that could not move the alias")
+                state = registry.get_alias("cnn", "canary")  # read past the proxy: nothing moved yet
+                assert state is not None and (state.version, state.retired) == (2, False), state
+                seen = len(answers)
+                wait_until(lambda: len(answers) >= seen + 60, 30, "answers while S3 is away")
+                assert {a.alias for a in answers[seen + 3 :]} == {"production"}, "production answers its share"
+                proxy.set_cut(False)
+                wait_until(lambda: registry.get_alias("cnn", "canary").retired, OUTAGE_TIMEOUT_S, "the retry lands")
+        finally:
+            assert stop_server(process) == 0
+    events = [e for e in registry.events("cnn", "canary") if e["action"] == "rollback"]
+    assert len(events) == 1 and (events[0]["from"], events[0]["to"]) == (2, 1), events
+    assert str(events[0]["reason"]).startswith("automatic rollback: ")
+    assert {a.status for a in answers} == {200}

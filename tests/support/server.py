@@ -191,6 +191,17 @@ def metric(url: str, name: str, **labels: str) -> float:
     return metric_in(scraped.text, name, **labels)
 
 
+LOOP_LAG = "digitserve_event_loop_lag_seconds"  # taken inside the server every 50 ms, in every worker
+
+
+def loop_lags_over(url: str, bound_s: float) -> float:
+    """How many of the server's event-loop lag readings so far exceeded `bound_s` (a bucket edge of
+    the histogram): what a wall-clock bound on some request would measure, without the client's
+    own scheduling on a shared machine."""
+    text = httpx.get(f"{url}/metrics").text
+    return metric_in(text, f"{LOOP_LAG}_count") - metric_in(text, f"{LOOP_LAG}_bucket", le=str(bound_s))
+
+
 def metric_in(text: str, name: str, **labels: str) -> float:
     """The sum of the samples called `name` whose labels include `labels`, in a /metrics text."""
     total = 0.0

@@ -1,0 +1,71 @@
+"""Figures a test measured, kept for the docs: `DIGITSERVE_EVIDENCE=<file>` merges them into that
+JSON file (bench/overload_results.json, say) with the commit, machine and date of the run.
+
+Without the variable nothing is written: the suite's own runs measure, the named command
+(`make evidence` / the docs) records."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _commit() -> str:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return "?"
+    return done.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def record(key: str, figures: dict[str, Any]) -> None:
+    """Merge `figures` under `key` into the file DIGITSERVE_EVIDENCE names (if it does)."""
+    target = os.environ.get("DIGITSERVE_EVIDENCE")
+    if not target:
+        return
+    path = Path(target)
+    doc = json.loads(path.read_text()) if path.exists() else {"results": {}}
+    doc["results"][key] = {
+        **figures,
+        "commit": _commit(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+    }
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+OVERLOAD_RESULTS = ROOT / "bench" / "overload_results.json"
+PAYLOAD_NAMES = {"png-28x28": "28x28 PNG", "canvas-400x400": "400x400 canvas drawing"}
+
+
+def overload_table(doc: dict[str, Any]) -> str:
+    """The README's overload table, from bench/overload_results.json."""
+    rows = [
+        "| layout | payload | capacity | offered | shed (503) | served | accepted within 0.5 s (server) "
+        "| p50 / p99 (client) | after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(doc["results"], key=lambda k: (doc["results"][k]["workers"], doc["results"][k]["payload"])):
+        r = doc["results"][key]
+        layout = f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}"
+        cells = [
+            layout,
+            PAYLOAD_NAMES[r["payload"]],
+            f"{r['capacity_per_s']:,} req/s",
+            f"{r['offered_per_s']:,} req/s",
+            f"{r['shed_fraction']:.0%} of {r['sent']:,}",
+            f"{r['served_per_s']:,} req/s",
+            f"{r['server_within_bound']:.2%}",
+            f"{r['client_p50_s']:.3f} s / {r['client_p99_s']:.2f} s",
+            f"p99 {r['after_p99_s'] * 1000:.0f} ms",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,42 @@
+"""The figures the README quotes are the committed results of the command it names."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from support.evidence import OVERLOAD_RESULTS, ROOT, overload_table
+
+README = ROOT / "README.md"
+
+
+def test_the_overload_table_is_the_committed_results() -> None:
+    doc = json.loads(OVERLOAD_RESULTS.read_text())
+    assert {(r["workers"], r["payload"]) for r in doc["results"].values()} == {
+        (w, p) for w in (1, 2) for p in ("png-28x28", "canvas-400x400")
+    }, "every layout and payload of tests/integration/test_overload.py, from one run"
+    table = overload_table(doc)
+    text = README.read_text()
+    assert table in text, f"README's overload table differs from {OVERLOAD_RESULTS.name}; it should read:\n{table}"
+    commits = {r["commit"] for r in doc["results"].values()}
+    assert len(commits) == 1 and f"at {commits.pop()}" in text, "the README names the commit that was measured"
+
+
+def test_the_readme_states_the_bounds_the_overload_test_enforces() -> None:
+    source = (Path(__file__).parents[1] / "integration" / "test_overload.py").read_text()
+    assert "SERVER_P99_BOUND_S = 0.5" in source and "CLIENT_P99_BOUND_S = 2.5" in source
+    text = README.read_text()
+    assert "answered within 0.5 s inside the server" in text and "2.5 s as the load generator sees it" in text
+
+
+def test_the_performance_section_is_the_committed_benchmark() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import report
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    results = json.loads((ROOT / "bench" / "results.json").read_text())
+    assert not results["smoke"], "the README quotes a full run, never a smoke run"
+    block = report.readme_block(results)
+    assert block in README.read_text(), f"README's performance block differs from bench/results.json:\n{block}"
