@@ -15,9 +15,11 @@ timeout=${3:-1800}
 digitserve=${DIGITSERVE_BIN:-"$(dirname "$0")/../.venv/bin/digitserve"}
 
 "$digitserve" registry promote "$model" "$version" --alias canary
-if "$digitserve" registry watch "$model" --alias canary --timeout "$timeout"; then
+status=0
+"$digitserve" registry watch "$model" --alias canary --timeout "$timeout" || status=$?
+if [ "$status" -eq 0 ]; then
   exec "$digitserve" registry promote "$model" --from canary --reason "rollout of v$version"
 fi
-status=$?
+# (after a failed `if cmd; then`, $? is the if's own 0: the watch's status is kept above instead)
 "$digitserve" registry retire "$model" --alias canary --reason "rollout of v$version: no promotion" || true
 exit "$status"
