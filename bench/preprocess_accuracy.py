@@ -13,16 +13,19 @@ import argparse
 import io
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test suite's photo-like set
 from support.photolike import make_photo_set, prepare_samples
 
 from digitserve.data import load_mnist
-from digitserve.evaluation import predict_logits
+from digitserve.evaluation import load_runtime, runtime_logits
 from digitserve.imaging.mnist import mnist_style
 from digitserve.registry import ModelRegistry
 
@@ -34,7 +37,7 @@ def naive(data: bytes) -> np.ndarray:
 
 def accuracy(model: Any, images: np.ndarray, labels: np.ndarray, refused: np.ndarray | None = None) -> float:
     """Top-1 accuracy; images that were `refused` (NoDigitError) count as errors."""
-    correct = predict_logits(model, images).argmax(1).numpy() == labels
+    correct = runtime_logits(model, images).argmax(1) == labels
     if refused is not None:
         correct &= ~refused
     return float(correct.mean())
@@ -84,7 +87,7 @@ def main() -> None:
     args = p.parse_args()
     registry = ModelRegistry.open(args.registry)
     version = args.version or registry.resolve_alias(args.model, args.alias)
-    _, model = registry.load_model(args.model, version)
+    _, model = load_runtime(registry, args.model, version)  # the ONNX artifact: what serves
     report = {
         "model": args.model,
         "version": version,
