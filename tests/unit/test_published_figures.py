@@ -41,3 +41,21 @@ def test_the_performance_section_is_the_committed_benchmark() -> None:
     assert not results["smoke"], "the README quotes a full run, never a smoke run"
     block = report.readme_block(results)
     assert block in README.read_text(), f"README's performance block differs from bench/results.json:\n{block}"
+
+
+def pct(value: float, digits: int = 1) -> str:
+    return f"{value * 100:.{digits}f} %"
+
+
+def test_the_preprocessing_table_is_the_committed_results() -> None:
+    doc = json.loads((ROOT / "bench" / "preprocess_results.json").read_text())
+    text = (ROOT / "docs" / "preprocessing.md").read_text()
+    zero, one = doc["seed 0"], doc["seed 1"]
+    assert {zero["commit"], one["commit"]} == {zero["commit"]} and f"at {zero['commit']}" in text
+    for seed in (zero, one):
+        photos = seed["photolike"]
+        assert f"{pct(photos['prepare'])} (photos {pct(photos['prepare_photos_only'])}" in text, photos["seed"]
+    naive = f"{pct(zero['photolike']['naive_resize'])} / {pct(one['photolike']['naive_resize'])}"
+    assert naive in text
+    mnist = zero["mnist_test"]
+    assert f"{pct(mnist['raw'], 2)} / {pct(mnist['mnist_style'], 2)}" in text
