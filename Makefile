@@ -59,10 +59,12 @@ evidence: $(STAMP) system-deps data
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/shadow_cost.py
 	$(BIN)/python bench/protocol_cost.py
-	$(BIN)/python bench/feedback_cost.py
-	rm -f bench/overload_results.json bench/shutdown_results.json bench/preprocess_results.json
+	$(BIN)/python bench/feedback_cost.py --rounds 2 --seconds 6
+	rm -f bench/overload_results.json
 	DIGITSERVE_EVIDENCE=bench/overload_results.json $(BIN)/python -m pytest -q -p no:cacheprovider tests/integration/test_overload.py
+	rm -f bench/shutdown_results.json
 	DIGITSERVE_EVIDENCE=bench/shutdown_results.json DIGITSERVE_SHUTDOWN_RUNS=20 $(BIN)/python -m pytest -q -p no:cacheprovider tests/hostile/test_round_two.py -k shutdown
+	rm -f bench/preprocess_results.json
 	$(BIN)/python bench/preprocess_accuracy.py --seed 0 --out bench/preprocess_results.json
 	$(BIN)/python bench/preprocess_accuracy.py --seed 1 --out bench/preprocess_results.json
 

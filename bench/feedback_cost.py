@@ -86,7 +86,7 @@ def measure(rounds: int, seconds: float, loads: tuple[int, ...] = LOADS) -> dict
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {c: [] for c in loads} for name in ("off", "on")}
     sent = 0
     for r in range(rounds):
-        for name in ("off", "on"):
+        for name in ("off", "on") if r % 2 == 0 else ("on", "off"):  # alternating: drift hits both alike
             env = {
                 **h.server_env(registry, "cnn", feedback_spool_dir=str(work / f"spool-{r}-{name}")),
                 "FORWARDED_ALLOW_IPS": "127.0.0.1",  # the stream's clients say which network they are
@@ -130,6 +130,9 @@ def main() -> int:
         c: {k: figures["on"][c][k] / figures["off"][c][k] for k in ("rps", "p50_ms", "p99_ms")} for c in figures["on"]
     }
     figures["feedback_per_s"] = FEEDBACK_PER_S
+    figures["rounds"], figures["seconds"] = args.rounds, args.seconds
+    accepted = [n for c in figures["feedback"].values() for n in c["accepted"]]
+    figures["feedback_accepted_per_s"] = round(statistics.median(accepted) / args.seconds, 1)
     figures["commit"] = _git("rev-parse", "--short", "HEAD")
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     json.dump(figures, sys.stdout, indent=2)

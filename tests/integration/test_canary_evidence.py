@@ -189,6 +189,9 @@ def test_with_automatic_rollback_off_a_failing_canary_serves_until_a_person_reti
         # each worker polls on its own: once 60 answers in a row came from production, both have
         # seen the retirement (a worker still routing half its answers to the canary would show)
         wait_until(lambda: len(answers) > 60 and {a.alias for a in answers[-60:]} == {"production"}, 20, "all polled")
+        # and the gauge, the largest over the workers, says no worker holds it
+        gauge = "digitserve_model_version_info"
+        wait_until(lambda: metric(url, gauge, alias="canary") == 0, 10, "no worker holds the canary")
         after = len(answers)
         wait_until(lambda: len(answers) >= after + 100, 30, "answers after the retirement")
         line = error_line(digitserve("registry", "watch", "cnn", "--timeout", "1", "--registry", uri))

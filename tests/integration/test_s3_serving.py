@@ -230,7 +230,7 @@ def test_a_rollback_while_s3_is_unreachable_is_retried_until_it_lands(moto_s3_en
             DIGITSERVE_CANARY_ALIAS="canary",
             DIGITSERVE_CANARY_PERCENT="50",
             DIGITSERVE_CANARY_COMPARE_PERCENT="100",
-            DIGITSERVE_CANARY_MIN_COMPARED="40",
+            DIGITSERVE_CANARY_MIN_COMPARED="150",  # no verdict before the cut, after 10 canary answers
             FORWARDED_ALLOW_IPS="127.0.0.1",
         )
         process, url = start_server(env, log_path=tmp_path / "server.log")
@@ -238,6 +238,7 @@ def test_a_rollback_while_s3_is_unreachable_is_retried_until_it_lands(moto_s3_en
             with steady_load([url], tangles, clients=3, client_networks=True) as answers:
                 wait_until(lambda: sum(a.alias == "canary" for a in answers) >= 10, 30, "the canary answers")
                 proxy.set_cut(True)  # S3 unreachable from here on
+                assert not metric(url, "digitserve_canary_rollbacks_total"), "judged before the cut"
                 retrying = lambda: metric(url, "digitserve_canary_rollbacks_total", outcome="retrying")  # noqa: E731
                 wait_until(lambda: retrying() >= 1, OUTAGE_TIMEOUT_S, "a rollback that could not move the alias")
                 state = registry.get_alias("cnn", "canary")  # read past the proxy: nothing moved yet

@@ -33,8 +33,8 @@ class CuttableProxy:
 
     def set_cut(self, cut: bool) -> None:
         if cut:
-            self.cut.set()
             with self._lock:
+                self.cut.set()
                 for sock in list(self._open):
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
@@ -49,16 +49,18 @@ class CuttableProxy:
                 continue
             except OSError:
                 return
-            if self.cut.is_set():
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                client.close()  # a reset: nobody is there
-                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
                 client.close()
                 continue
-            with self._lock:
+            upstream.settimeout(None)  # idle keep-alive connections stay open, as on a real network
+            with self._lock:  # a cut that began meanwhile sees these, or they see the cut
+                if self.cut.is_set():
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    client.close()  # a reset: nobody is there
+                    upstream.close()
+                    continue
                 self._open |= {client, upstream}
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
@@ -75,6 +77,7 @@ class CuttableProxy:
                     sock.shutdown(socket.SHUT_RDWR)
             with self._lock:
                 self._open.discard(source)
+            source.close()  # each direction's thread closes the socket it read from
 
     def close(self) -> None:
         self._stop.set()

@@ -12,6 +12,7 @@ from digitserve.registry import LocalStore
 from digitserve.registry.feedback import FeedbackSample, FeedbackStore
 from digitserve.serving.errors import OverloadedError, ServiceUnavailableError
 from digitserve.serving.feedback import limits as feedback_module
+from digitserve.serving.feedback import spool as spool_module
 from digitserve.serving.feedback.limits import RateLimiter, SharedBuckets
 from digitserve.serving.feedback.spool import FeedbackSpool
 
@@ -118,3 +119,30 @@ def test_a_network_and_odd_strings_share_buckets(tmp_path: Path, shared: bool) -
         other_worker = RateLimiter(per_minute=2, buckets=SharedBuckets(tmp_path / "buckets"))
         assert other_worker.take("192.0.2.1") is not None  # spent in the first worker
         assert other_worker.take("203.0.113.1") is None
+
+
+def test_a_duplicate_is_known_to_every_worker_on_the_folder_after_it_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers share a spool folder: worker A spools and writes a sample; the same sample sent
+    to worker B afterwards (not in B's memory, no longer in the spool) is a duplicate. Only the
+    newest RECENT_IDS markers of written samples are kept."""
+    first, store, root = spool_for(tmp_path)
+    second = FeedbackSpool(tmp_path / "spool", str(root), store, 100)  # the other worker, same folder
+    monkeypatch.setattr(spool_module, "PRUNE_EVERY", 2)
+    monkeypatch.setattr(spool_module, "RECENT_IDS", 3)
+
+    async def scenario() -> None:
+        assert await first.put(sample(0)) is True
+        assert first.drain() == 0 and store.ids() == [sample(0).id]
+        assert await second.put(sample(0)) is False, "written by the other worker: a duplicate"
+        assert second.pending == 0 and second.drain() == 0
+        for i in range(1, 6):  # five more written by A: markers pruned to the newest three
+            assert await first.put(sample(i)) is True
+            assert first.drain() == 0
+        markers = sorted(p.name for p in (first.folder / "written").iterdir())
+        assert len(markers) <= 3 + 1 and sample(5).id in markers, markers  # pruned every 2 writes
+        assert await second.put(sample(5)) is False
+
+    asyncio.run(scenario())
+    assert sorted(store.ids()) == sorted(sample(i).id for i in range(6))

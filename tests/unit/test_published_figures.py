@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -59,3 +60,27 @@ def test_the_preprocessing_table_is_the_committed_results() -> None:
     assert naive in text
     mnist = zero["mnist_test"]
     assert f"{pct(mnist['raw'], 2)} / {pct(mnist['mnist_style'], 2)}" in text
+
+
+def test_the_feedback_cost_quoted_is_the_committed_results() -> None:
+    doc = json.loads((ROOT / "bench" / "feedback_results.json").read_text())
+    ratios = doc["ratio_on_over_off"]
+    loss = f"{1 - statistics.median(r['rps'] for r in ratios.values()):.0%}"
+    p99 = sorted(r["p99_ms"] for r in ratios.values())
+    quoted = f"lost {loss} of their throughput and p99 rose {p99[0]:.2f}–{p99[-1]:.2f}×"
+    for path in (README, ROOT / "docs" / "feedback.md"):
+        text = " ".join(path.read_text().split())
+        assert quoted in text, f"{path.name} should say: {quoted}"
+    assert f"at {doc['commit']}" in " ".join(README.read_text().split())
+    assert doc["feedback_accepted_per_s"] == doc["feedback_per_s"] == 20, "the rate quoted is the rate accepted"
+
+
+def test_the_shutdown_soak_quoted_is_the_committed_results() -> None:
+    doc = json.loads((ROOT / "bench" / "shutdown_results.json").read_text())
+    runs = {r["runs"] for r in doc["results"].values()}
+    resets = sum(r["reset_before_close"] + r["reset_after_close"] for r in doc["results"].values())
+    commits = {r["commit"] for r in doc["results"].values()}
+    assert len(doc["results"]) == 2 and len(runs) == 1 and len(commits) == 1
+    text = " ".join(README.read_text().split())
+    quoted = f"{runs.pop()} of each at {commits.pop()} with `DIGITSERVE_SHUTDOWN_RUNS=20`, {resets} requests reset"
+    assert quoted in text, quoted
