@@ -181,8 +181,9 @@ def test_with_automatic_rollback_off_a_failing_canary_serves_until_a_person_reti
         assert line.startswith("error: not enough evidence after 2 s: ") and "agreement 0.00% < " in line, line
         assert "cnn/canary v2: " in watch.stdout, watch.stdout
         assert not rollbacks(registry)
-        seen = len(answers)
-        wait_until(lambda: sum(a.alias == "canary" for a in answers[seen:]) >= 20, 30, "the canary still answers")
+        live = model_info(url, "cnn")["rollouts"]["canary"]  # judged failing, and still held: nobody rolled it back
+        assert live["version"] == 2 and not live["rolled_back_here"], live
+        assert metric(url, "digitserve_model_version_info", alias="canary", version="2") == 1
 
         retired = succeeded(digitserve("registry", "retire", "cnn", "--reason", "test: by hand", "--registry", uri))
         assert retired.strip() == "cnn/canary -> v1 (production's version; retired v2)", retired
