@@ -104,13 +104,7 @@ def measure(rounds: int, seconds: float, loads: tuple[int, ...] = LOADS) -> dict
                     accepted = stream.statuses.get(201, 0)
                     others = {str(k): v for k, v in stream.statuses.items() if k != 201}
                     runs[name][connections].append({**result, "feedback_accepted": accepted, "feedback_other": others})
-    figures: dict[str, Any] = {
-        name: {
-            str(c): {k: statistics.median(r[k] for r in results) for k in ("rps", "p50_ms", "p99_ms")}
-            for c, results in by_load.items()
-        }
-        for name, by_load in runs.items()
-    }
+    figures: dict[str, Any] = h.medians_by_load(runs)
     figures["feedback"] = {
         str(c): {"accepted": [r["feedback_accepted"] for r in results], "other": [r["feedback_other"] for r in results]}
         for c, results in runs["on"].items()
@@ -126,9 +120,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "feedback_results.json")
     args = parser.parse_args()
     figures = measure(args.rounds, args.seconds, tuple(args.connections))
-    figures["ratio_on_over_off"] = {
-        c: {k: figures["on"][c][k] / figures["off"][c][k] for k in ("rps", "p50_ms", "p99_ms")} for c in figures["on"]
-    }
+    figures["ratio_on_over_off"] = h.ratios(figures["on"], figures["off"])
     figures["feedback_per_s"] = FEEDBACK_PER_S
     figures["rounds"], figures["seconds"] = args.rounds, args.seconds
     accepted = [n for c in figures["feedback"].values() for n in c["accepted"]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -267,3 +268,22 @@ def process_rss_mib(pid: int) -> float:
 
 def litserve_cmd(registry: ModelRegistry, model: str = "cnn") -> list[str]:
     return [PYTHON, str(BENCH / "litserve_app.py"), "--registry", registry.uri, "--model", model]
+
+
+def medians_by_load(
+    runs: Mapping[str, Mapping[int, Sequence[Mapping[str, float]]]], keys: Sequence[str] = ("rps", "p50_ms", "p99_ms")
+) -> dict[str, dict[str, dict[str, float]]]:
+    """{variant: {connections: [one round's figures, ...]}} -> the median of each of `keys` over the
+    rounds, by variant and load (connections as strings, for JSON)."""
+    return {
+        name: {str(c): {k: statistics.median(r[k] for r in rounds) for k in keys} for c, rounds in by_load.items()}
+        for name, by_load in runs.items()
+    }
+
+
+Figures = Mapping[str, Mapping[str, float]]
+
+
+def ratios(on: Figures, off: Figures) -> dict[str, dict[str, float]]:
+    """Each load's throughput and latency with the feature on over the same run's figures with it off."""
+    return {c: {k: on[c][k] / off[c][k] for k in ("rps", "p50_ms", "p99_ms")} for c in on}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -45,13 +44,7 @@ def measure(rounds: int, seconds: float, loads: tuple[int, ...] = LOADS) -> dict
                     after = sum(h.metric_sum(server.url, "digitserve_rollout_compared_total").values())
                     answered = max(result["rps"] * seconds, 1.0)
                     runs[name][connections].append({**result, "compared_share": (after - before) / answered})
-    return {
-        name: {
-            str(c): {k: statistics.median(r[k] for r in results) for k in ("rps", "p50_ms", "p99_ms", "compared_share")}
-            for c, results in by_load.items()
-        }
-        for name, by_load in runs.items()
-    }
+    return h.medians_by_load(runs, ("rps", "p50_ms", "p99_ms", "compared_share"))
 
 
 def main() -> int:
@@ -62,9 +55,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "shadow_results.json")
     args = parser.parse_args()
     figures = measure(args.rounds, args.seconds, tuple(args.connections))
-    figures["ratio_on_over_off"] = {
-        c: {k: figures["on"][c][k] / figures["off"][c][k] for k in ("rps", "p50_ms", "p99_ms")} for c in figures["on"]
-    }
+    figures["ratio_on_over_off"] = h.ratios(figures["on"], figures["off"])
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
     json.dump(figures, sys.stdout, indent=2)
     print()
