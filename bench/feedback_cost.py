@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import statistics
 import sys
 import tempfile
@@ -126,10 +125,7 @@ def main() -> int:
     accepted = [n for c in figures["feedback"].values() for n in c["accepted"]]
     figures["feedback_accepted_per_s"] = round(statistics.median(accepted) / args.seconds, 1)
     figures["commit"] = _git("rev-parse", "--short", "HEAD")
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    json.dump(figures, sys.stdout, indent=2)
-    print()
-    return 0
+    return h.write_results(args.out, figures)
 
 
 if __name__ == "__main__":

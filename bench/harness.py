@@ -287,3 +287,11 @@ Figures = Mapping[str, Mapping[str, float]]
 def ratios(on: Figures, off: Figures) -> dict[str, dict[str, float]]:
     """Each load's throughput and latency with the feature on over the same run's figures with it off."""
     return {c: {k: on[c][k] / off[c][k] for k in ("rps", "p50_ms", "p99_ms")} for c in on}
+
+
+def write_results(path: Path, figures: Mapping[str, Any]) -> int:
+    """A benchmark's figures into its committed results file, and on stdout; the exit status 0."""
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    json.dump(figures, sys.stdout, indent=2)
+    print()
+    return 0

@@ -13,7 +13,6 @@ capacity, so it falls as the load rises).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -56,10 +55,7 @@ def main() -> int:
     args = parser.parse_args()
     figures = measure(args.rounds, args.seconds, tuple(args.connections))
     figures["ratio_on_over_off"] = h.ratios(figures["on"], figures["off"])
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    json.dump(figures, sys.stdout, indent=2)
-    print()
-    return 0
+    return h.write_results(args.out, figures)
 
 
 if __name__ == "__main__":

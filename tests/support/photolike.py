@@ -79,6 +79,23 @@ def make_photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return out.getvalue()
 
 
+def make_phone_upload(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """`make_photo` as a phone uploads it: 90-260 px on its longer side, quality 90-95, and an EXIF
+    block as a camera writes (orientation, model, 16-40 KB of maker notes), so the file is past
+    the 16 KB a header is read from on the event loop."""
+    photo = Image.open(io.BytesIO(make_photo(digit, rng)))
+    side = int(rng.integers(90, 261))
+    scale = side / max(photo.size)
+    photo = photo.resize((max(28, round(photo.width * scale)), max(28, round(photo.height * scale))))
+    exif = Image.Exif()
+    exif[0x0112] = 1  # orientation: upright
+    exif[0x0110] = "Phone 12"  # camera model
+    exif[0x927C] = rng.integers(0, 256, int(rng.integers(16_500, 40_000)), dtype=np.uint8).tobytes()  # maker notes
+    out = io.BytesIO()
+    photo.save(out, "JPEG", quality=int(rng.integers(90, 96)), exif=exif)
+    return out.getvalue()
+
+
 def make_canvas(digit: np.ndarray, rng: np.random.Generator, style: str = "black_on_white") -> bytes:
     """One MNIST digit as a browser-canvas-like drawing (PNG): solid strokes, varying width."""
     if style not in CANVAS_STYLES:

@@ -54,7 +54,12 @@ class RequestLimits(Group):
     max_image_pixels: int = Field(16_000_000, ge=784, description="width x height, read from the header")
     max_request_pixels: int = Field(32_000_000, ge=784, description="pixels of all a request's images together")
     max_decode_backlog_pixels: int = Field(32_000_000, ge=784, description="pixels waiting for the decode processes")
-    max_decode_wait_s: float = Field(0.25, gt=0, description="expected wait for the decode processes before 503")
+    max_decode_wait_s: float = Field(
+        0.25, gt=0, description="expected wait for the decode processes past which only a burst joins"
+    )
+    decode_burst_s: float = Field(
+        0.25, ge=0, description="expected decoding admitted past max_decode_wait_s in a burst (refilled over 10 s)"
+    )
     max_upload_files: int = Field(256, ge=1)
     decode_processes: int = Field(1, ge=1, le=64, description="processes decoding images too large for the loop")
 

@@ -208,3 +208,47 @@ def header_size(data: bytes, allowed_formats: Collection[str] = ALLOWED_FORMATS)
     except Exception:  # unreadable: decoding refuses it at once, at no cost worth counting
         return 0, 0
     return max(0, width), max(0, height)
+
+
+# The segments a camera's JPEG holds before its frame header: APPn, COM, DQT, DHT, DAC, DRI.
+_JPEG_SEGMENTS = frozenset((*range(0xE0, 0xF0), 0xFE, 0xDB, 0xC4, 0xCC, 0xDD))
+_JPEG_SEQUENTIAL = frozenset((0xC0, 0xC1))  # baseline and extended sequential Huffman frames
+MAX_JPEG_SEGMENTS = 64  # segments walked before the size: phone photos have under 20
+
+
+def jpeg_header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a sequential JPEG (what cameras write) from its frame header, found by
+    walking segment lengths without reading what they hold: a photo with 60 KB of EXIF costs what
+    a bare one does (Pillow's header parse reads it). (0, 0) -- unknown -- for anything else: a
+    progressive frame (its decoding grows with its scans), a marker that is not a segment a
+    camera writes before its frame, more than `MAX_JPEG_SEGMENTS`, or truncated bytes. A file
+    whose walk and Pillow disagree is refused before decoding (`checked_jpeg_size`)."""
+    if data[:2] != b"\xff\xd8":
+        return 0, 0
+    at = 2
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if len(data) < at + 4 or data[at] != 0xFF:
+            return 0, 0
+        marker, length = data[at + 1], int.from_bytes(data[at + 2 : at + 4], "big")
+        if length < 2:
+            return 0, 0
+        if marker in _JPEG_SEQUENTIAL:
+            if length < 11 or len(data) < at + 9:
+                return 0, 0
+            height, width = int.from_bytes(data[at + 5 : at + 7], "big"), int.from_bytes(data[at + 7 : at + 9], "big")
+            return width, height
+        if marker not in _JPEG_SEGMENTS:
+            return 0, 0
+        at += 2 + length
+    return 0, 0
+
+
+def checked_jpeg_size(data: bytes, width: int, height: int) -> None:
+    """InvalidImageError when a JPEG whose size `jpeg_header_size` found is, to Pillow, another size:
+    a file built to be priced as a thumbnail and decoded as a photo."""
+    walked = jpeg_header_size(data)
+    if walked != (0, 0) and walked != (width, height):
+        raise InvalidImageError(
+            f"the JPEG's frame headers disagree ({walked[0]}x{walked[1]} and {width}x{height}); "
+            "re-save the image as a plain JPEG"
+        )

@@ -3,16 +3,21 @@
 Decoding costs CPU for every image (opening it, finding the ink, fitting it into 28x28: about a
 millisecond however small the image) and in proportion to its pixels beyond that (a 714-byte
 WebP can be 16 megapixels); a pixel CSV costs about two milliseconds of parsing. So a request's
-decoding is priced in seconds (`cost_s`), from the image headers, before anything is decoded:
+decoding is priced in seconds (`cost_s`), from the image headers, before anything is decoded
+(a JPEG's frame header is found by walking its segment lengths, however much EXIF precedes it;
+other large files are priced by their bytes):
 - a request whose decoding costs at most `INLINE_S` is decoded on the event loop (a hop to
-  another process costs more than decoding one or two digits);
+  another process costs more than decoding one or two digits); files over `HEADER_BYTES` never are;
 - anything dearer goes to decode processes, within the request's deadline: decoding holds the
   GIL for long stretches, and on the event loop (or in a thread) 256 tiny PNGs in one request
   stalled every other request for half a second; in its own process it cannot;
 - a request over `max_request_pixels` is refused (413); one that would push the pixels waiting
-  for the decode processes over `max_decode_backlog_pixels`, or whose wait for them is expected
-  past `max_decode_wait_s` or its deadline, gets 503 + Retry-After: decode work is admitted by
-  its expected seconds (the prices below, corrected by what the decodes that finished took).
+  for the decode processes over `max_decode_backlog_pixels`, or that could not be decoded by its
+  deadline, gets 503 + Retry-After. Past `max_decode_wait_s` of expected waiting, decode work is
+  admitted from a burst allowance (`decode_burst_s` of expected decoding, refilled over
+  `BURST_REFILL_S`): a burst of uploads the processes can decode in time is served, while a
+  sustained overload is shed at `max_decode_wait_s` and its accepted requests stay fast. Work is
+  priced by the prices below, corrected by what the decodes that finished took.
 """
 
 from __future__ import annotations
@@ -33,7 +38,14 @@ from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor
 import numpy as np
 
 from digitserve.config import RequestLimits
-from digitserve.imaging.decode import ImageError, TooManyPixelsError, check_size, header_size
+from digitserve.imaging.decode import (
+    ImageError,
+    TooManyPixelsError,
+    check_size,
+    checked_jpeg_size,
+    header_size,
+    jpeg_header_size,
+)
 from digitserve.imaging.mnist import prepare_many, timed_prepare_many
 from digitserve.imaging.pixelcsv import looks_like_csv
 from digitserve.serving.errors import (
@@ -49,11 +61,14 @@ DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,"
 PER_IMAGE_S = 1.0e-3  # any image, however small: an 8x8 or a 28x28 PNG takes about 1 ms
 PER_PIXEL_S = 8e-8  # beyond that: a 400x400 canvas takes about 13 ms
 PER_CSV_S = 2.0e-3  # a 28x28 pixel CSV, parsed in Python
-PER_BYTE_S = 1e-6  # an image too large to read its header on the loop: priced by its bytes
+PER_BYTE_S = 1e-6  # a large file whose header was not read on the loop: priced by its bytes
+PER_FILE_BYTE_S = 2e-8  # a large JPEG whose size is known: its compressed bytes, beyond its pixels
 HEADER_BYTES = 16 * 1024  # larger files' headers are read in the decode processes (Pillow's parse grows with bytes)
 INLINE_S = 8e-3  # at most this much decoding per request on the event loop (about 7 digits)
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 COST_SMOOTHING = 0.2  # weight of the latest decode in the moving average of actual over priced
+MIN_CORRECTION, MAX_CORRECTION = 0.25, 4.0  # how far one decode may say the prices are off
+BURST_REFILL_S = 10.0  # an empty burst allowance is whole again after this long
 
 
 def decode_base64(text: str, index: int | str, max_bytes: int) -> bytes:
@@ -116,14 +131,16 @@ def check_request_pixels(pixels: int, limit: int) -> None:
 def decode_job(
     blobs: Sequence[bytes], names: Sequence[str], max_image_pixels: int, max_request_pixels: int
 ) -> tuple[np.ndarray, float]:
-    """In a decode process: the request's pixels from every header (the large files' were not read on
-    the loop), then `timed_prepare_many`."""
+    """In a decode process: the request's pixels from every header, read by Pillow (on the loop the
+    large files' were not, or only a JPEG's frame header), then `timed_prepare_many`."""
     total = 0
     for blob, name in zip(blobs, names, strict=True):
         if not looks_like_csv(blob):
             width, height = header_size(blob)
             try:
                 check_size(width, height, max_image_pixels)
+                if len(blob) > HEADER_BYTES:
+                    checked_jpeg_size(blob, width, height)  # priced as what it is
             except ImageError as exc:
                 raise type(exc)(f"{name}: {exc}") from None
             total += width * height
@@ -139,32 +156,36 @@ class ImageDecoder:
         self.new_pool = new_pool
         self.executor = new_pool()  # the decode processes (they start on first use; the root closes them)
         self.submitter = submitter  # a thread that hands jobs to the pool: starting a process is not for the loop
-        self.backlog_pixels = 0  # pixels handed to the decode processes and not decoded yet
+        self.jobs = 0  # requests handed to the decode processes and not decoded yet
+        self.backlog_pixels = 0  # their pixels
         self.backlog_s = 0.0  # their price
         self.correction = 1.0  # what finished decodes took over what they were priced at (a moving average)
+        self.burst_s = limits.decode_burst_s  # decode work that may still join past max_decode_wait_s
+        self.refilled_at = time.monotonic()
+        self.generation = 0  # pools started: a decode finishing in a restarted pool is not counted
 
     async def prepare(self, blobs: Sequence[bytes], names: Sequence[str], deadline: float) -> np.ndarray:
         """Decode and MNIST-normalise every image: (n, 28, 28) uint8, or an error naming the bad one."""
-        pixels, cost = self._price(blobs, names)
+        pixels, cost, large = self._price(blobs, names)
         check_request_pixels(pixels, self.limits.max_request_pixels)
-        if cost <= INLINE_S:
+        if cost <= INLINE_S and not large:
             return prepare_many(blobs, names, self.limits.max_image_pixels)
-        self._admit(pixels, cost, deadline)
-        self.backlog_pixels += pixels
-        self.backlog_s += cost
+        self.admit(pixels, cost, deadline)
+        self._queued(1, pixels, cost)
+        generation = self.generation
         loop = asyncio.get_running_loop()
         submit = self.executor.submit  # spawns a decode process when one is missing: 0.1 s of fork and exec
         args = (decode_job, blobs, names, self.limits.max_image_pixels, self.limits.max_request_pixels)
         try:
             job = await loop.run_in_executor(self.submitter, submit, *args)
         except BaseException as exc:
-            self.backlog_pixels -= pixels
-            self.backlog_s = max(0.0, self.backlog_s - cost)
+            if generation == self.generation:
+                self._queued(-1, -pixels, -cost)
             if isinstance(exc, BrokenExecutor):
                 raise self._restart() from None
             raise
         work = asyncio.wrap_future(job)
-        work.add_done_callback(lambda done: self._decoded(done, pixels, cost))
+        work.add_done_callback(lambda done: self._decoded(done, generation, pixels, cost))
         try:
             images, _ = await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -178,35 +199,60 @@ class ImageDecoder:
         503 for this one -- never a 500, never a pool that fails every request from now on."""
         broken, self.executor = self.executor, self.new_pool()
         broken.shutdown(wait=False, cancel_futures=True)
-        self.backlog_pixels, self.backlog_s = 0, 0.0
+        self.jobs, self.backlog_pixels, self.backlog_s = 0, 0, 0.0
+        self.generation += 1
         log.error("a decode process died; the decode processes were restarted")
         return OverloadedError("image decoding was restarted on this server; retry shortly")
 
-    def _admit(self, pixels: int, cost: float, deadline: float) -> None:
-        """503 unless the decode work already queued leaves room for this request's: within the
-        pixel backlog, within `max_decode_wait_s` of expected waiting, and done by the deadline."""
-        if not self.backlog_pixels and not self.backlog_s:
+    def admit(self, pixels: int, cost: float, deadline: float) -> None:
+        """503 unless this request's decode work can join: done by its deadline, within the pixel
+        backlog, and -- past `max_decode_wait_s` of expected waiting -- within the burst allowance,
+        of which one request may draw an eighth (a burst is many requests, not one large one)."""
+        now = time.monotonic()
+        allowance = self.limits.decode_burst_s
+        self.burst_s = min(allowance, self.burst_s + (now - self.refilled_at) * allowance / BURST_REFILL_S)
+        self.refilled_at = now
+        work = cost * self.correction
+        wait = self.backlog_s * self.correction / self.limits.decode_processes if self.jobs else 0.0
+        if now + wait + work > deadline:
+            raise OverloadedError(
+                f"the images waiting to be decoded need about {wait:.2f} s, and this request's {work:.2f} s "
+                "more would pass its deadline; retry shortly"
+            )
+        if not self.jobs:
             return  # an idle decoder takes any request within the per-request limit
-        wait = self.backlog_s * self.correction / self.limits.decode_processes
-        done_by = time.monotonic() + wait + cost * self.correction
         if self.backlog_pixels + pixels > self.limits.max_decode_backlog_pixels:
             raise OverloadedError(f"{self.backlog_pixels:,} pixels are waiting to be decoded; retry shortly")
-        if wait > self.limits.max_decode_wait_s or done_by > deadline:
+        if wait <= self.limits.max_decode_wait_s:
+            return
+        if work > min(self.burst_s, allowance / 8):  # the queue has stood past the wait for longer than a burst
             raise OverloadedError(f"the images waiting to be decoded need about {wait:.2f} s; retry shortly")
+        self.burst_s -= work
 
-    def _price(self, blobs: Sequence[bytes], names: Sequence[str]) -> tuple[int, float]:
-        """(pixels, seconds) decoding will take, from the headers of the small images (an image over
-        the per-image limit is refused here) and the bytes of the large ones, whose headers are read
-        in the decode processes (`decode_job`)."""
-        pixels, cost = 0, 0.0
+    def _queued(self, jobs: int, pixels: int, cost: float) -> None:
+        self.jobs += jobs
+        self.backlog_pixels += pixels
+        self.backlog_s = max(0.0, self.backlog_s + cost) if self.jobs else 0.0
+
+    def _price(self, blobs: Sequence[bytes], names: Sequence[str]) -> tuple[int, float, bool]:
+        """(pixels, seconds, large): what decoding will take, from the headers (an image over the
+        per-image limit is refused here), and whether a file is over `HEADER_BYTES` (never decoded
+        on the loop). A large JPEG's size is found by `jpeg_header_size`; other large files are
+        priced by their bytes, their headers read in the decode processes (`decode_job`)."""
+        pixels, cost, large = 0, 0.0, False
         for blob, name in zip(blobs, names, strict=True):
             if looks_like_csv(blob):
                 cost += PER_CSV_S
                 continue
             if len(blob) > HEADER_BYTES:
-                cost += INLINE_S + len(blob) * PER_BYTE_S  # never inline
-                continue
-            width, height = header_size(blob)
+                large = True
+                width, height = jpeg_header_size(blob)
+                if not width * height:
+                    cost += INLINE_S + len(blob) * PER_BYTE_S
+                    continue
+                cost += len(blob) * PER_FILE_BYTE_S
+            else:
+                width, height = header_size(blob)
             if width * height > self.limits.max_image_pixels:
                 try:
                     check_size(width, height, self.limits.max_image_pixels)
@@ -214,12 +260,16 @@ class ImageDecoder:
                     raise type(exc)(f"{name}: {exc}") from None
             pixels += width * height
             cost += PER_IMAGE_S + width * height * PER_PIXEL_S
-        return pixels, cost
+        return pixels, cost, large
 
-    def _decoded(self, work: asyncio.Future[tuple[np.ndarray, float]], pixels: int, cost: float) -> None:
-        self.backlog_pixels -= pixels
-        self.backlog_s = max(0.0, self.backlog_s - cost)
+    def _decoded(
+        self, work: asyncio.Future[tuple[np.ndarray, float]], generation: int, pixels: int, cost: float
+    ) -> None:
+        if generation != self.generation:  # its pool was replaced, and the backlog with it
+            return
+        self._queued(-1, -pixels, -cost)
         if work.cancelled() or work.exception() is not None:  # retrieved: no "never retrieved" log
             return
         _, seconds = work.result()
-        self.correction += COST_SMOOTHING * (seconds / max(cost, 1e-6) - self.correction)
+        ratio = min(MAX_CORRECTION, max(MIN_CORRECTION, seconds / max(cost, 1e-6)))
+        self.correction += COST_SMOOTHING * (ratio - self.correction)

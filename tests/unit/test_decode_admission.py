@@ -1,0 +1,238 @@
+"""Decode admission (serving/inference/decoding.py): a burst of uploads the decode processes can
+decode in time is served; a queue that stands past `max_decode_wait_s` is shed; nothing is
+admitted that could not be decoded by its deadline. The decode processes are replaced by a pool
+whose jobs finish when the test says, so what is queued is exact."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from support.photolike import make_phone_upload
+
+from digitserve.config import RequestLimits
+from digitserve.data import load_mnist
+from digitserve.imaging.decode import InvalidImageError, header_size, jpeg_header_size
+from digitserve.serving.errors import OverloadedError
+from digitserve.serving.inference import decoding
+from digitserve.serving.inference.decoding import HEADER_BYTES, ImageDecoder
+
+
+class HeldPool(Executor):
+    """Takes decode jobs and finishes none until `release` (each then took `seconds`); once
+    released, it finishes every later job at once."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Future[Any], tuple[Any, ...]]] = []
+        self.seconds: float | None = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.jobs.append((future, args))
+        if self.seconds is not None:
+            self.release(self.seconds)
+        return future
+
+    def release(self, seconds: float) -> None:
+        self.seconds = seconds
+        for future, args in self.jobs:
+            if not future.done():
+                future.set_result((np.zeros((len(args[0]), 28, 28), dtype=np.uint8), seconds))
+
+
+@pytest.fixture(scope="module")
+def uploads() -> list[bytes]:
+    """64 phone uploads: 90-260 px JPEGs with 16-40 KB of EXIF, each past HEADER_BYTES."""
+    rng = np.random.default_rng(0)
+    blobs = [make_phone_upload(digit, rng) for digit in load_mnist("test").images[:64]]
+    assert all(len(b) > HEADER_BYTES for b in blobs)
+    return blobs
+
+
+async def offer(
+    decoder: ImageDecoder, blobs: list[bytes], deadline_s: float = 10.0, release_after_s: float = 0.2
+) -> list[BaseException | None]:
+    """One request per blob, all at once; what each got once the pool finished them (None: decoded)."""
+    deadline = time.monotonic() + deadline_s
+    tasks = [asyncio.ensure_future(decoder.prepare([b], [f"images[{i}]"], deadline)) for i, b in enumerate(blobs)]
+    await asyncio.sleep(release_after_s)  # every request admitted or refused, every admitted one handed to the pool
+    assert isinstance(decoder.executor, HeldPool)
+    decoder.executor.release(0.002)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    return [None if isinstance(r, np.ndarray) else r for r in results]
+
+
+def new_decoder(**limits: Any) -> tuple[ImageDecoder, ThreadPoolExecutor]:
+    submitter = ThreadPoolExecutor(1)
+    return ImageDecoder(RequestLimits(**limits), HeldPool, submitter), submitter
+
+
+def test_a_burst_of_64_phone_uploads_is_decoded_without_a_refusal(uploads: list[bytes]) -> None:
+    """The burst that was 29% refused: each upload was priced by its bytes (38 ms for 30 KB) and
+    the 0.25 s wait filled after 7; read from its frame header it is priced near what it takes.
+    Every one is past HEADER_BYTES, so every one went to the decode processes."""
+    decoder, submitter = new_decoder()
+    try:
+        outcomes = asyncio.run(offer(decoder, uploads))
+    finally:
+        submitter.shutdown()
+    assert outcomes == [None] * 64, [str(o) for o in outcomes if o is not None]
+    assert isinstance(decoder.executor, HeldPool) and len(decoder.executor.jobs) == 64
+    assert decoder.jobs == 0 and decoder.backlog_pixels == 0 and decoder.backlog_s == 0
+
+
+def served_with(uploads: list[bytes], burst_s: float) -> int:
+    decoder, submitter = new_decoder(max_decode_wait_s=0.02, decode_burst_s=burst_s)
+    try:
+        outcomes = asyncio.run(offer(decoder, uploads))
+    finally:
+        submitter.shutdown()
+    refused = [o for o in outcomes if o is not None]
+    assert all(isinstance(o, OverloadedError) for o in refused), refused
+    assert all("the images waiting to be decoded need about" in str(o) for o in refused), refused
+    return outcomes.count(None)
+
+
+def test_a_standing_queue_is_shed_past_the_wait_and_the_burst(uploads: list[bytes]) -> None:
+    """With nothing finishing, work joins up to `max_decode_wait_s` of expected waiting (0.02 s:
+    a few uploads of 3-6 ms), then only from the burst allowance (0.1 s: some 15 more); past
+    both, 503 with the wait in the message."""
+    without, with_burst = served_with(uploads, 0.0), served_with(uploads, 0.1)
+    assert 2 <= without <= 10, without
+    assert 10 <= with_burst - without <= 40, (without, with_burst)
+    assert with_burst < 64
+
+
+def test_nothing_is_admitted_that_could_not_be_decoded_by_its_deadline(uploads: list[bytes]) -> None:
+    """With the wait and burst out of the way, only the deadline binds: 1 s, and five times the
+    64 uploads (some 1.5 s of decoding) offered at once. What fits is admitted (and decoded when
+    the pool finishes, at 0.3 s); the rest is refused at once (503) rather than queued to miss
+    its deadline (504)."""
+    decoder, submitter = new_decoder(max_decode_wait_s=100.0)
+    try:
+        outcomes = asyncio.run(offer(decoder, uploads * 5, deadline_s=1.0, release_after_s=0.3))
+    finally:
+        submitter.shutdown()
+    refused = [o for o in outcomes if o is not None]
+    assert refused and all("would pass its deadline" in str(o) for o in refused), refused[:3]
+    assert 64 <= outcomes.count(None) < 320, outcomes.count(None)
+
+
+def test_an_idle_decoder_refuses_what_cannot_be_done_by_the_deadline(uploads: list[bytes]) -> None:
+    decoder, submitter = new_decoder()
+    submitter.shutdown()
+    with pytest.raises(OverloadedError, match="would pass its deadline"):
+        decoder.admit(1000, 0.5, time.monotonic() + 0.1)
+
+
+def test_the_burst_allowance_refills_over_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(decoding.time, "monotonic", lambda: now[0])
+    decoder, submitter = new_decoder(max_decode_wait_s=0.1, decode_burst_s=0.8)
+    submitter.shutdown()
+    decoder.jobs, decoder.backlog_pixels, decoder.backlog_s = 2, 100, 0.2  # a queue standing past the wait
+    with pytest.raises(OverloadedError):
+        decoder.admit(100, 0.2, now[0] + 10)  # one request draws at most an eighth of the allowance
+    for _ in range(8):
+        decoder.admit(100, 0.1, now[0] + 10)  # the whole allowance, an eighth at a time
+    with pytest.raises(OverloadedError):
+        decoder.admit(100, 0.1, now[0] + 10)
+    now[0] += decoding.BURST_REFILL_S / 8  # an eighth back
+    decoder.admit(100, 0.1, now[0] + 10)
+    with pytest.raises(OverloadedError):
+        decoder.admit(100, 0.1, now[0] + 10)
+
+
+def test_a_restarted_pool_forgets_the_old_backlog() -> None:
+    """A job of a pool that died can still finish after the restart: it is not taken off the new
+    pool's backlog (which would go negative and admit without limit)."""
+    blob = jpeg(300, 300, exif=big_exif())
+
+    async def scenario() -> tuple[ImageDecoder, list[int]]:
+        decoder, submitter = new_decoder()
+        deadline = time.monotonic() + 10
+        first = asyncio.ensure_future(decoder.prepare([blob], ["images[0]"], deadline))
+        await asyncio.sleep(0.1)
+        old_pool = decoder.executor
+        assert isinstance(old_pool, HeldPool) and decoder.jobs == 1
+        decoder._restart()  # as when a decode process dies
+        second = asyncio.ensure_future(decoder.prepare([blob], ["images[0]"], deadline))
+        await asyncio.sleep(0.1)
+        old_pool.release(0.002)
+        await first
+        seen = [decoder.jobs, decoder.backlog_pixels]  # the new pool's job only
+        assert isinstance(decoder.executor, HeldPool)
+        decoder.executor.release(0.002)
+        await second
+        submitter.shutdown()
+        return decoder, seen
+
+    decoder, seen = asyncio.run(scenario())
+    assert seen == [1, 300 * 300]
+    assert decoder.jobs == 0 and decoder.backlog_pixels == 0 and decoder.backlog_s == 0
+
+
+def jpeg(width: int, height: int, **save: Any) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 180, 160)).save(out, "JPEG", **save)
+    return out.getvalue()
+
+
+def big_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x927C] = bytes(60_000)
+    return exif
+
+
+FAKE_FRAME = b"\xff\xc0\x00\x11\x08\x00\x01\x00\x01\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01"  # SOF0: 1x1
+
+
+def test_a_jpeg_frame_header_is_found_past_any_exif(uploads: list[bytes]) -> None:
+    assert [jpeg_header_size(b) for b in uploads] == [header_size(b) for b in uploads]
+    assert jpeg_header_size(jpeg(300, 200, exif=big_exif())) == (300, 200)
+
+
+def test_what_the_walk_cannot_vouch_for_is_unknown() -> None:
+    """Unknown means priced by its bytes: progressive frames, fill bytes, stuffing where a marker
+    should be (a walk that skipped it would read a fake frame from inside the next segment)."""
+    assert jpeg_header_size(jpeg(300, 200, exif=big_exif(), progressive=True)) == (0, 0)
+    plain = jpeg(64, 48)
+    assert jpeg_header_size(plain.replace(b"\xff\xdb", b"\xff\xff\xff\xdb", 1)) == (0, 0)
+    hidden = b"\xff\xe1" + (2 + len(FAKE_FRAME)).to_bytes(2, "big") + FAKE_FRAME
+    assert jpeg_header_size(plain[:2] + b"\xff\x00" + hidden + plain[2:]) == (0, 0)
+    assert header_size(plain[:2] + b"\xff\x00" + hidden + plain[2:]) == (64, 48)
+
+
+def test_a_jpeg_that_is_one_size_to_the_walk_and_another_to_pillow_is_refused() -> None:
+    two_frames = (lambda real: real[:2] + FAKE_FRAME + real[2:])(jpeg(200, 300, exif=big_exif()))
+    assert jpeg_header_size(two_frames) == (1, 1) and header_size(two_frames) == (200, 300)
+    with pytest.raises(InvalidImageError, match="frame headers disagree"):
+        decoding.decode_job([two_frames], ["images[0]"], 16_000_000, 32_000_000)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff\xd8",
+        b"\xff\xd8\xff",
+        b"\xff\xd8" + b"\xff" * 5_000_000,
+        b"\xff\xd8\xff\xda\x00\x02",
+        b"\xff\xd8\xff\xe0\x00\x00" * 100,
+        b"\xff\xd8\xff\xc0\x00\x05\x08\x00\x01",
+        b"\xff\xd8" + b"\xff\xe0\x00\x02" * 1_000_000,
+        b"\x89PNG",
+    ],
+    ids=["empty", "start only", "cut marker", "fill", "scan first", "length 0", "short frame", "endless", "png"],
+)
+def test_a_jpeg_without_a_frame_header_is_unknown_at_once(data: bytes) -> None:
+    started = time.perf_counter()
+    assert jpeg_header_size(data) == (0, 0)
+    assert time.perf_counter() - started < 0.5  # a bounded walk (64 segments), not a scan of the bytes
