@@ -69,3 +69,19 @@ def overload_table(doc: dict[str, Any]) -> str:
         ]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+PHOTO_BURST_RESULTS = ROOT / "bench" / "photo_burst_results.json"
+
+
+def photo_burst_sentence(doc: dict[str, Any]) -> str:
+    """What docs/preprocessing.md says of bench/photo_burst_results.json."""
+    now = doc["results"]["this checkout"]
+    [(baseline, before)] = [(k.removeprefix("@"), v) for k, v in doc["results"].items() if k.startswith("@")]
+    commit = doc["machine"]["commit"]
+    return (
+        f"Measured at {commit}: {now['statuses'].get('503', 0)} of {now['requests']:,} uploads refused, "
+        f"p50 / p99 {now['p50_s']:.2f} / {now['p99_s']:.2f} s as the clients saw it (each on a new "
+        f"connection); with the fixed 0.25 s wait ({baseline}), {before['refused_share']:.0%} were refused "
+        f"({before['statuses'].get('503', 0)} of {before['requests']:,})."
+    )

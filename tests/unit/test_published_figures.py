@@ -7,7 +7,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from support.evidence import OVERLOAD_RESULTS, ROOT, overload_table
+from support.evidence import OVERLOAD_RESULTS, PHOTO_BURST_RESULTS, ROOT, overload_table, photo_burst_sentence
 
 README = ROOT / "README.md"
 
@@ -84,3 +84,10 @@ def test_the_shutdown_soak_quoted_is_the_committed_results() -> None:
     text = " ".join(README.read_text().split())
     quoted = f"{runs.pop()} of each at {commits.pop()} with `DIGITSERVE_SHUTDOWN_RUNS=20`, {resets} requests reset"
     assert quoted in text, quoted
+
+
+def test_the_photo_burst_quoted_is_the_committed_results() -> None:
+    doc = json.loads(PHOTO_BURST_RESULTS.read_text())
+    assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
+    quoted = photo_burst_sentence(doc)
+    assert quoted in " ".join((ROOT / "docs" / "preprocessing.md").read_text().split()), f"it should say: {quoted}"
