@@ -290,7 +290,14 @@ def ratios(on: Figures, off: Figures) -> dict[str, dict[str, float]]:
 
 
 def write_results(path: Path, figures: Mapping[str, Any]) -> int:
-    """A benchmark's figures into its committed results file, and on stdout; the exit status 0."""
+    """A benchmark's figures into its committed results file with the machine and commit they were
+    measured on (`machine`: report.machine), and on stdout; the exit status 0."""
+    import os
+
+    import report
+
+    figures = {**figures, "machine": figures.get("machine") or report.machine(os.getloadavg()[0])}
+    figures["date"] = time.strftime("%Y-%m-%d")
     path.write_text(json.dumps(figures, indent=2) + "\n")
     json.dump(figures, sys.stdout, indent=2)
     print()

@@ -11,7 +11,6 @@ Rounds alternate between the two protocols so drift on the machine hits both ali
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -48,13 +47,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "protocol_cost_results.json")
     args = parser.parse_args()
     figures = measure(args.rounds, args.seconds, args.connections)
     plain, limited = figures["httptools"], figures["limited"]
     figures["ratio"] = {k: limited[k] / plain[k] for k in ("rps", "p50_ms", "p99_ms")}
-    json.dump(figures, sys.stdout, indent=2)
-    print()
-    return 0
+    figures["rounds"], figures["seconds"], figures["connections"] = args.rounds, args.seconds, args.connections
+    return h.write_results(args.out, figures)
 
 
 if __name__ == "__main__":

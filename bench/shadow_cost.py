@@ -55,6 +55,7 @@ def main() -> int:
     args = parser.parse_args()
     figures = measure(args.rounds, args.seconds, tuple(args.connections))
     figures["ratio_on_over_off"] = h.ratios(figures["on"], figures["off"])
+    figures["rounds"], figures["seconds"] = args.rounds, args.seconds
     return h.write_results(args.out, figures)
 
 

@@ -85,3 +85,44 @@ def photo_burst_sentence(doc: dict[str, Any]) -> str:
         f"connection); with the fixed 0.25 s wait ({baseline}), {before['refused_share']:.0%} were refused "
         f"({before['statuses'].get('503', 0)} of {before['requests']:,})."
     )
+
+
+def ms_figure(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def shadow_table(doc: dict[str, Any]) -> str:
+    """bench/README.md's shadow-cost table, from bench/shadow_results.json. A p99 the shadow raised
+    by more than 10% (the target) is in bold."""
+    rows = [
+        "| connections | req/s off → on | p50 off → on | p99 off → on | answers the shadow compared |",
+        "|---|---|---|---|---|",
+    ]
+    for load in sorted(doc["off"], key=int):
+        off, on, ratio = doc["off"][load], doc["on"][load], doc["ratio_on_over_off"][load]
+        p99 = f"{ratio['p99_ms']:.2f}×"
+        p99 = f"**{p99}**" if ratio["p99_ms"] > 1.1 else p99
+        cells = [
+            load,
+            f"{off['rps']:,.0f} → {on['rps']:,.0f} ({ratio['rps']:.2f}×)",
+            f"{ms_figure(off['p50_ms'])} → {ms_figure(on['p50_ms'])} ms",
+            f"{ms_figure(off['p99_ms'])} → {ms_figure(on['p99_ms'])} ms ({p99})",
+            f"{on['compared_share']:.0%}",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def protocol_table(doc: dict[str, Any]) -> str:
+    """bench/README.md's table of what the HTTP limits cost, from bench/protocol_cost_results.json."""
+    plain, limited, ratio = doc["httptools"], doc["limited"], doc["ratio"]
+    return "\n".join(
+        [
+            "| protocol | req/s | p50 | p99 |",
+            "|---|---|---|---|",
+            f"| uvicorn httptools | {plain['rps']:,.0f} | {ms_figure(plain['p50_ms'])} ms | {plain['p99_ms']:.0f} ms |",
+            f"| digitserve's (limited) | {limited['rps']:,.0f} | {ms_figure(limited['p50_ms'])} ms "
+            f"| {limited['p99_ms']:.0f} ms |",
+            f"| ratio | {ratio['rps']:.2f} | {ratio['p50_ms']:.2f} | {ratio['p99_ms']:.2f} |",
+        ]
+    )
