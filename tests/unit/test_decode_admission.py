@@ -10,6 +10,7 @@ import io
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from support.photolike import make_phone_upload
 
 from digitserve.config import RequestLimits
 from digitserve.data import load_mnist
-from digitserve.imaging.decode import InvalidImageError, header_size, jpeg_header_size
+from digitserve.imaging.decode import InvalidImageError, header_size, jpeg_header_size, large_header_size
 from digitserve.serving.errors import OverloadedError
 from digitserve.serving.inference import decoding
 from digitserve.serving.inference.decoding import HEADER_BYTES, ImageDecoder
@@ -125,11 +126,79 @@ def test_nothing_is_admitted_that_could_not_be_decoded_by_its_deadline(uploads: 
     assert 64 <= outcomes.count(None) < 320, outcomes.count(None)
 
 
-def test_an_idle_decoder_refuses_what_cannot_be_done_by_the_deadline(uploads: list[bytes]) -> None:
+def test_an_idle_decoder_takes_a_request_however_dear() -> None:
+    """Two 4 MiB images priced by their bytes (8 s) against a 10 s deadline: refusing them when
+    nothing else is queued would refuse them on every retry."""
     decoder, submitter = new_decoder()
     submitter.shutdown()
-    with pytest.raises(OverloadedError, match="would pass its deadline"):
-        decoder.admit(1000, 0.5, time.monotonic() + 0.1)
+    decoder.correction = 2.0
+    decoder.admit(0, 8.4, time.monotonic() + 10)
+
+
+def test_a_decode_that_says_the_prices_are_far_off_moves_the_correction_within_bounds() -> None:
+    decoder, submitter = new_decoder()
+    submitter.shutdown()
+    loop = asyncio.new_event_loop()
+    try:
+        for _ in range(40):  # decodes that took 100 times their price
+            done: asyncio.Future[Any] = loop.create_future()
+            done.set_result((np.zeros((1, 28, 28), dtype=np.uint8), 100.0))
+            decoder.jobs, decoder.backlog_s = 1, 1.0
+            decoder._decoded(done, 0, 0, 1.0)
+    finally:
+        loop.close()
+    assert decoding.MAX_CORRECTION * 0.99 < decoder.correction <= decoding.MAX_CORRECTION
+
+
+def test_requests_waiting_on_a_pool_that_broke_get_503_and_one_restart() -> None:
+    class BreakingPool(HeldPool):
+        def break_all(self) -> None:
+            for future, _ in self.jobs:
+                future.set_exception(BrokenProcessPool("a decode process died"))
+
+    async def scenario() -> tuple[ImageDecoder, list[BaseException | np.ndarray]]:
+        decoder = ImageDecoder(RequestLimits(), BreakingPool, submitter := ThreadPoolExecutor(1))
+        blob = jpeg(300, 300, exif=big_exif())
+        deadline = time.monotonic() + 10
+        tasks = [asyncio.ensure_future(decoder.prepare([blob], [f"images[{i}]"], deadline)) for i in range(3)]
+        await asyncio.sleep(0.2)
+        broken = decoder.executor
+        assert isinstance(broken, BreakingPool) and len(broken.jobs) == 3
+        broken.break_all()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        submitter.shutdown()
+        return decoder, results
+
+    decoder, results = asyncio.run(scenario())
+    assert all(isinstance(r, OverloadedError) and "restarted" in str(r) for r in results), results
+    assert decoder.generation == 1 and decoder.jobs == 0
+
+
+def test_a_request_cancelled_while_its_job_is_handed_over_keeps_the_job_counted() -> None:
+    """Its client left while the submitter thread was still handing the job to the pool: the job
+    runs anyway, so it stays in the backlog until it is done (an uncounted job would make a busy
+    decoder look idle)."""
+
+    class SlowHandoff(HeldPool):
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+            time.sleep(0.2)  # as when a decode process has to be started
+            return super().submit(fn, *args, **kwargs)
+
+    async def scenario() -> tuple[int, int]:
+        decoder = ImageDecoder(RequestLimits(), SlowHandoff, submitter := ThreadPoolExecutor(1))
+        blob = jpeg(300, 300, exif=big_exif())
+        task = asyncio.ensure_future(decoder.prepare([blob], ["images[0]"], time.monotonic() + 10))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.4)  # the hand-off is done
+        during = decoder.jobs
+        assert isinstance(decoder.executor, HeldPool)
+        decoder.executor.release(0.002)
+        await asyncio.sleep(0.05)
+        submitter.shutdown()
+        return during, decoder.jobs
+
+    assert asyncio.run(scenario()) == (1, 0)
 
 
 def test_the_burst_allowance_refills_over_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,7 +231,7 @@ def test_a_restarted_pool_forgets_the_old_backlog() -> None:
         await asyncio.sleep(0.1)
         old_pool = decoder.executor
         assert isinstance(old_pool, HeldPool) and decoder.jobs == 1
-        decoder._restart()  # as when a decode process dies
+        decoder._restart(old_pool)  # as when a decode process dies
         second = asyncio.ensure_future(decoder.prepare([blob], ["images[0]"], deadline))
         await asyncio.sleep(0.1)
         old_pool.release(0.002)
@@ -199,6 +268,14 @@ def test_a_jpeg_frame_header_is_found_past_any_exif(uploads: list[bytes]) -> Non
     assert jpeg_header_size(jpeg(300, 200, exif=big_exif())) == (300, 200)
 
 
+def test_a_large_png_is_sized_from_its_ihdr() -> None:
+    out = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (120, 170, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(out, "PNG")
+    assert len(out.getvalue()) > HEADER_BYTES
+    assert large_header_size(out.getvalue()) == header_size(out.getvalue()) == (170, 120)
+
+
 def test_what_the_walk_cannot_vouch_for_is_unknown() -> None:
     """Unknown means priced by its bytes: progressive frames, fill bytes, stuffing where a marker
     should be (a walk that skipped it would read a fake frame from inside the next segment)."""
@@ -213,7 +290,7 @@ def test_what_the_walk_cannot_vouch_for_is_unknown() -> None:
 def test_a_jpeg_that_is_one_size_to_the_walk_and_another_to_pillow_is_refused() -> None:
     two_frames = (lambda real: real[:2] + FAKE_FRAME + real[2:])(jpeg(200, 300, exif=big_exif()))
     assert jpeg_header_size(two_frames) == (1, 1) and header_size(two_frames) == (200, 300)
-    with pytest.raises(InvalidImageError, match="frame headers disagree"):
+    with pytest.raises(InvalidImageError, match="headers disagree on its size"):
         decoding.decode_job([two_frames], ["images[0]"], 16_000_000, 32_000_000)
 
 

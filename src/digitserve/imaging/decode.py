@@ -222,7 +222,7 @@ def jpeg_header_size(data: bytes) -> tuple[int, int]:
     a bare one does (Pillow's header parse reads it). (0, 0) -- unknown -- for anything else: a
     progressive frame (its decoding grows with its scans), a marker that is not a segment a
     camera writes before its frame, more than `MAX_JPEG_SEGMENTS`, or truncated bytes. A file
-    whose walk and Pillow disagree is refused before decoding (`checked_jpeg_size`)."""
+    whose walk and Pillow disagree is refused before decoding (`checked_large_size`)."""
     if data[:2] != b"\xff\xd8":
         return 0, 0
     at = 2
@@ -243,12 +243,23 @@ def jpeg_header_size(data: bytes) -> tuple[int, int]:
     return 0, 0
 
 
-def checked_jpeg_size(data: bytes, width: int, height: int) -> None:
-    """InvalidImageError when a JPEG whose size `jpeg_header_size` found is, to Pillow, another size:
-    a file built to be priced as a thumbnail and decoded as a photo."""
-    walked = jpeg_header_size(data)
-    if walked != (0, 0) and walked != (width, height):
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def large_header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a file too large for Pillow's header parse on the event loop, (0, 0) when
+    unknown: a JPEG's from `jpeg_header_size`, a PNG's from its IHDR (always its first chunk)."""
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return jpeg_header_size(data)
+
+
+def checked_large_size(data: bytes, width: int, height: int) -> None:
+    """InvalidImageError when a file whose size `large_header_size` found is, to Pillow, another
+    size: a file built to be priced as a thumbnail and decoded as a photo."""
+    found = large_header_size(data)
+    if found != (0, 0) and found != (width, height):
         raise InvalidImageError(
-            f"the JPEG's frame headers disagree ({walked[0]}x{walked[1]} and {width}x{height}); "
-            "re-save the image as a plain JPEG"
+            f"the image's headers disagree on its size ({found[0]}x{found[1]} and {width}x{height}); "
+            "re-save it as a plain PNG or JPEG"
         )

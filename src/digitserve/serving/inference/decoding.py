@@ -4,8 +4,8 @@ Decoding costs CPU for every image (opening it, finding the ink, fitting it into
 millisecond however small the image) and in proportion to its pixels beyond that (a 714-byte
 WebP can be 16 megapixels); a pixel CSV costs about two milliseconds of parsing. So a request's
 decoding is priced in seconds (`cost_s`), from the image headers, before anything is decoded
-(a JPEG's frame header is found by walking its segment lengths, however much EXIF precedes it;
-other large files are priced by their bytes):
+(a large PNG's size is read from its IHDR, a JPEG's by walking its segment lengths to its frame
+header, however much EXIF precedes it; other large files are priced by their bytes):
 - a request whose decoding costs at most `INLINE_S` is decoded on the event loop (a hop to
   another process costs more than decoding one or two digits); files over `HEADER_BYTES` never are;
 - anything dearer goes to decode processes, within the request's deadline: decoding holds the
@@ -34,6 +34,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +43,9 @@ from digitserve.imaging.decode import (
     ImageError,
     TooManyPixelsError,
     check_size,
-    checked_jpeg_size,
+    checked_large_size,
     header_size,
-    jpeg_header_size,
+    large_header_size,
 )
 from digitserve.imaging.mnist import prepare_many, timed_prepare_many
 from digitserve.imaging.pixelcsv import looks_like_csv
@@ -62,12 +63,12 @@ PER_IMAGE_S = 1.0e-3  # any image, however small: an 8x8 or a 28x28 PNG takes ab
 PER_PIXEL_S = 8e-8  # beyond that: a 400x400 canvas takes about 13 ms
 PER_CSV_S = 2.0e-3  # a 28x28 pixel CSV, parsed in Python
 PER_BYTE_S = 1e-6  # a large file whose header was not read on the loop: priced by its bytes
-PER_FILE_BYTE_S = 2e-8  # a large JPEG whose size is known: its compressed bytes, beyond its pixels
+PER_FILE_BYTE_S = 2e-8  # a large PNG or JPEG whose size is known: its compressed bytes, beyond its pixels
 HEADER_BYTES = 16 * 1024  # larger files' headers are read in the decode processes (Pillow's parse grows with bytes)
 INLINE_S = 8e-3  # at most this much decoding per request on the event loop (about 7 digits)
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 COST_SMOOTHING = 0.2  # weight of the latest decode in the moving average of actual over priced
-MIN_CORRECTION, MAX_CORRECTION = 0.25, 4.0  # how far one decode may say the prices are off
+MIN_CORRECTION, MAX_CORRECTION = 0.05, 10.0  # how far decodes may say the prices are off
 BURST_REFILL_S = 10.0  # an empty burst allowance is whole again after this long
 
 
@@ -140,7 +141,7 @@ def decode_job(
             try:
                 check_size(width, height, max_image_pixels)
                 if len(blob) > HEADER_BYTES:
-                    checked_jpeg_size(blob, width, height)  # priced as what it is
+                    checked_large_size(blob, width, height)  # priced as what it is
             except ImageError as exc:
                 raise type(exc)(f"{name}: {exc}") from None
             total += width * height
@@ -172,17 +173,22 @@ class ImageDecoder:
             return prepare_many(blobs, names, self.limits.max_image_pixels)
         self.admit(pixels, cost, deadline)
         self._queued(1, pixels, cost)
-        generation = self.generation
+        generation, pool = self.generation, self.executor
         loop = asyncio.get_running_loop()
-        submit = self.executor.submit  # spawns a decode process when one is missing: 0.1 s of fork and exec
+        # submit spawns a decode process when one is missing: 0.1 s of fork and exec, in the submitter
         args = (decode_job, blobs, names, self.limits.max_image_pixels, self.limits.max_request_pixels)
+        handoff = loop.run_in_executor(self.submitter, pool.submit, *args)
         try:
-            job = await loop.run_in_executor(self.submitter, submit, *args)
+            job = await asyncio.shield(handoff)
+        except asyncio.CancelledError:  # the job may still reach the pool: it is counted until it is done
+            handoff.add_done_callback(lambda done: self._handed(done, generation, pixels, cost))
+            raise
         except BaseException as exc:
             if generation == self.generation:
                 self._queued(-1, -pixels, -cost)
-            if isinstance(exc, BrokenExecutor):
-                raise self._restart() from None
+            replaced = isinstance(exc, RuntimeError) and pool is not self.executor  # shut down by a restart
+            if isinstance(exc, BrokenExecutor) or replaced:
+                raise self._restart(pool) from None
             raise
         work = asyncio.wrap_future(job)
         work.add_done_callback(lambda done: self._decoded(done, generation, pixels, cost))
@@ -190,37 +196,51 @@ class ImageDecoder:
             images, _ = await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise DeadlineExceededError("the images could not be decoded before the deadline") from None
-        except BrokenExecutor:
-            raise self._restart() from None
+        except (BrokenExecutor, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not work.cancelled():
+                raise  # this request was cancelled (its client left), not its job
+            raise self._restart(pool) from None  # the pool broke, or a restart cancelled the job
         return images
 
-    def _restart(self) -> OverloadedError:
+    def _handed(self, handoff: asyncio.Future[Any], generation: int, pixels: int, cost: float) -> None:
+        """After a request was cancelled during its hand-off: follow the job it handed over (if any)."""
+        if handoff.cancelled() or handoff.exception() is not None:
+            if generation == self.generation:
+                self._queued(-1, -pixels, -cost)
+            return
+        work = asyncio.wrap_future(handoff.result())
+        work.add_done_callback(lambda done: self._decoded(done, generation, pixels, cost))
+
+    def _restart(self, broken: Executor) -> OverloadedError:
         """A decode process died (killed, out of memory): a new pool for the next request, and a
-        503 for this one -- never a 500, never a pool that fails every request from now on."""
-        broken, self.executor = self.executor, self.new_pool()
-        broken.shutdown(wait=False, cancel_futures=True)
-        self.jobs, self.backlog_pixels, self.backlog_s = 0, 0, 0.0
-        self.generation += 1
-        log.error("a decode process died; the decode processes were restarted")
+        503 for this one -- never a 500, never a pool that fails every request from now on. Every
+        request waiting on the broken pool comes here; only the first replaces it."""
+        if broken is self.executor:
+            self.executor = self.new_pool()
+            broken.shutdown(wait=False, cancel_futures=True)
+            self.jobs, self.backlog_pixels, self.backlog_s = 0, 0, 0.0
+            self.generation += 1
+            log.error("a decode process died; the decode processes were restarted")
         return OverloadedError("image decoding was restarted on this server; retry shortly")
 
     def admit(self, pixels: int, cost: float, deadline: float) -> None:
-        """503 unless this request's decode work can join: done by its deadline, within the pixel
-        backlog, and -- past `max_decode_wait_s` of expected waiting -- within the burst allowance,
-        of which one request may draw an eighth (a burst is many requests, not one large one)."""
+        """503 unless this request's decode work can join: an idle decoder takes any; otherwise it must
+        be done by its deadline, within the pixel backlog, and -- past `max_decode_wait_s` of expected
+        waiting -- within the burst allowance, of which one request may draw an eighth (a burst is
+        many requests, not one large one)."""
         now = time.monotonic()
         allowance = self.limits.decode_burst_s
         self.burst_s = min(allowance, self.burst_s + (now - self.refilled_at) * allowance / BURST_REFILL_S)
         self.refilled_at = now
+        if not self.jobs:
+            return  # an idle decoder takes any request within the per-request limit (the deadline still holds)
         work = cost * self.correction
-        wait = self.backlog_s * self.correction / self.limits.decode_processes if self.jobs else 0.0
+        wait = self.backlog_s * self.correction / self.limits.decode_processes
         if now + wait + work > deadline:
             raise OverloadedError(
                 f"the images waiting to be decoded need about {wait:.2f} s, and this request's {work:.2f} s "
                 "more would pass its deadline; retry shortly"
             )
-        if not self.jobs:
-            return  # an idle decoder takes any request within the per-request limit
         if self.backlog_pixels + pixels > self.limits.max_decode_backlog_pixels:
             raise OverloadedError(f"{self.backlog_pixels:,} pixels are waiting to be decoded; retry shortly")
         if wait <= self.limits.max_decode_wait_s:
@@ -237,8 +257,8 @@ class ImageDecoder:
     def _price(self, blobs: Sequence[bytes], names: Sequence[str]) -> tuple[int, float, bool]:
         """(pixels, seconds, large): what decoding will take, from the headers (an image over the
         per-image limit is refused here), and whether a file is over `HEADER_BYTES` (never decoded
-        on the loop). A large JPEG's size is found by `jpeg_header_size`; other large files are
-        priced by their bytes, their headers read in the decode processes (`decode_job`)."""
+        on the loop). A large PNG's or JPEG's size is found by `large_header_size`; other large
+        files are priced by their bytes, their headers read in the decode processes (`decode_job`)."""
         pixels, cost, large = 0, 0.0, False
         for blob, name in zip(blobs, names, strict=True):
             if looks_like_csv(blob):
@@ -246,7 +266,7 @@ class ImageDecoder:
                 continue
             if len(blob) > HEADER_BYTES:
                 large = True
-                width, height = jpeg_header_size(blob)
+                width, height = large_header_size(blob)
                 if not width * height:
                     cost += INLINE_S + len(blob) * PER_BYTE_S
                     continue
