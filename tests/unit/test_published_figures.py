@@ -11,11 +11,8 @@ from support.evidence import (
     OVERLOAD_RESULTS,
     PHOTO_BURST_RESULTS,
     ROOT,
-    ms_figure,
     overload_table,
     photo_burst_sentence,
-    protocol_table,
-    shadow_table,
 )
 
 README = ROOT / "README.md"
@@ -100,16 +97,3 @@ def test_the_photo_burst_quoted_is_the_committed_results() -> None:
     assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
     quoted = photo_burst_sentence(doc)
     assert quoted in " ".join((ROOT / "docs" / "preprocessing.md").read_text().split()), f"it should say: {quoted}"
-
-
-def test_the_shadow_and_protocol_costs_quoted_are_the_committed_results() -> None:
-    text = (ROOT / "bench" / "README.md").read_text()
-    for name, table in (("shadow_results", shadow_table), ("protocol_cost_results", protocol_table)):
-        doc = json.loads((ROOT / "bench" / f"{name}.json").read_text())
-        assert table(doc) in text, f"bench/README.md's table differs from {name}.json; it should read:\n{table(doc)}"
-        commit = doc["machine"]["commit"]
-        assert "changes" not in commit and f"at {commit}" in text, f"bench/README.md names {commit}"
-    shadow = json.loads((ROOT / "bench" / "shadow_results.json").read_text())
-    off, on, ratio = (shadow[k]["1"]["p99_ms"] for k in ("off", "on", "ratio_on_over_off"))
-    quoted = f"p99 from {ms_figure(off)} ms to {ms_figure(on)} ms ({ratio:.2f}×"
-    assert quoted in " ".join((ROOT / "docs" / "rollouts.md").read_text().split()), f"rollouts.md: {quoted}"
