@@ -69,7 +69,8 @@ def measure(rounds: int, bursts: int, baseline: str | None) -> dict[str, Any]:
         for name, src in trees.items():
             env = h.server_env(registry, "cnn", src)
             with h.start("photo-burst", h.digitserve_cmd(src, workers=2), env, work) as server:
-                asyncio.run(burst(server.url, photos[:4]))  # every worker's decode process started
+                # decode processes started (a worker these four miss starts its own in the first burst)
+                asyncio.run(burst(server.url, photos[:4]))
                 time.sleep(2)
                 for _ in range(bursts):
                     answers[name] += asyncio.run(burst(server.url, photos))

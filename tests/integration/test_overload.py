@@ -3,8 +3,9 @@ go out on schedule whatever the answers do), then drop back to a light steady lo
 worker and with the default layout (two workers here).
 
 The server must shed (503 + Retry-After, or 504 past the deadline) rather than queue without
-bound: memory stays flat, the requests it accepts keep a p99 under 0.5 s inside the server (its
-own histogram, so the load generator's lag on shared cores is not counted), and once the load drops
+bound: memory stays flat, the requests it accepts keep a p99 within SERVER_P99_BOUND_S inside the
+server (its own histogram, so the load generator's lag on shared cores is not counted; with two
+workers that bound is the deadline's bucket: at most 1% of accepted requests miss it), and once the load drops
 every request succeeds at normal latency again. Every request sent is counted against the answer
 it got: no connection may end without one. CPU-heavy: `DIGITSERVE_OVERLOAD_SECONDS` shortens the
 overload phase while developing.

@@ -1,7 +1,8 @@
 """Decode admission (serving/inference/decoding.py): a burst of uploads the decode processes can
 decode in time is served; a queue that stands past `max_decode_wait_s` is shed; nothing is
-admitted that could not be decoded by its deadline. The decode processes are replaced by a pool
-whose jobs finish when the test says, so what is queued is exact."""
+admitted behind queued work that could not be decoded by its deadline (an idle decoder takes
+any). The decode processes are replaced by a pool whose jobs finish when the test says, so what
+is queued is exact."""
 
 from __future__ import annotations
 
@@ -313,3 +314,12 @@ def test_a_jpeg_without_a_frame_header_is_unknown_at_once(data: bytes) -> None:
     started = time.perf_counter()
     assert jpeg_header_size(data) == (0, 0)
     assert time.perf_counter() - started < 0.5  # a bounded walk (64 segments), not a scan of the bytes
+
+
+def test_a_server_stopping_answers_503_and_leaves_the_decoder_idle() -> None:
+    decoder, submitter = new_decoder()
+    submitter.shutdown()  # as at shutdown, after the pools close
+    blob = jpeg(300, 300, exif=big_exif())
+    with pytest.raises(OverloadedError, match="stopping"):
+        asyncio.run(decoder.prepare([blob], ["images[0]"], time.monotonic() + 10))
+    assert decoder.jobs == 0 and decoder.backlog_pixels == 0

@@ -13,11 +13,12 @@ header, however much EXIF precedes it; other large files are priced by their byt
   stalled every other request for half a second; in its own process it cannot;
 - a request over `max_request_pixels` is refused (413); one that would push the pixels waiting
   for the decode processes over `max_decode_backlog_pixels`, or that could not be decoded by its
-  deadline, gets 503 + Retry-After. Past `max_decode_wait_s` of expected waiting, decode work is
-  admitted from a burst allowance (`decode_burst_s` of expected decoding, refilled over
-  `BURST_REFILL_S`): a burst of uploads the processes can decode in time is served, while a
-  sustained overload is shed at `max_decode_wait_s` and its accepted requests stay fast. Work is
-  priced by the prices below, corrected by what the decodes that finished took.
+  deadline behind the work already queued (an idle decoder takes any), gets 503 + Retry-After.
+  Past `max_decode_wait_s` of expected waiting, decode work is admitted from a burst allowance
+  (`decode_burst_s` of expected decoding, refilled over `BURST_REFILL_S`): a burst of uploads the
+  processes can decode in time is served, while a sustained overload is shed at
+  `max_decode_wait_s` and its accepted requests stay fast. Work is priced by the prices below,
+  corrected by what the decodes that finished took.
 """
 
 from __future__ import annotations
@@ -177,7 +178,11 @@ class ImageDecoder:
         loop = asyncio.get_running_loop()
         # submit spawns a decode process when one is missing: 0.1 s of fork and exec, in the submitter
         args = (decode_job, blobs, names, self.limits.max_image_pixels, self.limits.max_request_pixels)
-        handoff = loop.run_in_executor(self.submitter, pool.submit, *args)
+        try:
+            handoff = loop.run_in_executor(self.submitter, pool.submit, *args)
+        except RuntimeError:  # the submitter is shut down: the server is stopping
+            self._queued(-1, -pixels, -cost)
+            raise OverloadedError("this server is stopping; retry shortly") from None
         try:
             job = await asyncio.shield(handoff)
         except asyncio.CancelledError:  # the job may still reach the pool: it is counted until it is done
