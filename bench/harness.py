@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import report
 from PIL import Image
 
 BENCH = Path(__file__).resolve().parent
@@ -292,10 +294,6 @@ def ratios(on: Figures, off: Figures) -> dict[str, dict[str, float]]:
 def write_results(path: Path, figures: Mapping[str, Any]) -> int:
     """A benchmark's figures into its committed results file with the machine and commit they were
     measured on (`machine`: report.machine), and on stdout; the exit status 0."""
-    import os
-
-    import report
-
     figures = {**figures, "machine": figures.get("machine") or report.machine(os.getloadavg()[0])}
     figures["date"] = time.strftime("%Y-%m-%d")
     path.write_text(json.dumps(figures, indent=2) + "\n")

@@ -189,8 +189,7 @@ class ImageDecoder:
             handoff.add_done_callback(lambda done: self._handed(done, generation, pixels, cost))
             raise
         except BaseException as exc:
-            if generation == self.generation:
-                self._queued(-1, -pixels, -cost)
+            self._unqueued(generation, pixels, cost)
             replaced = isinstance(exc, RuntimeError) and pool is not self.executor  # shut down by a restart
             if isinstance(exc, BrokenExecutor) or replaced:
                 raise self._restart(pool) from None
@@ -210,8 +209,7 @@ class ImageDecoder:
     def _handed(self, handoff: asyncio.Future[Any], generation: int, pixels: int, cost: float) -> None:
         """After a request was cancelled during its hand-off: follow the job it handed over (if any)."""
         if handoff.cancelled() or handoff.exception() is not None:
-            if generation == self.generation:
-                self._queued(-1, -pixels, -cost)
+            self._unqueued(generation, pixels, cost)
             return
         work = asyncio.wrap_future(handoff.result())
         work.add_done_callback(lambda done: self._decoded(done, generation, pixels, cost))
@@ -238,7 +236,7 @@ class ImageDecoder:
         self.burst_s = min(allowance, self.burst_s + (now - self.refilled_at) * allowance / BURST_REFILL_S)
         self.refilled_at = now
         if not self.jobs:
-            return  # an idle decoder takes any request within the per-request limit (the deadline still holds)
+            return  # an idle decoder takes any request within the per-request limit (504 past its deadline)
         work = cost * self.correction
         wait = self.backlog_s * self.correction / self.limits.decode_processes
         if now + wait + work > deadline:
@@ -258,6 +256,11 @@ class ImageDecoder:
         self.jobs += jobs
         self.backlog_pixels += pixels
         self.backlog_s = max(0.0, self.backlog_s + cost) if self.jobs else 0.0
+
+    def _unqueued(self, generation: int, pixels: int, cost: float) -> None:
+        """A job left the backlog -- unless its pool was replaced since, and the backlog with it."""
+        if generation == self.generation:
+            self._queued(-1, -pixels, -cost)
 
     def _price(self, blobs: Sequence[bytes], names: Sequence[str]) -> tuple[int, float, bool]:
         """(pixels, seconds, large): what decoding will take, from the headers (an image over the
@@ -290,9 +293,9 @@ class ImageDecoder:
     def _decoded(
         self, work: asyncio.Future[tuple[np.ndarray, float]], generation: int, pixels: int, cost: float
     ) -> None:
-        if generation != self.generation:  # its pool was replaced, and the backlog with it
+        self._unqueued(generation, pixels, cost)
+        if generation != self.generation:
             return
-        self._queued(-1, -pixels, -cost)
         if work.cancelled() or work.exception() is not None:  # retrieved: no "never retrieved" log
             return
         _, seconds = work.result()
