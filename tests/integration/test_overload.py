@@ -48,7 +48,10 @@ LIGHT_CLIENTS = 4  # the steady load before and after
 # and 96-100% within 1 s (a worker's event loop lagged up to 1.5 s). The test holds each layout
 # to the bucket edge it met in every run: 1 s, and the 2 s deadline's edge, 2.5 s.
 SERVER_P99_BOUND_S = {1: 1.0, 2: 2.5}
-CLIENT_P99_BOUND_S = 2.5  # the same seen by the load generator, whose own lag on 2 shared cores is part of it
+# The same seen by the load generator, from writing a request to reading its answer: its lag in
+# sending on schedule is left out (it measures the generator's share of 2 cores, not the server:
+# in a CI run the server answered 100% within 1 s while the generator sent 1.3 s late at p99).
+CLIENT_P99_BOUND_S = 2.5
 MAX_CONCURRENT = 32  # the server's cap on predictions in progress
 MAX_QUEUE = 256
 
@@ -106,6 +109,7 @@ def describe(name: str, outcomes: list[Outcome], seconds: float) -> dict[str, fl
         "ok_per_s": len(ok) / seconds,
         "p50_s": p(ok, 0.5),
         "p99_s": p(ok, 0.99),
+        "written_p99_s": p([o.latency - o.lag for o in outcomes if o.status == 200], 0.99),
         "shed_fraction": sum(o.status in (503, 504) for o in outcomes) / max(len(outcomes), 1),
         "client_lag_p99_s": p([o.lag for o in outcomes], 0.99),
     }
@@ -198,6 +202,7 @@ def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str
             "client_p50_s": round(overload["p50_s"], 3),
             "client_p99_s": round(overload["p99_s"], 3),
             "client_lag_p99_s": round(overload["client_lag_p99_s"], 3),
+            "client_written_p99_s": round(overload["written_p99_s"], 3),
             "server_within_0_5_s": round(share[0.5], 4),
             "server_within_1_s": round(share[1.0], 4),
             "server_within_2_5_s": round(share[2.5], 4),
@@ -214,8 +219,8 @@ def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str
         f"{timed_out} of {answered:.0f} accepted timed out (504)"
     )
     assert in_bound >= 0.99, f"server-side p99 over {bound} s: only {in_bound:.2%} within it"
-    assert overload["p99_s"] < CLIENT_P99_BOUND_S, overload
-    late = [o.latency for o in sent if o.status == 200 and o.sent_at > sent[0].sent_at + 2 * OVERLOAD_S / 3]
+    assert overload["written_p99_s"] < CLIENT_P99_BOUND_S, overload
+    late = [o.latency - o.lag for o in sent if o.status == 200 and o.sent_at > sent[0].sent_at + 2 * OVERLOAD_S / 3]
     assert p(late, 0.99) < CLIENT_P99_BOUND_S, "the accepted requests' latency kept growing"
     assert max(rss_mib) - rss_mib[0] < 150, rss_mib
 

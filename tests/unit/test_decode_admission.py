@@ -202,11 +202,18 @@ def test_a_request_cancelled_while_its_job_is_handed_over_keeps_the_job_counted(
     assert asyncio.run(scenario()) == (1, 0)
 
 
-def test_the_burst_allowance_refills_over_time(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("correction", [1.0, 3.0], ids=["decodes as priced", "decodes 3x slower than priced"])
+def test_the_burst_allowance_refills_over_time_and_when_the_decoder_is_idle(
+    monkeypatch: pytest.MonkeyPatch, correction: float
+) -> None:
+    """The allowance is counted at the prices: on a host where decodes take three times their
+    price (other work on its cores), the same burst is admitted -- the CI failure of 2fe7351,
+    where bursts 2 s apart found the allowance spent by the one before, 0.46 s expected wait."""
     now = [1000.0]
     monkeypatch.setattr(decoding.time, "monotonic", lambda: now[0])
     decoder, submitter = new_decoder(max_decode_wait_s=0.1, decode_burst_s=0.8)
     submitter.shutdown()
+    decoder.correction = correction
     decoder.jobs, decoder.backlog_pixels, decoder.backlog_s = 2, 100, 0.2  # a queue standing past the wait
     with pytest.raises(OverloadedError):
         decoder.admit(100, 0.2, now[0] + 10)  # one request draws at most an eighth of the allowance
@@ -216,6 +223,13 @@ def test_the_burst_allowance_refills_over_time(monkeypatch: pytest.MonkeyPatch) 
         decoder.admit(100, 0.1, now[0] + 10)
     now[0] += decoding.BURST_REFILL_S / 8  # an eighth back
     decoder.admit(100, 0.1, now[0] + 10)
+    with pytest.raises(OverloadedError):
+        decoder.admit(100, 0.1, now[0] + 10)
+    decoder.jobs, decoder.backlog_pixels, decoder.backlog_s = 0, 0, 0.0  # the queue emptied: the burst is over
+    decoder.admit(100, 0.1, now[0] + 10)
+    decoder.jobs, decoder.backlog_pixels, decoder.backlog_s = 2, 100, 0.2  # the next burst, at once
+    for _ in range(8):
+        decoder.admit(100, 0.1, now[0] + 10)  # the whole allowance again
     with pytest.raises(OverloadedError):
         decoder.admit(100, 0.1, now[0] + 10)
 

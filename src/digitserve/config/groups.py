@@ -58,7 +58,7 @@ class RequestLimits(Group):
         0.25, gt=0, description="expected wait for the decode processes past which only a burst joins"
     )
     decode_burst_s: float = Field(
-        0.25, ge=0, description="expected decoding admitted past max_decode_wait_s in a burst (refilled over 10 s)"
+        0.25, ge=0, description="decoding (priced) admitted past max_decode_wait_s in a burst; whole when idle"
     )
     max_upload_files: int = Field(256, ge=1)
     decode_processes: int = Field(1, ge=1, le=64, description="processes decoding images too large for the loop")

@@ -47,7 +47,8 @@ from digitserve.serving.feedback.spool import FeedbackSpool
 from digitserve.serving.http.admission import Admission
 from digitserve.serving.http.shutdown import Drain
 from digitserve.serving.inference.batching import InferenceSlots
-from digitserve.serving.inference.decoding import ImageDecoder, decode_pool
+from digitserve.serving.inference.decoding import ImageDecoder
+from digitserve.serving.inference.processes import decode_pool
 from digitserve.serving.inference.state import Refresh
 from digitserve.serving.inference.versions import ModelVersions
 from digitserve.serving.observability.loop import LoopLag

@@ -15,10 +15,12 @@ header, however much EXIF precedes it; other large files are priced by their byt
   for the decode processes over `max_decode_backlog_pixels`, or that could not be decoded by its
   deadline behind the work already queued (an idle decoder takes any), gets 503 + Retry-After.
   Past `max_decode_wait_s` of expected waiting, decode work is admitted from a burst allowance
-  (`decode_burst_s` of expected decoding, refilled over `BURST_REFILL_S`): a burst of uploads the
-  processes can decode in time is served, while a sustained overload is shed at
-  `max_decode_wait_s` and its accepted requests stay fast. Work is priced by the prices below,
-  corrected by what the decodes that finished took.
+  (`decode_burst_s` of decoding at the prices below; whole again each time the decoder is idle,
+  and refilled over `BURST_REFILL_S` while it is not): a burst of uploads the processes can
+  decode in time is served, while a sustained overload (a queue that never empties) is shed at
+  `max_decode_wait_s` and its accepted requests stay fast. The expected wait is the backlog's
+  price corrected by what the decodes that finished took; the allowance is counted at the prices
+  themselves, so a burst that fits it is served on a host slowed by other work too.
 """
 
 from __future__ import annotations
@@ -26,15 +28,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import ctypes
 import logging
-import multiprocessing
-import os
 import re
-import signal
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor
 from typing import Any
 
 import numpy as np
@@ -67,7 +65,6 @@ PER_BYTE_S = 1e-6  # a large file whose header was not read on the loop: priced 
 PER_FILE_BYTE_S = 2e-8  # a large PNG or JPEG whose size is known: its compressed bytes, beyond its pixels
 HEADER_BYTES = 16 * 1024  # larger files' headers are read in the decode processes (Pillow's parse grows with bytes)
 INLINE_S = 8e-3  # at most this much decoding per request on the event loop (about 7 digits)
-PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 COST_SMOOTHING = 0.2  # weight of the latest decode in the moving average of actual over priced
 MIN_CORRECTION, MAX_CORRECTION = 0.05, 10.0  # how far decodes may say the prices are off
 BURST_REFILL_S = 10.0  # an empty burst allowance is whole again after this long
@@ -99,27 +96,6 @@ def check_count(n: int, limits: RequestLimits, what: str = "images") -> None:
         raise InvalidInputError(f"no {what} sent; send at least one")
     if n > limits.max_images:
         raise PayloadTooLargeError(f"{n} {what} in one request; the limit is {limits.max_images}, split the request")
-
-
-def decode_pool(processes: int) -> ProcessPoolExecutor:
-    """The decode processes: "spawn", as a fork of a server with running threads is unsafe; a pool
-    starts its processes on its first job, so a server that never gets a large image has none.
-    Each dies with the server process that started it, however that one ends (`die_with_parent`)."""
-    context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(processes, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),))
-
-
-def die_with_parent(parent: int) -> None:
-    """In a decode process: ask Linux for SIGTERM when the parent exits (even killed), so a decode
-    process never outlives its server and keeps CPU, memory and multiprocessing's resource tracker.
-    `parent` is the server process's pid (which may be 1: the server as a container's first process)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the pool's own shutdown is all there is
-        return
-    if os.getppid() != parent:  # the parent died before the request was made
-        os._exit(1)
 
 
 def check_request_pixels(pixels: int, limit: int) -> None:
@@ -235,7 +211,8 @@ class ImageDecoder:
         allowance = self.limits.decode_burst_s
         self.burst_s = min(allowance, self.burst_s + (now - self.refilled_at) * allowance / BURST_REFILL_S)
         self.refilled_at = now
-        if not self.jobs:
+        if not self.jobs:  # the last burst is over: the next one has the whole allowance
+            self.burst_s = allowance
             return  # an idle decoder takes any request within the per-request limit (504 past its deadline)
         work = cost * self.correction
         wait = self.backlog_s * self.correction / self.limits.decode_processes
@@ -248,9 +225,9 @@ class ImageDecoder:
             raise OverloadedError(f"{self.backlog_pixels:,} pixels are waiting to be decoded; retry shortly")
         if wait <= self.limits.max_decode_wait_s:
             return
-        if work > min(self.burst_s, allowance / 8):  # the queue has stood past the wait for longer than a burst
+        if cost > min(self.burst_s, allowance / 8):  # the queue has stood past the wait for longer than a burst
             raise OverloadedError(f"the images waiting to be decoded need about {wait:.2f} s; retry shortly")
-        self.burst_s -= work
+        self.burst_s -= cost
 
     def _queued(self, jobs: int, pixels: int, cost: float) -> None:
         self.jobs += jobs
