@@ -146,8 +146,8 @@ def test_three_times_capacity_is_shed_and_nothing_is_lost(server: tuple[int, str
     async def scenario() -> tuple[float, dict[str, list[Outcome]]]:
         pool = ConnectionPool(host, port, limit=2000)
         # The steady load before and after runs on the same connections: with two workers, where
-        # the kernel placed them decides its speed (4 on one worker served 0.58-0.65x what 2 + 2
-        # did), and a CI run failed on that placement, not on the server's recovery.
+        # the kernel placed them decides its speed (4 on one worker served 0.51-0.70x what 2 + 2
+        # did: bench/worker_placement.py), and a CI run failed on that placement, not on recovery.
         light = ConnectionPool(host, port, limit=LIGHT_CLIENTS)
         warm_up = await closed_loop(pool, request, CLIENTS, 1.0)
         phases = {"light before": await closed_loop(light, request, LIGHT_CLIENTS, STEADY_S)}
