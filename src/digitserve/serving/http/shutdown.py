@@ -10,22 +10,29 @@ connected and sent a request just before the close get a connection reset, not a
 the listener is closed in two steps, on the event loop: stop the loop's own accepting, accept
 what the kernel has queued and hand it to the server's protocol (it is answered like any request
 during the drain: 503, `Connection: close`), then close the listening socket, with no await in
-between. The server's own shutdown then runs a moment later, once those requests are answered.
+between. The server's own shutdown then runs once every request a client wrote before that
+close has been read (`unread_requests`): uvicorn's shutdown closes, unanswered, a connection
+whose request it has not yet begun to read, and a busy event loop may not have read it yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import signal
 import socket
+import struct
+import termios
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 log = logging.getLogger(__name__)
 ANSWER_ACCEPTED_S = 0.15  # time for the connections accepted last to be read and answered
-_handing_over: set[asyncio.Task[Any]] = set()  # keeps the hand-over tasks alive until they ran
+READ_LIMIT_S = 2.0  # past this the server shuts down with requests unread (a client sending a head slowly)
+_handing_over: set[asyncio.Task[Any]] = set()  # keeps the hand-over tasks (and the shutdown) alive until done
 
 
 class Drain:
@@ -45,8 +52,11 @@ def install_sigterm_drain(drain: Drain, loop: asyncio.AbstractEventLoop, grace_s
         return
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        close_listeners(getattr(previous, "__self__", None))  # uvicorn's handler is a bound method
-        loop.call_later(ANSWER_ACCEPTED_S, previous, signum, frame)
+        server = getattr(previous, "__self__", None)  # uvicorn's handler is a bound method
+        close_listeners(server)
+        task = loop.create_task(_once_read(server, lambda: previous(signum, frame)))
+        _handing_over.add(task)
+        task.add_done_callback(_handing_over.discard)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if drain.active:
@@ -56,6 +66,44 @@ def install_sigterm_drain(drain: Drain, loop: asyncio.AbstractEventLoop, grace_s
         loop.call_soon_threadsafe(loop.call_later, grace_s, stop, signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+async def _once_read(server: Any, shut_down: Callable[[], object]) -> None:
+    """Call `shut_down` once the connections accepted last and every request written so far have
+    been read (at least ANSWER_ACCEPTED_S after the listener closed, at most READ_LIMIT_S)."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(ANSWER_ACCEPTED_S)
+    deadline = loop.time() + READ_LIMIT_S
+    while (_handing_over - {asyncio.current_task()} or unread_requests(server)) and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    if unread := unread_requests(server):
+        log.warning("SIGTERM: shutting down with %d requests not yet read after %.1fs", unread, READ_LIMIT_S)
+    shut_down()
+
+
+def unread_requests(server: Any) -> int:
+    """How many of a uvicorn `Server`'s connections hold a request that uvicorn's shutdown would
+    close unanswered: not yet begun (no request cycle, or the last one answered) while bytes wait
+    in the socket or part of a request head has been read."""
+    connections = getattr(getattr(server, "server_state", None), "connections", ())
+    return sum(_holds_unread_request(conn) for conn in list(connections))
+
+
+def _holds_unread_request(conn: Any) -> bool:
+    transport = getattr(conn, "transport", None)
+    if transport is None or transport.is_closing():
+        return False
+    cycle = getattr(conn, "cycle", None)
+    if cycle is not None and not cycle.response_complete:
+        return False  # in progress: uvicorn's shutdown lets it finish
+    if getattr(conn, "pipeline", None) or getattr(conn, "_head_begun", False):
+        return True  # queued behind the last answer, or its head part read
+    sock = transport.get_extra_info("socket")
+    try:
+        waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, struct.pack("i", 0))
+    except (AttributeError, OSError):  # no socket, or closed meanwhile
+        return False
+    return bool(struct.unpack("i", waiting)[0])
 
 
 def close_listeners(server: Any) -> int:
