@@ -10,11 +10,13 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from uvicorn.config import Config
 from uvicorn.server import Server
 
+from digitserve.serving.http import shutdown
 from digitserve.serving.http.protocol import LimitedHttpProtocol
 from digitserve.serving.http.shutdown import unread_requests
 
@@ -82,3 +84,32 @@ def test_a_request_counts_as_unread_until_the_server_has_begun_it() -> None:
         await server.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_the_server_shuts_down_when_a_request_stays_unread_or_the_check_fails(monkeypatch: Any) -> None:
+    """The wait is bounded, and nothing that goes wrong in it keeps the server from shutting down
+    (a second SIGTERM is ignored while draining: this wait is the way out)."""
+    monkeypatch.setattr(shutdown, "ANSWER_ACCEPTED_S", 0.0)
+    monkeypatch.setattr(shutdown, "READ_LIMIT_S", 0.3)
+
+    class Transport:
+        def is_closing(self) -> bool:
+            return False
+
+    class HalfHead:  # a client that sent half a head and nothing since
+        transport, cycle, _head_begun = Transport(), None, True
+
+    class Stuck:
+        server_state = SimpleNamespace(connections={HalfHead()})
+
+    class Broken:
+        @property
+        def server_state(self) -> object:
+            raise RuntimeError("uvicorn changed")
+
+    assert unread_requests(Stuck()) == 1
+    for server, at_least in ((Stuck(), 0.3), (Broken(), 0.0)):
+        called: list[float] = []
+        start = time.monotonic()
+        asyncio.run(shutdown._once_read(server, lambda c=called, s=start: c.append(time.monotonic() - s)))
+        assert len(called) == 1 and at_least <= called[0] < at_least + 1.0, (type(server).__name__, called)

@@ -32,6 +32,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 ANSWER_ACCEPTED_S = 0.15  # time for the connections accepted last to be read and answered
 READ_LIMIT_S = 2.0  # past this the server shuts down with requests unread (a client sending a head slowly)
+READ_POLL_S = 0.025  # each look walks every connection (about 1 ms per 1,000)
 _handing_over: set[asyncio.Task[Any]] = set()  # keeps the hand-over tasks (and the shutdown) alive until done
 
 
@@ -70,21 +71,32 @@ def install_sigterm_drain(drain: Drain, loop: asyncio.AbstractEventLoop, grace_s
 
 async def _once_read(server: Any, shut_down: Callable[[], object]) -> None:
     """Call `shut_down` once the connections accepted last and every request written so far have
-    been read (at least ANSWER_ACCEPTED_S after the listener closed, at most READ_LIMIT_S)."""
-    loop = asyncio.get_running_loop()
-    await asyncio.sleep(ANSWER_ACCEPTED_S)
-    deadline = loop.time() + READ_LIMIT_S
-    while (_handing_over - {asyncio.current_task()} or unread_requests(server)) and loop.time() < deadline:
-        await asyncio.sleep(0.01)
-    if unread := unread_requests(server):
-        log.warning("SIGTERM: shutting down with %d requests not yet read after %.1fs", unread, READ_LIMIT_S)
-    shut_down()
+    been read: ANSWER_ACCEPTED_S after the listener closed, then up to READ_LIMIT_S more. Whatever
+    goes wrong here, `shut_down` is called (a second SIGTERM is ignored: this is the way out)."""
+    try:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(ANSWER_ACCEPTED_S)
+        deadline = loop.time() + READ_LIMIT_S
+        while loop.time() < deadline and (_handing_over - {asyncio.current_task()} or unread_requests(server)):
+            await asyncio.sleep(READ_POLL_S)
+        handing_over, unread = len(_handing_over - {asyncio.current_task()}), unread_requests(server)
+        if handing_over or unread:
+            log.warning(
+                "SIGTERM: shutting down with %d requests not yet read and %d connections not yet taken in",
+                unread,
+                handing_over,
+            )
+    except Exception:
+        log.exception("SIGTERM: waiting for unread requests failed; shutting down now")
+    finally:
+        shut_down()
 
 
 def unread_requests(server: Any) -> int:
     """How many of a uvicorn `Server`'s connections hold a request that uvicorn's shutdown would
-    close unanswered: not yet begun (no request cycle, or the last one answered) while bytes wait
-    in the socket or part of a request head has been read."""
+    close unanswered: none in progress (no request cycle, or the last one answered) while bytes
+    wait in the socket, part of a request head has been read, or the rest of a body answered
+    early is still being read (its 503 would be cut off)."""
     connections = getattr(getattr(server, "server_state", None), "connections", ())
     return sum(_holds_unread_request(conn) for conn in list(connections))
 
@@ -95,9 +107,9 @@ def _holds_unread_request(conn: Any) -> bool:
         return False
     cycle = getattr(conn, "cycle", None)
     if cycle is not None and not cycle.response_complete:
-        return False  # in progress: uvicorn's shutdown lets it finish
-    if getattr(conn, "pipeline", None) or getattr(conn, "_head_begun", False):
-        return True  # queued behind the last answer, or its head part read
+        return False  # in progress (a pipelined request becomes the cycle): uvicorn's shutdown lets it finish
+    if getattr(conn, "_head_begun", False) or getattr(conn, "_skipping_body", False):
+        return True
     sock = transport.get_extra_info("socket")
     try:
         waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, struct.pack("i", 0))
