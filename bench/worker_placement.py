@@ -21,15 +21,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import harness as h  # noqa: E402
 from support.hostile import address  # noqa: E402
-from support.loadgen import Connection, ConnectionPool, build_request, closed_loop  # noqa: E402
+from support.loadgen import Connection, ConnectionPool, build_request, closed_loop, owners  # noqa: E402
 from support.registries import copy_shipped  # noqa: E402
 from support.server import start_server, stop_server  # noqa: E402
 
@@ -37,16 +35,6 @@ from digitserve.serving.api.schemas import EXAMPLE_PNG_B64  # noqa: E402
 
 CLIENTS, SECONDS = 4, 3.0
 RESULTS = ROOT / "bench" / "worker_placement_results.json"
-
-
-def owners(server_pid: int, port: int, conns: list[Connection]) -> list[int | None]:
-    """The worker process holding the server end of each connection."""
-    by_client_port = {}
-    for worker in psutil.Process(server_pid).children():
-        for sock in worker.net_connections("tcp"):
-            if sock.laddr and sock.laddr.port == port and sock.raddr:
-                by_client_port[sock.raddr.port] = worker.pid
-    return [by_client_port.get(conn.writer.get_extra_info("sockname")[1]) for conn in conns]
 
 
 async def measure(server_pid: int, url: str, rounds: int) -> dict[str, list[float]]:
@@ -57,9 +45,10 @@ async def measure(server_pid: int, url: str, rounds: int) -> dict[str, list[floa
     by_worker: dict[int | None, list[Connection]] = {}
     for conn, worker in zip(pool.idle, owners(server_pid, port, pool.idle), strict=True):
         by_worker.setdefault(worker, []).append(conn)
-    one, other = sorted(by_worker.values(), key=len, reverse=True)[:2]
-    if len(other) < CLIENTS // 2 or len(one) < CLIENTS:
+    placed = sorted((conns for worker, conns in by_worker.items() if worker is not None), key=len, reverse=True)
+    if len(placed) < 2 or len(placed[1]) < CLIENTS // 2 or len(placed[0]) < CLIENTS:
         raise SystemExit(f"the 32 connections landed {[len(v) for v in by_worker.values()]}: run again")
+    one, other = placed[:2]
     layouts = {"4 on one worker": one[:CLIENTS], "2 on each worker": one[: CLIENTS // 2] + other[: CLIENTS // 2]}
     rps: dict[str, list[float]] = {name: [] for name in layouts}
     for _ in range(rounds):

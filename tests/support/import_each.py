@@ -16,12 +16,15 @@ import importlib.util
 import io
 import json
 import os
+import select
+import signal
 import sys
 import traceback
 from pathlib import Path
 
 PACKAGE = "digitserve"
 CONCURRENT = 2
+CHILD_TIMEOUT_S = 120  # one module's import, as the fresh interpreter per module had
 
 
 def third_party(source_root: Path) -> set[str]:
@@ -62,10 +65,17 @@ def import_in_fork(module: str) -> tuple[int, int]:
 
 
 def collect(pid: int, read: int) -> str | None:
+    """The child's error, or None when its import succeeded; a child past CHILD_TIMEOUT_S is killed."""
     with os.fdopen(read, "rb") as pipe:
-        error = pipe.read().decode(errors="replace")
+        ready, _, _ = select.select([pipe], [], [], CHILD_TIMEOUT_S)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return f"the import did not finish within {CHILD_TIMEOUT_S:g} s"
+        error = pipe.read().decode(errors="replace")  # the child writes at most 800 bytes, then exits
     _, status = os.waitpid(pid, 0)
-    return None if status == 0 else error or f"exit status {status}"
+    code = os.waitstatus_to_exitcode(status)
+    return None if code == 0 else error or f"exit status {code}"
 
 
 def main(modules: list[str]) -> int:

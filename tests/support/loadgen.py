@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+import psutil
 
 
 @dataclass(frozen=True)
@@ -169,3 +172,52 @@ async def open_loop(
         if on_tick is not None and i % max(int(rate), 1) == 0:
             await on_tick()
     return list(await asyncio.gather(*tasks))
+
+
+def serving_processes(server_pid: int, port: int) -> set[int]:
+    """The processes that accept on `port`: the server itself with one worker, its worker
+    processes with more (the supervisor holds the listening socket too, but accepts nothing)."""
+    server = psutil.Process(server_pid)
+    listening = {
+        proc.pid
+        for proc in server.children()
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in proc.net_connections("tcp"))
+    }
+    return listening or {server_pid}
+
+
+def owners(server_pid: int, port: int, conns: list[Connection]) -> list[int | None]:
+    """The process holding the server end of each connection (None: not accepted yet)."""
+    by_client_port = {}
+    server = psutil.Process(server_pid)
+    for proc in [server, *server.children()]:
+        for sock in proc.net_connections("tcp"):
+            if sock.laddr and sock.laddr.port == port and sock.raddr:
+                by_client_port[sock.raddr.port] = proc.pid
+    return [by_client_port.get(conn.writer.get_extra_info("sockname")[1]) for conn in conns]
+
+
+async def answered_by(
+    server_pid: int, host: str, port: int, request: bytes, rounds: int = 16
+) -> dict[int | None, Counter[int]]:
+    """The statuses each serving process gave on new connections: up to `rounds` rounds of 16 at
+    once, until every process gave a 200. An idle worker may accept a whole round at one wake-up
+    (after an overload, rounds here split 16/0, then 15/1), hence the rounds."""
+    processes = serving_processes(server_pid, port)
+    answers: dict[int | None, Counter[int]] = {pid: Counter() for pid in processes}
+
+    async def one() -> tuple[int | None, int]:
+        conn = await Connection.open(host, port)
+        try:
+            status, _, _ = await conn.exchange(request)
+            [owner] = owners(server_pid, port, [conn])  # the connection is open and answered: accepted
+            return owner, status
+        finally:
+            conn.close()
+
+    for _ in range(rounds):
+        for owner, status in await asyncio.gather(*(one() for _ in range(16))):
+            answers.setdefault(owner, Counter())[status] += 1
+        if all(answers[pid][200] for pid in processes):
+            break
+    return answers
