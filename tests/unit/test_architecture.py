@@ -142,7 +142,7 @@ def test_an_import_circle_is_reported(tmp_path: Path) -> None:
     script = Path(__file__).parents[1] / "support" / "import_each.py"
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, str(script), "circle.a", "circle.b"], capture_output=True, text=True, env=env
+        [sys.executable, str(script), "circle.a", "circle.b"], capture_output=True, text=True, env=env, timeout=300
     )
     failed = dict(json.loads(done.stdout.strip().splitlines()[-1]))
     assert list(failed) == ["circle.a"] and "partially initialized module" in failed["circle.a"], failed

@@ -1,8 +1,8 @@
 """What the SIGTERM drain waits for before the server's own shutdown (serving/http/shutdown.py):
 a request a client wrote that the server has not yet read. uvicorn's shutdown closes, unanswered,
-a connection whose request has not begun; a CI run reset one request written 1 ms before the
-listener closed, while the event loop of a busy one-worker server had not read it within the
-fixed 0.15 s the drain then waited."""
+a connection whose request has not begun. A CI run reset one request written 1 ms before the
+listener closed, most likely one that the busy event loop of a one-worker server had not read
+within the fixed 0.15 s the drain then waited (not reproduced here)."""
 
 from __future__ import annotations
 

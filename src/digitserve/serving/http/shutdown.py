@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 ANSWER_ACCEPTED_S = 0.15  # time for the connections accepted last to be read and answered
 READ_LIMIT_S = 2.0  # past this the server shuts down with requests unread (a client sending a head slowly)
 READ_POLL_S = 0.025  # each look walks every connection (about 1 ms per 1,000)
-_handing_over: set[asyncio.Task[Any]] = set()  # keeps the hand-over tasks (and the shutdown) alive until done
+_handing_over: set[asyncio.Task[Any]] = set()  # keeps the hand-over tasks alive until they ran
+_shutting_down: set[asyncio.Task[Any]] = set()  # keeps the wait for unread requests alive
 
 
 class Drain:
@@ -56,8 +57,8 @@ def install_sigterm_drain(drain: Drain, loop: asyncio.AbstractEventLoop, grace_s
         server = getattr(previous, "__self__", None)  # uvicorn's handler is a bound method
         close_listeners(server)
         task = loop.create_task(_once_read(server, lambda: previous(signum, frame)))
-        _handing_over.add(task)
-        task.add_done_callback(_handing_over.discard)
+        _shutting_down.add(task)
+        task.add_done_callback(_shutting_down.discard)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if drain.active:
@@ -77,9 +78,9 @@ async def _once_read(server: Any, shut_down: Callable[[], object]) -> None:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(ANSWER_ACCEPTED_S)
         deadline = loop.time() + READ_LIMIT_S
-        while loop.time() < deadline and (_handing_over - {asyncio.current_task()} or unread_requests(server)):
+        while loop.time() < deadline and (_handing_over or unread_requests(server)):
             await asyncio.sleep(READ_POLL_S)
-        handing_over, unread = len(_handing_over - {asyncio.current_task()}), unread_requests(server)
+        handing_over, unread = len(_handing_over), unread_requests(server)
         if handing_over or unread:
             log.warning(
                 "SIGTERM: shutting down with %d requests not yet read and %d connections not yet taken in",
