@@ -18,7 +18,7 @@ from PIL import Image
 from support.cli import digitserve, error_line, succeeded
 from support.registries import add_shipped_version, copy_shipped, png_b64
 from support.scribbles import scribble_images
-from support.server import metric, model_info, running_server, wait_until
+from support.server import CANARY_ENV, metric, model_info, running_server, wait_until
 from support.steady import steady_load
 
 from digitserve.data import load_mnist
@@ -27,16 +27,7 @@ from digitserve.registry.evidence import Evidence
 from digitserve.serving.rollouts.watch import sticky_side
 
 pytestmark = pytest.mark.slow
-ENV = {
-    "DIGITSERVE_MODELS": "cnn",
-    "DIGITSERVE_WORKERS": "2",
-    "DIGITSERVE_POLL_SECONDS": "1",
-    "DIGITSERVE_CANARY_ALIAS": "canary",
-    "DIGITSERVE_CANARY_PERCENT": "50",
-    "DIGITSERVE_CANARY_MIN_COMPARED": "40",
-    "DIGITSERVE_CANARY_WINDOW_S": "30",
-    "FORWARDED_ALLOW_IPS": "127.0.0.1",  # steady_load's clients say which network they are
-}
+ENV = {**CANARY_ENV, "DIGITSERVE_CANARY_MIN_COMPARED": "40", "DIGITSERVE_CANARY_WINDOW_S": "30"}
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from support.registries import (
     copy_shipped,
     png_b64,
     publish_network,
+    republish,
     seed_s3,
 )
 from support.scribbles import scribble_images
@@ -44,6 +45,7 @@ from digitserve.registry.cache import CachedRegistry, cache_folder
 from digitserve.storage.s3 import S3Store
 
 PREFIX = "registry"
+MIB = 1024 * 1024
 OUTAGE_TIMEOUT_S = 60.0  # a registry call fails only after boto3's bounded retries
 
 
@@ -254,3 +256,49 @@ def test_a_rollback_while_s3_is_unreachable_is_retried_until_it_lands(moto_s3_en
     assert len(events) == 1 and (events[0]["from"], events[0]["to"]) == (2, 1), events
     assert str(events[0]["reason"]).startswith("automatic rollback: ")
     assert {a.status for a in answers} == {200}
+
+
+def test_browsing_an_s3_registry_reads_each_report_file_once_within_the_cache_bound(
+    moto_s3_env: str, tmp_path: Path
+) -> None:
+    """The models pages on an S3 registry: a report file is read from S3 once, then from the
+    worker's cache, which keeps at most 32 MiB (least recently read first out) and never a file
+    over 8 MiB. What S3 sends is counted at a proxy on the way. One worker: the cache is per
+    process (with two, a second read could land on the other one and be a first read there)."""
+    local = copy_shipped(tmp_path / "local")
+    rng = np.random.default_rng(0)
+    files = {f"plot-{i}.png": rng.bytes(7 * MIB) for i in range(5)}  # 35 MiB: over the bound
+    files["huge.png"] = rng.bytes(9 * MIB)
+    version = republish(local, "cnn", 1, report=files)
+    uri = f"s3://digitserve-browse-{uuid.uuid4().hex[:12]}/{PREFIX}"
+    seeded = subprocess.run([sys.executable, str(SEED_SCRIPT), str(tmp_path / "local"), uri], capture_output=True)
+    assert seeded.returncode == 0, seeded.stderr
+    with cuttable_proxy(("127.0.0.1", int(urlparse(moto_s3_env).port or 0))) as proxy:
+        # the server reaches S3 only through the proxy; polls far apart, so S3 sends nothing else meanwhile
+        extra = {"AWS_ENDPOINT_URL": proxy.endpoint, "DIGITSERVE_WORKERS": "1", "DIGITSERVE_POLL_SECONDS": "600"}
+        env = serve_env(uri, tmp_path / "cache", **extra)
+        process, url = start_server(env, log_path=tmp_path / "server.log")
+        try:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                card = client.get(f"/v1/registry/models/cnn/versions/{version}")
+                assert card.status_code == 200, card.text
+                assert set(files) <= set(card.json()["report"])
+
+                def from_s3(name: str) -> int:
+                    """Bytes S3 sent while the server answered one read of the report file `name`."""
+                    before = proxy.received
+                    r = client.get(f"/v1/registry/models/cnn/versions/{version}/report/{name}")
+                    assert r.status_code == 200 and r.content == files[name], (r.status_code, r.text[:200])
+                    return proxy.received - before
+
+                assert from_s3("plot-0.png") >= 7 * MIB
+                assert from_s3("plot-0.png") < MIB // 16, "read again from the cache"
+                for i in range(1, 5):  # 35 MiB read: plot-0, the least recently read, is pushed out
+                    assert from_s3(f"plot-{i}.png") >= 7 * MIB
+                assert from_s3("plot-1.png") < MIB // 16 and from_s3("plot-4.png") < MIB // 16
+                assert from_s3("plot-0.png") >= 7 * MIB, "pushed out, read from S3 again"
+                assert from_s3("plot-2.png") >= 7 * MIB, "now the least recently read: pushed out by plot-0"
+                assert from_s3("huge.png") >= 9 * MIB and from_s3("huge.png") >= 9 * MIB, "never kept"
+                assert from_s3("plot-0.png") < MIB // 16, "the huge file pushed nothing out"
+        finally:
+            assert stop_server(process) == 0

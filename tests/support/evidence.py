@@ -85,3 +85,39 @@ def photo_burst_sentence(doc: dict[str, Any]) -> str:
         f"connection); with the fixed 0.25 s wait ({baseline}), {before['refused_share']:.0%} were refused "
         f"({before['statuses'].get('503', 0)} of {before['requests']:,})."
     )
+
+
+SHADOW_RESULTS = ROOT / "bench" / "shadow_results.json"
+
+
+def shadow_table(doc: dict[str, Any]) -> str:
+    """bench/README.md's table of what a shadow costs the clients, from bench/shadow_results.json."""
+    rows = [
+        "| connections | req/s off → on | p50 off → on | p99 off → on | answers the shadow compared |",
+        "|---|---|---|---|---|",
+    ]
+    for c in sorted(doc["on"], key=int):
+        off, on, ratio = doc["off"][c], doc["on"][c], doc["ratio_on_over_off"][c]
+        cells = [
+            c,
+            f"{off['rps']:,.0f} → {on['rps']:,.0f} ({ratio['rps']:.2f}×)",
+            f"{off['p50_ms']:.2f} → {on['p50_ms']:.2f} ms",
+            f"{off['p99_ms']:.2f} → {on['p99_ms']:.2f} ms ({ratio['p99_ms']:.2f}×)",
+            f"{min(on['compared_share'], 1.0):.1%}",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+PROTOCOL_RESULTS = ROOT / "bench" / "protocol_cost_results.json"
+
+
+def protocol_table(doc: dict[str, Any]) -> str:
+    """bench/README.md's table of the HTTP protocol's price, from bench/protocol_cost_results.json."""
+    rows = ["| protocol | req/s | p50 | p99 |", "|---|---|---|---|"]
+    for key, name in (("httptools", "uvicorn httptools"), ("limited", "digitserve's (limited)")):
+        r = doc[key]
+        rows.append(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.0f} ms |")
+    ratio = doc["ratio"]
+    rows.append(f"| ratio | {ratio['rps']:.2f} | {ratio['p50_ms']:.2f} | {ratio['p99_ms']:.2f} |")
+    return "\n".join(rows)

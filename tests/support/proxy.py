@@ -23,6 +23,7 @@ class CuttableProxy:
         self.cut = threading.Event()
         self._stop = threading.Event()
         self._open: set[socket.socket] = set()
+        self.received = 0  # bytes that came back from the target, in all (what a cache should save)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -63,11 +64,14 @@ class CuttableProxy:
                     continue
                 self._open |= {client, upstream}
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(a, b, a is upstream), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool = False) -> None:
         try:
             while data := source.recv(65536):
+                if counted:
+                    with self._lock:
+                        self.received += len(data)
                 sink.sendall(data)
         except OSError:
             pass

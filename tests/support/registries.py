@@ -173,21 +173,38 @@ def publish_network(
     )
 
 
-def publish_with_rule(registry: ModelRegistry, model: str, source_version: int, rule: dict[str, Any]) -> int:
-    """A new version with the same artifacts as `source_version` but the calibration and
-    not-a-digit entries in `rule` (an empty rule: a version published before either existed)."""
+def republish(
+    registry: ModelRegistry,
+    model: str,
+    source_version: int,
+    *,
+    onnx: bytes | None = None,
+    golden: Golden | None = None,
+    metadata: dict[str, Any] | None = None,
+    report: dict[str, bytes] | None = None,
+) -> int:
+    """A new version made of `source_version`'s artifacts and manifest, with what is given in place
+    of its graph, golden outputs or metadata, and with `report` files."""
     manifest, weights = registry.read_artifact(model, source_version, "weights")
-    _, onnx = registry.read_artifact(model, source_version, "onnx")
+    _, source_onnx = registry.read_artifact(model, source_version, "onnx")
     assert manifest.onnx is not None and manifest.golden is not None
-    metadata = {k: v for k, v in manifest.extra.items() if k not in ("calibration", "not_a_digit")}
-    metadata.update(rule, metrics=manifest.metrics)
     return registry.publish(
         model,
         architecture=manifest.architecture,
         config=manifest.config,
         weights=weights,
-        onnx=onnx,
+        onnx=source_onnx if onnx is None else onnx,
         onnx_opset=manifest.onnx.opset or OPSET,
-        golden=manifest.golden,
-        metadata=metadata,
+        golden=golden or manifest.golden,
+        metadata={**manifest.extra, "metrics": manifest.metrics} if metadata is None else metadata,
+        report=report,
     )
+
+
+def publish_with_rule(registry: ModelRegistry, model: str, source_version: int, rule: dict[str, Any]) -> int:
+    """A new version with the same artifacts as `source_version` but the calibration and
+    not-a-digit entries in `rule` (an empty rule: a version published before either existed)."""
+    manifest = registry.manifest(model, source_version)
+    metadata = {k: v for k, v in manifest.extra.items() if k not in ("calibration", "not_a_digit")}
+    metadata.update(rule, metrics=manifest.metrics)
+    return republish(registry, model, source_version, metadata=metadata)

@@ -172,6 +172,16 @@ def _still_running(processes: list[Any], timeout_s: float) -> list[Any]:
     return alive
 
 
+CANARY_ENV = {  # the default two workers, a canary on half the traffic, client networks from a trusted proxy
+    "DIGITSERVE_MODELS": "cnn",
+    "DIGITSERVE_WORKERS": "2",
+    "DIGITSERVE_POLL_SECONDS": "1",
+    "DIGITSERVE_CANARY_ALIAS": "canary",
+    "DIGITSERVE_CANARY_PERCENT": "50",
+    "FORWARDED_ALLOW_IPS": "127.0.0.1",  # steady_load's clients say which network they are
+}
+
+
 @contextmanager
 def running_server(
     env: Mapping[str, str] | None = None, *, log_path: Path | None = None, ready_timeout_s: float = READY_TIMEOUT_S

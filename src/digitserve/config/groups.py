@@ -70,7 +70,7 @@ class Batching(Group):
     max_batch_size: int = Field(64, ge=1, description="images per forward pass")
     max_batch_delay_ms: float = Field(2.0, ge=0, description="how long a batch may gather while another runs")
     max_queue: int = Field(2048, ge=1, description="queued images per model version before 503")
-    inference_slots: int = Field(1, ge=1, le=64, description="forward passes that may run at once per process")
+    inference_slots: int = Field(1, ge=1, le=64, description="served versions' forward passes at once per process")
 
 
 class Runtime(Group):

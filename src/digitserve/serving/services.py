@@ -2,7 +2,9 @@
 server process. Routes reach these services only through `deps.py`.
 
 Threads and processes, each owned here (and only here):
-- `forward`: the inference slots' threads (the ONNX forward passes);
+- `forward`: the inference slots' threads (the ONNX forward passes of the served versions);
+  `forward-beside`: one thread for every other version's (a canary, a pinned version), so a
+  slow or broken candidate never holds up production's answers;
 - `registry`: blocking registry reads and writes -- version loads, alias polls, rollout aliases,
   evidence, canary retirements;
 - `catalog`: listings for `GET /v1/models` and `/v2` metadata; `browse`: the models pages;
@@ -101,6 +103,7 @@ class Services:
         threads = settings.runtime.registry_threads
         self.pools = {
             "forward": ThreadPoolExecutor(settings.batching.inference_slots, thread_name_prefix="forward"),
+            "forward-beside": ThreadPoolExecutor(1, thread_name_prefix="forward-beside"),
             "registry": ThreadPoolExecutor(threads, thread_name_prefix="registry"),
             "catalog": ThreadPoolExecutor(threads, thread_name_prefix="catalog"),
             "browse": ThreadPoolExecutor(2, thread_name_prefix="browse"),
@@ -112,7 +115,8 @@ class Services:
         }
         self.registry = registry = open_serving_registry(settings)
         slots = InferenceSlots(settings.batching.inference_slots, self.pools["forward"])
-        self.versions = ModelVersions(settings, registry, metrics, slots, self.pools["registry"])
+        beside = InferenceSlots(1, self.pools["forward-beside"])
+        self.versions = ModelVersions(settings, registry, metrics, (slots, beside), self.pools["registry"])
         store = registry.store
         in_progress = lambda: admission.in_progress  # noqa: E731
         pools = self.pools["compare"], self.pools["disagreements"]
@@ -190,10 +194,11 @@ class Services:
         self.pools["feedback-spool"].shutdown(wait=True)  # every sample answered 201 is on disk
         await self.feedback.spool.close()  # what the registry cannot take now stays on disk for the next start
         self.pools["forward"].shutdown(wait=True)
+        self.pools["forward-beside"].shutdown(wait=True)
         # the decode processes end with the job they are on (no process left behind), off the loop
         await asyncio.to_thread(self.decoder.executor.shutdown, wait=True, cancel_futures=True)
         for name, pool in self.pools.items():
-            if name not in ("forward", "feedback-spool"):
+            if name not in ("forward", "forward-beside", "feedback-spool"):
                 pool.shutdown(wait=False, cancel_futures=True)
         if self.metrics.shared:
             multiprocess.mark_process_dead(os.getpid())

@@ -3,7 +3,8 @@ files, the test samples behind the confusion matrix.
 
 Everything here blocks (registry reads) and runs in a thread pool of its own, so browsing never
 delays a listing, a load or a feedback check. Manifests, events, report files and test samples are
-immutable once written, so they are cached (report files in an LRU bounded by bytes). Listings
+immutable once written, so they are cached, each in an LRU with a bound: report files 32 MiB in
+all (one over 8 MiB is never kept), 2,048 manifests, 20,000 events, 16 sample sets. Listings
 are paginated, newest first, by `offset` or by a `before` cursor (stable while new items arrive).
 A damaged file is shown as such in its place, never a 500 and never the end of a listing.
 """
@@ -28,6 +29,8 @@ from digitserve.serving.errors import ModelNotReadyError, UnknownVersionError
 REPORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\.(png|json)$")
 CACHE_BYTES = 32 * 1024 * 1024
 MAX_EVENTS_CACHED = 20_000
+MAX_MANIFESTS_CACHED = 2_048  # ~10 KB each (the golden digits and their logits)
+MAX_SAMPLES_CACHED = 16
 INT64 = 2**63
 T = TypeVar("T")
 
@@ -91,9 +94,10 @@ class RegistryBrowser:
     def __init__(self, registry: ModelRegistry, executor: Executor) -> None:
         self.registry = registry
         self.executor = executor  # the browsing threads: the models pages never delay a load or a listing
-        self._manifests: dict[tuple[str, int], Manifest] = {}
+        self._manifests: OrderedDict[tuple[str, int], Manifest] = OrderedDict()
         self._events: OrderedDict[str, dict[str, Any] | None] = OrderedDict()  # key -> event (None: unreadable)
         self._files: OrderedDict[str, bytes] = OrderedDict()
+        self._file_bytes = 0  # the sum of the cached files' sizes, at most CACHE_BYTES
         self._samples: OrderedDict[tuple[str, int], TestSamples] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -111,10 +115,14 @@ class RegistryBrowser:
         key = (check_model_name(model), int(version))
         with self._lock:
             found = self._manifests.get(key)
-        if found is None:
-            found = self.registry.manifest(model, version)
-            with self._lock:
-                self._manifests[key] = found
+            if found is not None:
+                self._manifests.move_to_end(key)
+                return found
+        found = self.registry.manifest(model, version)
+        with self._lock:
+            self._manifests[key] = found
+            while len(self._manifests) > MAX_MANIFESTS_CACHED:
+                self._manifests.popitem(last=False)
         return found
 
     def _exists(self, model: str) -> None:
@@ -185,10 +193,14 @@ class RegistryBrowser:
                 self._files.move_to_end(key)
                 return self._files[key]
         data = self.registry.read_report(model, version, name)
+        if len(data) > CACHE_BYTES // 4:  # a file this large would push out everything else: not kept
+            return data
         with self._lock:
-            self._files[key] = data
-            while sum(len(v) for v in self._files.values()) > CACHE_BYTES and len(self._files) > 1:
-                self._files.popitem(last=False)
+            if key not in self._files:  # another thread may have read it meanwhile
+                self._files[key] = data
+                self._file_bytes += len(data)
+            while self._file_bytes > CACHE_BYTES:
+                self._file_bytes -= len(self._files.popitem(last=False)[1])
         return data
 
     def samples(self, model: str, version: int) -> TestSamples | None:
@@ -197,6 +209,7 @@ class RegistryBrowser:
         key = (check_model_name(model), int(version))
         with self._lock:
             if key in self._samples:
+                self._samples.move_to_end(key)
                 return self._samples[key]
         self.manifest(model, version)  # a version that does not exist is a 404, not "no samples"
         try:
@@ -206,7 +219,7 @@ class RegistryBrowser:
         found = TestSamples.parse(data, f"{model} v{version}: {SAMPLES}")
         with self._lock:
             self._samples[key] = found
-            while len(self._samples) > 16:
+            while len(self._samples) > MAX_SAMPLES_CACHED:
                 self._samples.popitem(last=False)
         return found
 
@@ -230,6 +243,7 @@ class RegistryBrowser:
     def _event(self, key: str) -> dict[str, Any] | None:
         with self._lock:
             if key in self._events:
+                self._events.move_to_end(key)
                 return self._events[key]
         try:
             doc = json.loads(self.registry.store.read(key)[0])

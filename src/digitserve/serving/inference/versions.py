@@ -10,6 +10,11 @@ role holds is decided by the rollouts (rollouts/following.py), which ask through
 `release`; a version a rollout refused here (a failed canary) is not loaded again by this
 process until its alias is moved to it afresh. Pinned versions (`?version=`, `?alias=`) are
 loaded on first use and kept, the least recently used evicted past `RESIDENT_VERSIONS`.
+
+The served versions' forward passes take the process's inference slots; every other version's
+(a canary, a pinned version) take one slot of their own beside them. A canary that crawls or
+fails then delays only its own answers -- production's never wait behind its batches -- so the
+watch compares the two sides as they are, and a slow canary's p99 shows.
 """
 
 from __future__ import annotations
@@ -38,13 +43,18 @@ log = logging.getLogger(__name__)
 
 class ModelVersions:
     def __init__(
-        self, settings: Settings, registry: ModelRegistry, metrics: ServiceMetrics, slots: InferenceSlots, io: Executor
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        metrics: ServiceMetrics,
+        slots: tuple[InferenceSlots, InferenceSlots],
+        io: Executor,
     ) -> None:
         self.alias = settings.alias
         self.batching = settings.batching
         self.registry = registry
         self.metrics = metrics
-        self.slots = slots
+        self.slots, self.beside = slots  # the served versions'; every other version's
         self.io = io  # the registry threads: every blocking read of the registry runs there
         self.runtime_options = RuntimeOptions(
             tuple(settings.runtime.onnx_providers), runtime_threads(settings.runtime.runtime_threads)
@@ -52,7 +62,7 @@ class ModelVersions:
         self.states = {name: ModelState(name) for name in settings.models}
         roles: dict[Role, str | None] = {"canary": settings.canary.alias, "shadow": settings.shadow.alias}
         self.rollout_aliases = {role: a for role, a in roles.items() if a and a != settings.alias}
-        self.pinned = PinnedVersions(self.load, self.retire, settings.runtime.resident_versions)
+        self.pinned = PinnedVersions(self.load_beside, self.retire, settings.runtime.resident_versions)
         self._retiring: set[asyncio.Task[None]] = set()
 
     # --- on the request path --------------------------------------------------------------------
@@ -93,13 +103,14 @@ class ModelVersions:
 
     # --- loading, swapping, retiring --------------------------------------------------------------
 
-    async def load(self, model: str, version: int) -> LoadedVersion:
+    async def load(self, model: str, version: int, slots: InferenceSlots | None = None) -> LoadedVersion:
+        """Load, verify and warm up a version, with a started batcher on `slots` (the served ones')."""
         loop = asyncio.get_running_loop()
         options, warmup = self.runtime_options, self.batching.max_batch_size
         servable = await loop.run_in_executor(self.io, load_servable, self.registry, model, version, options, warmup)
         batcher = DynamicBatcher(
             servable.probabilities,
-            self.slots,
+            slots or self.slots,
             max_batch_size=self.batching.max_batch_size,
             max_delay_ms=self.batching.max_batch_delay_ms,
             max_queue=self.batching.max_queue,
@@ -110,6 +121,11 @@ class ModelVersions:
         )
         batcher.start()
         return LoadedVersion(servable, batcher)
+
+    async def load_beside(self, model: str, version: int) -> LoadedVersion:
+        """A version that is not the served one: its forward passes never wait for production's, nor
+        production's for its."""
+        return await self.load(model, version, self.beside)
 
     def retire(self, loaded: LoadedVersion) -> None:
         """Let the old version answer what it has queued, then drop it."""
@@ -200,7 +216,7 @@ class ModelVersions:
             if current is not None and current.version == version:
                 return again
             try:
-                loaded = await self.load(state.name, version)
+                loaded = await self.load_beside(state.name, version)
             except LoadError as exc:
                 state.rollout_errors[role] = LoadFailure(exc.step, str(exc), version, alias)
                 return again
