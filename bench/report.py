@@ -64,7 +64,12 @@ def machine(load_before: float) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    dirty = " (with uncommitted changes)" if _git("status", "--porcelain", "--untracked-files=no") else ""
+    # what is measured: the package, the benchmarks, the dependencies (not the results files, which
+    # `make evidence` rewrites one after another)
+    measured = ("src", "bench/*.py", "bench/lua", "pyproject.toml")
+    dirty = (
+        " (with uncommitted changes)" if _git("status", "--porcelain", "--untracked-files=no", "--", *measured) else ""
+    )
     return {
         "cpu": f"{cpu}, {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GiB",
         "os": f"{platform.system()} {platform.release()}",

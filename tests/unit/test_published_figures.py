@@ -10,9 +10,16 @@ from pathlib import Path
 from support.evidence import (
     OVERLOAD_RESULTS,
     PHOTO_BURST_RESULTS,
+    PROTOCOL_RESULTS,
     ROOT,
+    SHADOW_RESULTS,
     overload_table,
     photo_burst_sentence,
+    protocol_table,
+    protocol_verdict,
+    shadow_one_connection,
+    shadow_table,
+    shadow_verdict,
 )
 
 README = ROOT / "README.md"
@@ -97,3 +104,25 @@ def test_the_photo_burst_quoted_is_the_committed_results() -> None:
     assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
     quoted = photo_burst_sentence(doc)
     assert quoted in " ".join((ROOT / "docs" / "preprocessing.md").read_text().split()), f"it should say: {quoted}"
+
+
+def flat(path: Path) -> str:
+    return " ".join(path.read_text().split())
+
+
+def test_the_shadow_cost_quoted_is_the_committed_results() -> None:
+    doc = json.loads(SHADOW_RESULTS.read_text())
+    assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
+    bench = (ROOT / "bench" / "README.md").read_text()
+    assert shadow_table(doc) in bench, f"bench/README.md's shadow table should read:\n{shadow_table(doc)}"
+    assert shadow_verdict(doc) in " ".join(bench.split()), f"it should say: {shadow_verdict(doc)}"
+    quoted = shadow_one_connection(doc)
+    assert quoted in flat(ROOT / "docs" / "rollouts.md"), f"docs/rollouts.md should say: {quoted}"
+
+
+def test_the_protocol_cost_quoted_is_the_committed_results() -> None:
+    doc = json.loads(PROTOCOL_RESULTS.read_text())
+    assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
+    bench = (ROOT / "bench" / "README.md").read_text()
+    assert protocol_table(doc) in bench, f"bench/README.md's protocol table should read:\n{protocol_table(doc)}"
+    assert protocol_verdict(doc) in " ".join(bench.split()), f"it should say: {protocol_verdict(doc)}"
