@@ -3,8 +3,8 @@ server process. Routes reach these services only through `deps.py`.
 
 Threads and processes, each owned here (and only here):
 - `forward`: the inference slots' threads (the ONNX forward passes of the served versions);
-  `forward-beside`: one thread for every other version's (a canary, a pinned version), so a
-  slow or broken candidate never holds up production's answers;
+  `forward-beside`: a thread for each model's rollout slot and one for the pinned versions'
+  (inference/versions.py), so a slow or broken candidate never holds up production's answers;
 - `registry`: blocking registry reads and writes -- version loads, alias polls, rollout aliases,
   evidence, canary retirements;
 - `catalog`: listings for `GET /v1/models` and `/v2` metadata; `browse`: the models pages;
@@ -103,7 +103,7 @@ class Services:
         threads = settings.runtime.registry_threads
         self.pools = {
             "forward": ThreadPoolExecutor(settings.batching.inference_slots, thread_name_prefix="forward"),
-            "forward-beside": ThreadPoolExecutor(1, thread_name_prefix="forward-beside"),
+            "forward-beside": ThreadPoolExecutor(len(settings.models) + 1, thread_name_prefix="forward-beside"),
             "registry": ThreadPoolExecutor(threads, thread_name_prefix="registry"),
             "catalog": ThreadPoolExecutor(threads, thread_name_prefix="catalog"),
             "browse": ThreadPoolExecutor(2, thread_name_prefix="browse"),
@@ -115,8 +115,8 @@ class Services:
         }
         self.registry = registry = open_serving_registry(settings)
         slots = InferenceSlots(settings.batching.inference_slots, self.pools["forward"])
-        beside = InferenceSlots(1, self.pools["forward-beside"])
-        self.versions = ModelVersions(settings, registry, metrics, (slots, beside), self.pools["registry"])
+        pools = self.pools["registry"], self.pools["forward-beside"]
+        self.versions = ModelVersions(settings, registry, metrics, slots, *pools)
         store = registry.store
         in_progress = lambda: admission.in_progress  # noqa: E731
         pools = self.pools["compare"], self.pools["disagreements"]

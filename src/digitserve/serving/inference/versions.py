@@ -11,10 +11,11 @@ role holds is decided by the rollouts (rollouts/following.py), which ask through
 process until its alias is moved to it afresh. Pinned versions (`?version=`, `?alias=`) are
 loaded on first use and kept, the least recently used evicted past `RESIDENT_VERSIONS`.
 
-The served versions' forward passes take the process's inference slots; every other version's
-(a canary, a pinned version) take one slot of their own beside them. A canary that crawls or
-fails then delays only its own answers -- production's never wait behind its batches -- so the
-watch compares the two sides as they are, and a slow canary's p99 shows.
+The served versions' forward passes take the process's inference slots. Beside them, each
+model's rollout versions (canary, shadow) have one slot of their own, and the pinned versions one
+between them, each session on one intra-op thread: a canary that crawls or fails delays only its
+own answers -- never production's, another model's canary or a pinned client's -- so the watch
+compares the two sides as they are, and a slow canary's p99 shows. They still share the cores.
 """
 
 from __future__ import annotations
@@ -47,22 +48,27 @@ class ModelVersions:
         settings: Settings,
         registry: ModelRegistry,
         metrics: ServiceMetrics,
-        slots: tuple[InferenceSlots, InferenceSlots],
+        slots: InferenceSlots,
         io: Executor,
+        beside: Executor,
     ) -> None:
         self.alias = settings.alias
         self.batching = settings.batching
         self.registry = registry
         self.metrics = metrics
-        self.slots, self.beside = slots  # the served versions'; every other version's
+        self.slots = slots  # the served versions'
         self.io = io  # the registry threads: every blocking read of the registry runs there
         self.runtime_options = RuntimeOptions(
             tuple(settings.runtime.onnx_providers), runtime_threads(settings.runtime.runtime_threads)
         )
         self.states = {name: ModelState(name) for name in settings.models}
+        # `beside` has a thread for each of these (len(models) + 1): no slot ever waits for a thread
+        self.rollout_slots = {name: InferenceSlots(1, beside) for name in settings.models}
+        self.pinned_slots = InferenceSlots(1, beside)
+        self.beside_options = RuntimeOptions(self.runtime_options.providers, 1)
         roles: dict[Role, str | None] = {"canary": settings.canary.alias, "shadow": settings.shadow.alias}
         self.rollout_aliases = {role: a for role, a in roles.items() if a and a != settings.alias}
-        self.pinned = PinnedVersions(self.load_beside, self.retire, settings.runtime.resident_versions)
+        self.pinned = PinnedVersions(self.load_pinned, self.retire, settings.runtime.resident_versions)
         self._retiring: set[asyncio.Task[None]] = set()
 
     # --- on the request path --------------------------------------------------------------------
@@ -103,10 +109,12 @@ class ModelVersions:
 
     # --- loading, swapping, retiring --------------------------------------------------------------
 
-    async def load(self, model: str, version: int, slots: InferenceSlots | None = None) -> LoadedVersion:
+    async def load(
+        self, model: str, version: int, slots: InferenceSlots | None = None, options: RuntimeOptions | None = None
+    ) -> LoadedVersion:
         """Load, verify and warm up a version, with a started batcher on `slots` (the served ones')."""
         loop = asyncio.get_running_loop()
-        options, warmup = self.runtime_options, self.batching.max_batch_size
+        options, warmup = options or self.runtime_options, self.batching.max_batch_size
         servable = await loop.run_in_executor(self.io, load_servable, self.registry, model, version, options, warmup)
         batcher = DynamicBatcher(
             servable.probabilities,
@@ -122,10 +130,13 @@ class ModelVersions:
         batcher.start()
         return LoadedVersion(servable, batcher)
 
-    async def load_beside(self, model: str, version: int) -> LoadedVersion:
-        """A version that is not the served one: its forward passes never wait for production's, nor
-        production's for its."""
-        return await self.load(model, version, self.beside)
+    async def load_rollout(self, model: str, version: int) -> LoadedVersion:
+        """A canary or shadow: on its model's rollout slot, beside production's."""
+        return await self.load(model, version, self.rollout_slots[model], self.beside_options)
+
+    async def load_pinned(self, model: str, version: int) -> LoadedVersion:
+        """A pinned version (`?version=`, `?alias=`): on the pinned versions' slot."""
+        return await self.load(model, version, self.pinned_slots, self.beside_options)
 
     def retire(self, loaded: LoadedVersion) -> None:
         """Let the old version answer what it has queued, then drop it."""
@@ -216,7 +227,7 @@ class ModelVersions:
             if current is not None and current.version == version:
                 return again
             try:
-                loaded = await self.load_beside(state.name, version)
+                loaded = await self.load_rollout(state.name, version)
             except LoadError as exc:
                 state.rollout_errors[role] = LoadFailure(exc.step, str(exc), version, alias)
                 return again
