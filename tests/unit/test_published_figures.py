@@ -73,6 +73,13 @@ def test_the_preprocessing_table_is_the_committed_results() -> None:
     assert naive in text
     mnist = zero["mnist_test"]
     assert f"{pct(mnist['raw'], 2)} / {pct(mnist['mnist_style'], 2)}" in text
+    readme = README.read_text()  # the README's shorter table, from the same file
+    short = lambda v, n=1: f"{v * 100:.{n}f}%"  # noqa: E731
+    assert f"Measured at {zero['commit']} with the production CNN" in readme
+    assert f"**{short(zero['photolike']['prepare'])}** / **{short(one['photolike']['prepare'])}**" in readme
+    naive = [short(seed["photolike"][k]) for k in ("naive_resize", "naive_resize_inverted") for seed in (zero, one)]
+    assert f"{naive[0]} / {naive[1]} (inverted: {naive[2]} / {naive[3]})" in readme
+    assert f"{short(mnist['raw'], 2)} / {short(mnist['mnist_style'], 2)} (all" in readme
 
 
 def test_the_feedback_cost_quoted_is_the_committed_results() -> None:
