@@ -158,3 +158,17 @@ def protocol_verdict(doc: dict[str, Any]) -> str:
         f"{head} at {ratio['p99_ms']:.2f}× its p99 ({plain['p99_ms']:.0f} → {limited['p99_ms']:.0f} ms): "
         "a cost in the tail, **missed** against the round-two claim of none."
     )
+
+
+PLACEMENT_RESULTS = ROOT / "bench" / "worker_placement_results.json"
+
+
+def placement_sentence(doc: dict[str, Any]) -> str:
+    """bench/README.md's sentence on where keep-alive connections land, from worker_placement_results.json."""
+    ratios = doc["ratio_one_over_both"]
+    rounds = ", ".join(f"{r:.2f}" for r in ratios)
+    return (
+        f"{doc['clients']} closed-loop clients on {doc['clients']} connections of one worker served "
+        f"{min(ratios):.2f}–{max(ratios):.2f}× what they served on {doc['clients'] // 2} of each "
+        f"(per round: {rounds}; measured at {doc['machine']['commit']})."
+    )

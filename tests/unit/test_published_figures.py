@@ -10,11 +10,13 @@ from pathlib import Path
 from support.evidence import (
     OVERLOAD_RESULTS,
     PHOTO_BURST_RESULTS,
+    PLACEMENT_RESULTS,
     PROTOCOL_RESULTS,
     ROOT,
     SHADOW_RESULTS,
     overload_table,
     photo_burst_sentence,
+    placement_sentence,
     protocol_table,
     protocol_verdict,
     shadow_one_connection,
@@ -133,3 +135,10 @@ def test_the_protocol_cost_quoted_is_the_committed_results() -> None:
     bench = (ROOT / "bench" / "README.md").read_text()
     assert protocol_table(doc) in bench, f"bench/README.md's protocol table should read:\n{protocol_table(doc)}"
     assert protocol_verdict(doc) in " ".join(bench.split()), f"it should say: {protocol_verdict(doc)}"
+
+
+def test_the_worker_placement_quoted_is_the_committed_results() -> None:
+    doc = json.loads(PLACEMENT_RESULTS.read_text())
+    assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
+    quoted = placement_sentence(doc)
+    assert quoted in flat(ROOT / "bench" / "README.md"), f"bench/README.md should say: {quoted}"
