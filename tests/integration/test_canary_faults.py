@@ -25,7 +25,6 @@ from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
-ENV = CANARY_ENV
 # each worker judges the client networks it holds, three at least: with six kept-alive
 # connections one worker holds three whichever way the kernel splits them
 CLIENTS = 6
@@ -86,7 +85,7 @@ def test_a_failing_canary_is_answered_by_production_and_rolled_back_for_its_erro
     answer (never a 5xx), each failure is counted against the canary, and it is rolled back for
     server errors."""
     registry = canary_of(tmp_path, "failing")
-    env = {**ENV, "DIGITSERVE_REGISTRY": registry.uri}
+    env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri}
     with running_server(env) as url, steady_load([url], digits[0], clients=CLIENTS, client_networks=True) as answers:
         event, _, _ = rolled_back(registry, url, answers)
         failures = metric(url, "digitserve_routed_failures_total", alias="canary", version="2", kind="error")
@@ -103,7 +102,7 @@ def test_a_slow_canary_is_rolled_back_for_its_p99(tmp_path: Path, digits: tuple[
     compared input agreed) and within the deadline, but its p99 is past 3x production's plus 50 ms,
     and it is rolled back for latency -- production's own p99 is not dragged along with it."""
     registry = canary_of(tmp_path, "slow")
-    env = {**ENV, "DIGITSERVE_REGISTRY": registry.uri}
+    env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri}
     with running_server(env) as url, steady_load([url], digits[0], clients=CLIENTS, client_networks=True) as answers:
         event, _, stopped = rolled_back(registry, url, answers)
     assert Counter(a.status for a in answers) == {200: len(answers)}, "a slow canary is not an error"
@@ -125,7 +124,7 @@ def test_a_canary_past_its_deadlines_is_rolled_back_for_the_misses(
     could not answer in time (503); no other status is allowed, and after the rollback every
     answer is production's."""
     registry = canary_of(tmp_path, "slow")
-    env = {**ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_REQUEST_TIMEOUT_S": "0.1"}
+    env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_REQUEST_TIMEOUT_S": "0.1"}
     with running_server(env) as url, steady_load([url], digits[0], clients=CLIENTS, client_networks=True) as answers:
         event, judged, stopped = rolled_back(registry, url, answers)
     statuses = Counter(a.status for a in answers)
