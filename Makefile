@@ -41,8 +41,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two parts: every test not marked `solo` spread over the cores (pytest-xdist), then the solo tests
+# one at a time on an otherwise idle machine (their outcome depends on the CPU they get). Both
+# parts run whatever the first gave; smoke-trained models are trained once for both (tests/conftest.py).
 pytest: $(STAMP) system-deps data
-	$(BIN)/python -m pytest
+	@cache=$$(mktemp -d -t digitserve-tests.XXXXXX); export DIGITSERVE_TEST_CACHE=$$cache; \
+	$(BIN)/python -m pytest -m "not solo" -n auto --dist loadscope; parallel=$$?; \
+	$(BIN)/python -m pytest -m solo; solo=$$?; \
+	rm -rf $$cache; test $$parallel = 0 && test $$solo = 0
 
 test: lint typecheck pytest audit
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -132,31 +133,80 @@ def moto_auth_s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterato
         yield endpoint
 
 
-# --- smoke-trained models, trained once per session -----------------------------------------
+# --- smoke-trained models, trained once per run ---------------------------------------------
+
+SMOKE_RUNS = (("cnn", "0"), ("cnn", "1"), ("vit", "0"))
+
+
+def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every process of this run shares: `DIGITSERVE_TEST_CACHE` (`make test` sets it for
+    its parallel and its solo part), else this pytest run's base temp (the workers' common parent
+    under pytest-xdist)."""
+    if os.environ.get("DIGITSERVE_TEST_CACHE"):
+        folder = Path(os.environ["DIGITSERVE_TEST_CACHE"])
+    else:
+        base = tmp_path_factory.getbasetemp()
+        folder = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def code_digest(*folders: Path) -> str:
+    """A digest of the Python sources under `folders` and the torch version: what a training result depends on."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(torch.__version__.encode())
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (the xdist workers), held for the block."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
 def smoke_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry folder that `training/train.py --smoke` filled, as a user runs it: cnn v1 (seed 0),
-    cnn v2 (seed 1) and vit v1 (seed 0), no alias. Trained once for the whole session; a test
-    copies it (`smoke_copy`) before it changes anything."""
+    cnn v2 (seed 1) and vit v1 (seed 0), no alias. Trained once for the whole run -- the first
+    process to need it trains while the others wait, keyed by a digest of the training code
+    (a smoke run with a given seed publishes the same weights every time, as test_training
+    checks) -- and never changed: a test copies it (`smoke_copy`) before it changes anything."""
     from support.registries import ROOT
 
-    root = tmp_path_factory.mktemp("smoke-trained") / "registry"
-    for arch, seed in (("cnn", "0"), ("cnn", "1"), ("vit", "0")):
-        command = [sys.executable, "training/train.py", "--arch", arch, "--smoke", "--seed", seed]
-        command += ["--registry", str(root)]
-        trained = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert trained.returncode == 0, trained.stderr[-2000:]
-        assert json.loads(trained.stdout.strip().splitlines()[-1])["model"] == arch, trained.stdout[-500:]
+    key = code_digest(ROOT / "training", ROOT / "src" / "digitserve")
+    cache = shared_cache_dir(tmp_path_factory)
+    done = cache / f"smoke-trained-{key}"
+    root = done / "registry"
+    with file_lock(cache / f"smoke-trained-{key}.lock"):
+        if (done / "complete").exists():
+            return root
+        shutil.rmtree(done, ignore_errors=True)
+        for arch, seed in SMOKE_RUNS:
+            command = [sys.executable, "training/train.py", "--arch", arch, "--smoke", "--seed", seed]
+            command += ["--registry", str(root)]
+            trained = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+            assert trained.returncode == 0, trained.stderr[-2000:]
+            assert json.loads(trained.stdout.strip().splitlines()[-1])["model"] == arch, trained.stdout[-500:]
+        (done / "complete").touch()
     return root
 
 
 @pytest.fixture(scope="module")
 def smoke_copy(smoke_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This module's own copy of `smoke_trained`."""
-    import shutil
-
     copy = tmp_path_factory.mktemp("smoke-copy") / "registry"
     shutil.copytree(smoke_trained, copy)
     return copy

@@ -87,6 +87,7 @@ def server(
 # --- 1. SIGTERM with the default layout --------------------------------------------------------
 
 
+@pytest.mark.solo  # timed against the drain window
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_connection_during_the_drain_is_refused_never_accepted_then_reset(
     registry: ModelRegistry, tmp_path: Path, workers: int
@@ -122,6 +123,7 @@ def test_a_connection_during_the_drain_is_refused_never_accepted_then_reset(
 # --- 2. cheap requests that are not cheap --------------------------------------------------------
 
 
+@pytest.mark.solo  # event-loop lag bound
 def test_many_tiny_images_and_csvs_never_stall_the_event_loop(
     server: tuple[subprocess.Popen[bytes], str, Path],
 ) -> None:

@@ -86,6 +86,7 @@ class HealthProbe:
         assert not self.failures, self.failures[:3]
 
 
+@pytest.mark.solo  # event-loop lag bound
 def test_decode_heavy_requests_never_stall_the_event_loop(server: str) -> None:
     """Fix: decoding is budgeted by pixels read from the headers (inline only up to 64k pixels,
     else on the decode threads within the deadline; per-request and backlog caps)."""
@@ -190,6 +191,7 @@ def test_head_healthz_answers(server: str) -> None:
 SHUTDOWN_RUNS = int(os.environ.get("DIGITSERVE_SHUTDOWN_RUNS", "8"))  # the soak: DIGITSERVE_SHUTDOWN_RUNS=20
 
 
+@pytest.mark.solo  # load paced against the drain window
 @pytest.mark.parametrize("workers", [1, 2], ids=["1 worker", "2 workers"])
 def test_no_request_is_reset_at_shutdown_in_repeated_runs(
     registry: ModelRegistry, tmp_path: Path, workers: int

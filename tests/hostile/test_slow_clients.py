@@ -23,7 +23,7 @@ from support.server import DIGITSERVE, metric, model_info, spawn, start_server, 
 from digitserve.registry import ModelRegistry
 from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.solo]  # solo: the server's timers are read by the client's clock
 
 HEAD_TIMEOUT_S, BODY_TIMEOUT_S = 1.5, 3.0
 LIMITS = {

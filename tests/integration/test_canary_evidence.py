@@ -53,6 +53,7 @@ def rollbacks(registry: ModelRegistry) -> list[dict[str, object]]:
     return [e for e in registry.events("cnn", "canary") if e["action"] == "rollback"]
 
 
+@pytest.mark.solo  # comparisons run only on idle CPU
 def test_one_client_sending_chosen_inputs_cannot_roll_a_canary_back(registry: ModelRegistry) -> None:
     """Three honest client networks send digits; one client sends scribbles the two versions
     always disagree on, on a sticky key that lands on the canary. Counted together the agreement
@@ -97,6 +98,7 @@ def test_a_canary_without_comparisons_stops_answering(registry: ModelRegistry) -
     assert {a.status for a in answers} == {200}
 
 
+@pytest.mark.solo  # comparisons run only on idle CPU
 def test_a_canary_promoted_again_after_a_rollback_is_taken_afresh(registry: ModelRegistry) -> None:
     """Every client network sends scribbles: the canary disagrees everywhere and is rolled back.
     Moving the canary alias to it again is a person's new decision: every worker routes to it
@@ -117,6 +119,7 @@ def test_a_canary_promoted_again_after_a_rollback_is_taken_afresh(registry: Mode
     assert {a.status for a in answers} == {200}
 
 
+@pytest.mark.solo  # comparisons run only on idle CPU
 def test_one_client_sending_costly_requests_cannot_roll_a_canary_back(registry: ModelRegistry) -> None:
     """Requests of large photos (slow to decode, in the decode processes), sent on a canary sticky key,
     make the canary's latency for that client many times production's; judged over everyone's
@@ -150,6 +153,7 @@ def test_one_client_sending_costly_requests_cannot_roll_a_canary_back(registry: 
     assert {a.status for a in answers} == {200}
 
 
+@pytest.mark.solo  # comparisons run only on idle CPU
 def test_with_automatic_rollback_off_a_failing_canary_serves_until_a_person_retires_it(
     registry: ModelRegistry,
 ) -> None:

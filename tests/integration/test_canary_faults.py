@@ -24,7 +24,7 @@ from support.steady import Answer, steady_load
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.solo]  # solo: p99 and deadline-miss rules compare latencies
 # each worker judges the client networks it holds, three at least: with six kept-alive
 # connections one worker holds three whichever way the kernel splits them
 CLIENTS = 6
@@ -98,9 +98,13 @@ def test_a_failing_canary_is_answered_by_production_and_rolled_back_for_its_erro
 
 
 def test_a_slow_canary_is_rolled_back_for_its_p99(tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]) -> None:
-    """Each canary batch takes 0.15 s more than production's: its answers are production's (every
-    compared input agreed) and within the deadline, but its p99 is past 3x production's plus 50 ms,
-    and it is rolled back for latency -- production's own p99 is not dragged along with it."""
+    """Each canary batch takes 0.15 s more than production's: its answers are production's (the
+    same label for the same image, and every input the server compared agreed) and within the
+    deadline, but its p99 is past 3x production's plus 50 ms, and it is rolled back for latency --
+    production's own p99 is not dragged along with it.
+
+    The server compares only with idle CPU, so the p99 rule may fire before any comparison has run
+    (a CI run saw 0 compared): that the answers are right is read from the answers themselves."""
     registry = canary_of(tmp_path, "slow")
     env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri}
     with running_server(env) as url, steady_load([url], digits[0], clients=CLIENTS, client_networks=True) as answers:
@@ -109,8 +113,12 @@ def test_a_slow_canary_is_rolled_back_for_its_p99(tmp_path: Path, digits: tuple[
     assert any(a.alias == "canary" and a.version == 2 for a in answers[:stopped]), "the canary answered"
     assert {(a.version, a.alias) for a in answers[stopped:]} == {(1, "production")}
     assert "automatic rollback: p99 latency" in str(event["reason"]), event["reason"]
+    production_labels = {a.image: a.label for a in answers if a.alias == "production"}
+    canary_labels = {(a.image, a.label) for a in answers if a.alias == "canary" and a.image in production_labels}
+    assert len(canary_labels) >= 10, "the canary answered images production answered too"
+    assert all(label == production_labels[image] for image, label in canary_labels), "right answers, only slow"
     evidence = event["evidence"]
-    assert evidence["compared"] > 0 and evidence["agreed"] == evidence["compared"], "right answers, only slow"
+    assert evidence["agreed"] == evidence["compared"], evidence
     canary, production = evidence["canary"], evidence["production"]
     assert canary["network_p99_ms"] > 3 * production["network_p99_ms"] + 50, (canary, production)
 

@@ -184,7 +184,7 @@ def test_an_alias_that_names_nothing_servable(server: str, registry: ModelRegist
             assert info["last_reload_error"]["step"] == step and words in info["last_reload_error"]["message"]
             assert metric(server, "digitserve_model_reload_error", model="cnn") == 1
             failures = metric(server, "digitserve_model_reload_failures_total", model="cnn", step=step)
-            time.sleep(3 * POLL_S)
+            wait_for_polls(server, "cnn", polls=3)
             if step == "fetch":  # a refused version is not retried by polling
                 assert metric(server, "digitserve_model_reload_failures_total", model="cnn", step=step) == failures
         finally:

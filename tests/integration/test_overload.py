@@ -34,7 +34,7 @@ from support.server import metric, metric_in, start_server, stop_server
 
 from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.solo]  # solo: it measures capacity, shedding and latency
 
 OVERLOAD_S = float(os.environ.get("DIGITSERVE_OVERLOAD_SECONDS", "12"))
 OVERLOAD_FACTOR = 3.0

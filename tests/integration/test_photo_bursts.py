@@ -23,7 +23,7 @@ from support.server import metric_in, start_server, stop_server
 
 from digitserve.data import load_mnist
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.solo]  # solo: refusals are priced from measured decode times; latency bound
 CLIENTS = 64
 
 

@@ -20,7 +20,16 @@ import numpy as np
 import pytest
 from support.cli import digitserve, error_line, succeeded
 from support.registries import add_version_from, copy_shipped, png_b64, publish_variant
-from support.server import DIGITSERVE, metric, model_info, running_server, start_server, stop_server, wait_until
+from support.server import (
+    DIGITSERVE,
+    metric,
+    model_info,
+    running_server,
+    start_server,
+    stop_server,
+    wait_for_polls,
+    wait_until,
+)
 from support.steady import steady_load
 
 from digitserve.data import load_mnist
@@ -85,6 +94,7 @@ def rollbacks(registry: ModelRegistry) -> list[dict[str, object]]:
     return [e for e in registry.events("cnn", "canary") if e["action"] == "rollback"]
 
 
+@pytest.mark.solo  # comparisons run only on idle CPU
 def test_a_bad_canary_is_rolled_back_once_by_two_servers(registry: ModelRegistry, digits: np.ndarray) -> None:
     place(registry, "canary", 2)
     env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri}
@@ -101,19 +111,20 @@ def test_a_bad_canary_is_rolled_back_once_by_two_servers(registry: ModelRegistry
                 10,
                 "both servers stop routing to the canary",
             )
-            time.sleep(0.5)  # requests routed to the canary just before it stopped are answered by now
-            stopped = len(answers)
-            wait_until(lambda: len(answers) > stopped + 100, 30, "more answers after the rollback")
+            stopped_at = time.monotonic()  # what is sent from now on reaches no canary
+            wait_until(lambda: sum(a.sent_at > stopped_at for a in answers) > 100, 30, "answers after the rollback")
             place(registry, "production", 3)  # a later promotion must not bring the retired canary back
             wait_until(lambda: all(model_info(u, "cnn")["serving"]["version"] == 3 for u in urls), 30, "v3 serves")
-            time.sleep(2.5)  # two more polls
+            for u in urls:
+                wait_for_polls(u, "cnn")
             assert all(model_info(u, "cnn")["rollouts"]["canary"]["version"] is None for u in urls)
     finally:
         assert all(stop_server(process) == 0 for process, _ in servers)
 
     assert Counter(a.status for a in answers) == {200: len(answers)}, "no client saw an error"
-    assert {a.version for a in answers[:stopped] if a.alias == "canary"} == {2}
-    assert {(a.version, a.alias) for a in answers[stopped:]} <= {(1, "production"), (3, "production")}
+    assert {a.version for a in answers if a.alias == "canary"} == {2}
+    after = {(a.version, a.alias) for a in answers if a.sent_at > stopped_at}
+    assert after <= {(1, "production"), (3, "production")}
     [event] = rollbacks(registry)  # two servers judged it: exactly one move, one event
     assert (event["from"], event["to"]) == (2, 1)
     canary = registry.get_alias("cnn", "canary")
@@ -128,6 +139,7 @@ def test_a_bad_canary_is_rolled_back_once_by_two_servers(registry: ModelRegistry
     print(f"rolled back {took:.1f} s after the canary first answered")
 
 
+@pytest.mark.solo  # comparisons run only on idle CPU
 def test_a_good_canary_survives_and_is_promoted_from_its_evidence(registry: ModelRegistry, digits: np.ndarray) -> None:
     place(registry, "canary", 3)
     env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_COMPARE_PERCENT": "100"}
@@ -152,17 +164,16 @@ def test_a_good_canary_survives_and_is_promoted_from_its_evidence(registry: Mode
         assert "cnn/production -> v3 (was v1)" in out and "enough evidence" in out
         wait_until(lambda: model_info(url, "cnn")["serving"]["version"] == 3, 30, "the server follows production")
         wait_until(lambda: model_info(url, "cnn")["rollouts"]["canary"]["version"] is None, 10, "no canary left")
-        time.sleep(0.5)  # requests queued on v1 before the swap are answered by now
-        moved = len(answers)
-        wait_until(lambda: len(answers) > moved + 50, 30, "answers after the promotion")
-        promoted = len(answers)
+        moved_at = time.monotonic()  # what is sent from now on is answered by v3 as production
+        wait_until(lambda: sum(a.sent_at > moved_at for a in answers) > 50, 30, "answers after the promotion")
+        rolled_back_at = time.monotonic()
         succeeded(digitserve("registry", "rollback", "cnn", "--registry", uri))  # production back to v1
         wait_until(lambda: model_info(url, "cnn")["serving"]["version"] == 1, 30, "v1 serves again")
-        time.sleep(2.5)  # the canary alias still names v3, but it is older than production's move: no canary
+        wait_for_polls(url, "cnn")  # the canary alias still names v3, but it is older than production's move
         assert model_info(url, "cnn")["rollouts"]["canary"]["version"] is None
     assert Counter(a.status for a in answers) == {200: len(answers)}
-    assert {a.version for a in answers[moved:promoted]} == {3}
-    assert {a.alias for a in answers[promoted:]} == {"production"}
+    assert {(a.version, a.alias) for a in answers if moved_at < a.sent_at < rolled_back_at} == {(3, "production")}
+    assert {a.alias for a in answers if a.sent_at > rolled_back_at} == {"production"}
     event = registry.events("cnn", "production")[-2]  # the promotion (the last one is the rollback)
     assert event["to"] == 3 and event["gate"]["passed"] is True
     assert event["evidence"]["from_alias"] == "canary" and event["evidence"]["compared"] >= 200
@@ -186,6 +197,7 @@ def check_routing(url: str) -> None:
     assert sides == {(1, "production"), (3, "canary")}
 
 
+@pytest.mark.solo  # comparisons run only on idle CPU
 def test_a_shadow_runs_unseen_and_is_shed_first_under_overload(registry: ModelRegistry, digits: np.ndarray) -> None:
     place(registry, "shadow", 2)
     env = {
@@ -263,6 +275,7 @@ def rollout_sh(registry: ModelRegistry, *args: str) -> subprocess.CompletedProce
     return subprocess.run([str(ROLLOUT_SH), *args], capture_output=True, text=True, timeout=600, env=env)
 
 
+@pytest.mark.solo  # comparisons run only on idle CPU
 def test_the_rollout_script_promotes_a_good_canary_from_its_evidence(
     registry: ModelRegistry, digits: np.ndarray
 ) -> None:

@@ -209,6 +209,7 @@ def test_s3_going_away_mid_run_fails_no_request_and_recovers(
     )
 
 
+@pytest.mark.solo  # the verdict needs idle-CPU comparisons
 def test_a_rollback_while_s3_is_unreachable_is_retried_until_it_lands(moto_s3_env: str, tmp_path: Path) -> None:
     """A bad canary fails its watch while the way to S3 is cut: the server stops routing to it at
     once (production answers its share), the alias move fails and is retried, and it lands once S3

@@ -70,6 +70,7 @@ async def fire(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list
 # --- load and batching ------------------------------------------------------------------------
 
 
+@pytest.mark.solo  # 500 requests against the default deadline
 def test_500_concurrent_requests_are_all_answered_and_batched(server: str, digits: tuple) -> None:
     images, labels = digits
     before_count = metric(server, "digitserve_batch_size_count", model="cnn")
@@ -88,6 +89,7 @@ def test_500_concurrent_requests_are_all_answered_and_batched(server: str, digit
 # --- hot-swap ---------------------------------------------------------------------------------
 
 
+@pytest.mark.solo  # answers counted in fixed windows
 def test_alias_move_under_load_switches_versions_without_a_failure(
     server: str, registry: ModelRegistry, digits: tuple
 ) -> None:

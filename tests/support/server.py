@@ -229,6 +229,14 @@ def model_info(url: str, model: str) -> dict[str, Any]:
     return dict(response.json())
 
 
+def wait_for_polls(url: str, model: str, polls: int = 2, timeout_s: float = 30) -> None:
+    """Wait until the server has re-read the registry `polls` more times (its `last_poll_at` moved
+    on that often): what "after the next polls" means, without a sleep guessing the interval."""
+    for _ in range(polls):
+        polled_at = model_info(url, model)["last_poll_at"]
+        wait_until(lambda: model_info(url, model)["last_poll_at"] > polled_at, timeout_s, "the next registry poll")
+
+
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.25) -> float:
     """Poll `check` until it holds; returns the seconds it took, fails the test past `timeout_s`."""
     start = time.monotonic()

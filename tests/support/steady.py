@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ class Answer:
     version: int | None = None
     alias: str | None = None
     label: int | None = None
+    image: int = -1  # which of the images was sent
+    sent_at: float = 0.0  # time.monotonic() when it was sent: what came after an event is told by this, not by a sleep
 
 
 @contextmanager
@@ -45,14 +48,15 @@ def steady_load(
 
     async def client_loop(client: httpx.AsyncClient, i: int) -> None:
         while not stop.is_set():
+            image, sent_at = i % len(bodies), time.monotonic()
             try:
-                r = await client.post(f"/v1/models/{model}/predict", json=bodies[i % len(bodies)])
+                r = await client.post(f"/v1/models/{model}/predict", json=bodies[image])
             except httpx.HTTPError as exc:  # no answer at all: as bad as a 5xx
-                answers.append(Answer(type(exc).__name__))
+                answers.append(Answer(type(exc).__name__, image=image, sent_at=sent_at))
                 continue
             doc = r.json()
             label = doc["predictions"][0]["label"] if r.status_code == 200 else None
-            answers.append(Answer(r.status_code, doc.get("version"), doc.get("alias"), label))
+            answers.append(Answer(r.status_code, doc.get("version"), doc.get("alias"), label, image, sent_at))
             i += clients
             await asyncio.sleep(pause_s)
 
