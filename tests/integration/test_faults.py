@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from support.registries import blob_path, copy_shipped, publish_variant
-from support.server import metric, model_info, start_server, stop_server, wait_until
+from support.server import metric, model_info, start_server, stop_server, wait_for_polls, wait_until
 from support.steady import Answer, steady_load
 
 from digitserve.registry import ModelRegistry

@@ -232,9 +232,13 @@ def model_info(url: str, model: str) -> dict[str, Any]:
 def wait_for_polls(url: str, model: str, polls: int = 2, timeout_s: float = 30) -> None:
     """Wait until the server has re-read the registry `polls` more times (its `last_poll_at` moved
     on that often): what "after the next polls" means, without a sleep guessing the interval."""
+
+    def polled_after(moment: float) -> bool:
+        return bool(model_info(url, model)["last_poll_at"] > moment)
+
     for _ in range(polls):
-        polled_at = model_info(url, model)["last_poll_at"]
-        wait_until(lambda: model_info(url, model)["last_poll_at"] > polled_at, timeout_s, "the next registry poll")
+        moment = model_info(url, model)["last_poll_at"]
+        wait_until(lambda: polled_after(moment), timeout_s, "the next registry poll")  # noqa: B023 (called at once)
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.25) -> float:
