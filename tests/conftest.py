@@ -180,7 +180,8 @@ def file_lock(path: Path) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def smoke_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry folder that `training/train.py --smoke` filled, as a user runs it: cnn v1 (seed 0),
-    cnn v2 (seed 1) and vit v1 (seed 0), no alias. Trained once for the whole run -- the first
+    cnn v2 (seed 1) and vit v1 (seed 0), no alias; beside it `checkpoints/ARCH-SEED.safetensors`,
+    each run's `--checkpoint`. Trained once for the whole run -- the first
     process to need it trains while the others wait, keyed by a digest of the training code
     (a smoke run with a given seed publishes the same weights every time, as test_training
     checks) -- and never changed: a test copies it (`smoke_copy`) before it changes anything."""
@@ -194,9 +195,15 @@ def smoke_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (done / "complete").exists():
             return root
         shutil.rmtree(done, ignore_errors=True)
+        (done / "checkpoints").mkdir(parents=True)
         for arch, seed in SMOKE_RUNS:
             command = [sys.executable, "training/train.py", "--arch", arch, "--smoke", "--seed", seed]
-            command += ["--registry", str(root)]
+            command += [
+                "--registry",
+                str(root),
+                "--checkpoint",
+                str(done / "checkpoints" / f"{arch}-{seed}.safetensors"),
+            ]
             trained = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
             assert trained.returncode == 0, trained.stderr[-2000:]
             assert json.loads(trained.stdout.strip().splitlines()[-1])["model"] == arch, trained.stdout[-500:]
@@ -206,7 +213,8 @@ def smoke_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def smoke_copy(smoke_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This module's own copy of `smoke_trained`."""
+    """This module's own copy of `smoke_trained` (its checkpoints in `../checkpoints`)."""
     copy = tmp_path_factory.mktemp("smoke-copy") / "registry"
     shutil.copytree(smoke_trained, copy)
+    shutil.copytree(smoke_trained.parent / "checkpoints", copy.parent / "checkpoints")
     return copy

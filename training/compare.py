@@ -33,17 +33,19 @@ def resolve(registry: ModelRegistry, spec: str) -> tuple[str, int]:
     return name, int(version) if version else registry.resolve_alias(name, "production")
 
 
-def images_per_second(model: torch.nn.Module, images: np.ndarray, batch_size: int) -> float:
+def images_per_second(model: torch.nn.Module, images: np.ndarray, batch_size: int, seconds: float) -> float:
     batch = images[:batch_size]
     predict_logits(model, batch, batch_size)  # warm up
     runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < 2.0:
+    while time.perf_counter() - start < seconds:
         predict_logits(model, batch, batch_size)
         runs += 1
     return runs * len(batch) / (time.perf_counter() - start)
 
 
-def compare(registry: ModelRegistry, a: tuple[str, int], b: tuple[str, int]) -> dict[str, Any]:
+def compare(
+    registry: ModelRegistry, a: tuple[str, int], b: tuple[str, int], speed_seconds: float = 2.0
+) -> dict[str, Any]:
     test = load_mnist("test")
     out: dict[str, Any] = {}
     for key, (name, version) in (("a", a), ("b", b)):
@@ -55,8 +57,8 @@ def compare(registry: ModelRegistry, a: tuple[str, int], b: tuple[str, int]) -> 
             "preds": preds,
             "metrics": classification_metrics(test.labels, preds),
             "params": sum(p.numel() for p in model.parameters()),
-            "ips_1": images_per_second(model, test.images, 1),
-            "ips_256": images_per_second(model, test.images, 256),
+            "ips_1": images_per_second(model, test.images, 1, speed_seconds),
+            "ips_256": images_per_second(model, test.images, 256, speed_seconds),
         }
     out["labels"], out["images"] = test.labels, test.images
     return out
@@ -104,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--b", default="vit", help="model[:version] (default: vit production)")
     p.add_argument("--registry")
     p.add_argument("--out", type=Path, default=REPORTS / "compare.md")
+    p.add_argument("--speed-seconds", type=float, default=2.0, help="how long each images/s figure is measured")
     args = p.parse_args(argv)
     registry = ModelRegistry.open(args.registry)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = compare(registry, resolve(registry, args.a), resolve(registry, args.b))
+    result = compare(registry, resolve(registry, args.a), resolve(registry, args.b), args.speed_seconds)
     print(write_report(result, args.out))
     return 0
 

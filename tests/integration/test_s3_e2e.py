@@ -126,5 +126,11 @@ def test_train_promote_serve_and_roll_back_on_s3(
     assert rows[1][5] == f"passed (accuracy {base}, threshold 0.9960)" and rows[2][5] == "-"
     gates = [event["gate"] for event in registry.events("cnn", "production")]
     assert gates[0]["threshold_source"] == THRESHOLD_VAR and gates[0]["current"] is None
+    # The gate re-measured what train.py published on all 10k test images, the very set whose
+    # checksum the trainer recorded, with the ONNX artifact, which agrees with its torch weights.
+    trained = registry.manifest("cnn", 2)
+    assert gates[0]["num_examples"] == 10000 and gates[0]["data_sha256"] == trained.extra["data"]["test_sha256"]
+    assert gates[0]["candidate"]["artifact"] == "onnx" and gates[0]["candidate"]["onnx_torch_label_disagreements"] == 0
+    assert 0 < gates[0]["candidate"]["accuracy"] < 1
     assert gates[1]["threshold_source"] == "default for cnn" and gates[1]["current"]["version"] == 2
     assert gates[1]["num_examples"] == 10000 and gates[2] is None

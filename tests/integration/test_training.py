@@ -90,15 +90,19 @@ def test_smoke_training_calibrates_and_reports_trust(smoke_registry: Path) -> No
 
 
 def test_a_checkpoint_publishes_the_same_weights_without_training(smoke_registry: Path, tmp_path: Path) -> None:
-    checkpoint = tmp_path / "cnn.safetensors"
-    args = ("training/train.py", "--arch", "cnn", "--smoke", "--seed", "3")
-    first = run(*args, "--checkpoint", str(checkpoint), "--registry", str(tmp_path / "a"))
-    assert first.returncode == 0, first.stderr[-2000:]
+    """`--from-checkpoint` on the file the smoke run of cnn seed 0 wrote with `--checkpoint`
+    (conftest.py) publishes what that run published, without training."""
+    checkpoint = smoke_registry.parent / "checkpoints" / "cnn-0.safetensors"
+    args = ("training/train.py", "--arch", "cnn", "--smoke", "--seed", "0")
     again = run(*args, "--from-checkpoint", str(checkpoint), "--registry", str(tmp_path / "b"))
     assert again.returncode == 0, again.stderr[-2000:]
-    a, b = (ModelRegistry.open(str(tmp_path / r)).manifest("cnn", 1) for r in "ab")
+    a, b = (
+        ModelRegistry.open(str(smoke_registry)).manifest("cnn", 1),
+        ModelRegistry.open(str(tmp_path / "b")).manifest("cnn", 1),
+    )
     assert a.weights.sha256 == b.weights.sha256 and a.extra["calibration"] == b.extra["calibration"]
     assert a.extra["training"]["train_seconds"] == b.extra["training"]["train_seconds"]
+    assert "epoch 1/1" not in again.stderr + again.stdout, "it trained again"
 
 
 def test_runs_with_the_same_seed_give_the_same_weights(smoke_registry: Path, tmp_path: Path) -> None:
@@ -177,7 +181,17 @@ def test_evaluate_refuses_a_tampered_version(smoke_registry: Path, tmp_path: Pat
 def test_compare_writes_a_report(smoke_registry: Path, tmp_path: Path) -> None:
     out = tmp_path / "compare.md"
     proc = run(
-        "training/compare.py", "--a", "cnn:1", "--b", "vit:1", "--registry", str(smoke_registry), "--out", str(out)
+        "training/compare.py",
+        "--a",
+        "cnn:1",
+        "--b",
+        "vit:1",
+        "--registry",
+        str(smoke_registry),
+        "--out",
+        str(out),
+        "--speed-seconds",
+        "0.2",  # the report's speed columns, not the figures: they measure the machine
     )
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
