@@ -69,7 +69,7 @@ evidence: $(STAMP) system-deps data
 	$(BIN)/python bench/photo_burst.py --rounds 3 --bursts 5 --baseline 2a89a6c
 	$(BIN)/python bench/worker_placement.py --rounds 5
 	rm -f bench/overload_results.json
-	DIGITSERVE_EVIDENCE=bench/overload_results.json $(BIN)/python -m pytest -q -p no:cacheprovider tests/integration/test_overload.py
+	DIGITSERVE_EVIDENCE=bench/overload_results.json DIGITSERVE_OVERLOAD_SECONDS=12 $(BIN)/python -m pytest -q -p no:cacheprovider tests/integration/test_overload.py
 	rm -f bench/shutdown_results.json
 	DIGITSERVE_EVIDENCE=bench/shutdown_results.json DIGITSERVE_SHUTDOWN_RUNS=20 $(BIN)/python -m pytest -q -p no:cacheprovider tests/hostile/test_round_two.py -k shutdown
 	rm -f bench/preprocess_results.json

@@ -188,7 +188,7 @@ def test_head_healthz_answers(server: str) -> None:
     assert httpx.head(f"{server}/healthz").status_code == 200
 
 
-SHUTDOWN_RUNS = int(os.environ.get("DIGITSERVE_SHUTDOWN_RUNS", "8"))  # the soak: DIGITSERVE_SHUTDOWN_RUNS=20
+SHUTDOWN_RUNS = int(os.environ.get("DIGITSERVE_SHUTDOWN_RUNS", "6"))  # the soak: DIGITSERVE_SHUTDOWN_RUNS=20
 
 
 @pytest.mark.solo  # load paced against the drain window

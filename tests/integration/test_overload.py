@@ -36,7 +36,9 @@ from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
 pytestmark = [pytest.mark.slow, pytest.mark.solo]  # solo: it measures capacity, shedding and latency
 
-OVERLOAD_S = float(os.environ.get("DIGITSERVE_OVERLOAD_SECONDS", "12"))
+# 8 s in every suite run (the last third, where a growing latency would show, is 2.7 s); `make evidence`
+# measures 12 s for the published table
+OVERLOAD_S = float(os.environ.get("DIGITSERVE_OVERLOAD_SECONDS", "8"))
 OVERLOAD_FACTOR = 3.0
 CAPACITY_S, STEADY_S = 4.0, 3.0
 CLIENTS = 32  # closed-loop clients while measuring capacity: enough to fill batches

@@ -281,7 +281,8 @@ def test_the_rollout_script_promotes_a_good_canary_from_its_evidence(
 ) -> None:
     """scripts/rollout.sh: through the gate to canary, wait for the servers' evidence, promote."""
     env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_COMPARE_PERCENT": "100"}
-    with running_server(env) as url, steady_load([url], digits, clients=4, client_networks=True) as answers:
+    # a light load: the evidence it needs comes in seconds, and the gate's two runs keep a core
+    with running_server(env) as url, steady_load([url], digits, 4, 0.1, client_networks=True) as answers:
         done = rollout_sh(registry, "cnn", "3", "120")
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         wait_until(lambda: model_info(url, "cnn")["serving"]["version"] == 3, 30, "the server follows production")
