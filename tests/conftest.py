@@ -6,7 +6,7 @@ server in a subprocess, spoken to over HTTP by boto3 exactly as production S3 wo
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
 import subprocess
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import smoke
 from support.net import free_port
 
 # --- S3 through a real moto server ---------------------------------------------------------
@@ -135,8 +136,6 @@ def moto_auth_s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterato
 
 # --- smoke-trained models, trained once per run ---------------------------------------------
 
-SMOKE_RUNS = (("cnn", "0"), ("cnn", "1"), ("vit", "0"))
-
 
 def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder every process of this run shares: `DIGITSERVE_TEST_CACHE` (`make test` sets it for
@@ -151,64 +150,32 @@ def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def code_digest(*folders: Path) -> str:
-    """A digest of the Python sources under `folders` and the torch version: what a training result depends on."""
-    import hashlib
-
-    import torch
-
-    digest = hashlib.sha256(torch.__version__.encode())
-    for folder in folders:
-        for path in sorted(folder.rglob("*.py")):
-            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+PREFETCH: list[smoke.Prefetch] = []
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (the xdist workers), held for the block."""
-    import fcntl
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """An xdist worker of `make test` that will run a test needing the smoke models starts training
+    them at once, in a thread, beside its first tests (the other worker waits on the lock)."""
+    wanted = any("smoke_trained" in getattr(item, "fixturenames", ()) for item in session.items)
+    if wanted and os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("DIGITSERVE_TEST_CACHE"):
+        PREFETCH.append(smoke.Prefetch(Path(os.environ["DIGITSERVE_TEST_CACHE"])))
 
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for prefetch in PREFETCH:  # no training outlives the session; its failure is the fixture's to report
+        with contextlib.suppress(Exception):
+            prefetch.result()
 
 
 @pytest.fixture(scope="session")
 def smoke_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A registry folder that `training/train.py --smoke` filled, as a user runs it: cnn v1 (seed 0),
-    cnn v2 (seed 1) and vit v1 (seed 0), no alias; beside it `checkpoints/ARCH-SEED.safetensors`,
-    each run's `--checkpoint`. Trained once for the whole run -- the first
-    process to need it trains while the others wait, keyed by a digest of the training code
-    (a smoke run with a given seed publishes the same weights every time, as test_training
-    checks) -- and never changed: a test copies it (`smoke_copy`) before it changes anything."""
-    from support.registries import ROOT
-
-    key = code_digest(ROOT / "training", ROOT / "src" / "digitserve")
-    cache = shared_cache_dir(tmp_path_factory)
-    done = cache / f"smoke-trained-{key}"
-    root = done / "registry"
-    with file_lock(cache / f"smoke-trained-{key}.lock"):
-        if (done / "complete").exists():
-            return root
-        shutil.rmtree(done, ignore_errors=True)
-        (done / "checkpoints").mkdir(parents=True)
-        for arch, seed in SMOKE_RUNS:
-            command = [sys.executable, "training/train.py", "--arch", arch, "--smoke", "--seed", seed]
-            command += [
-                "--registry",
-                str(root),
-                "--checkpoint",
-                str(done / "checkpoints" / f"{arch}-{seed}.safetensors"),
-            ]
-            trained = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-            assert trained.returncode == 0, trained.stderr[-2000:]
-            assert json.loads(trained.stdout.strip().splitlines()[-1])["model"] == arch, trained.stdout[-500:]
-        (done / "complete").touch()
-    return root
+    """A registry folder that `training/train.py --smoke` filled, as a user runs it (support/smoke.py):
+    cnn v1 (seed 0), cnn v2 (seed 1) and vit v1 (seed 0), no alias; beside it
+    `checkpoints/ARCH-SEED.safetensors`. Trained once for the whole run and never changed: a test
+    copies it (`smoke_copy`) before it changes anything."""
+    if PREFETCH:
+        return PREFETCH[0].result()
+    return smoke.trained(shared_cache_dir(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from support.feedback import send
 from support.hostile import address, read_response
 from support.registries import copy_shipped, publish_variant
 from support.server import loop_lags_over, start_server, stop_server, wait_until
+from support.shutdown import listeners_closed
 
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
@@ -103,7 +104,10 @@ def test_a_connection_during_the_drain_is_refused_never_accepted_then_reset(
     try:
         time.sleep(0.3)
         process.send_signal(signal.SIGTERM)
-        time.sleep(2.5)  # the drain is long over; the slow upload keeps the server from exiting
+        # every copy of the listening socket closed (its worker's, and the supervisor's with two);
+        # the slow upload keeps the server from exiting
+        copies = workers + (workers > 1)
+        wait_until(lambda: listeners_closed(tmp_path / "server.log") == copies, 30, "every listener closed")
         outcome = "refused"
         try:
             with socket.create_connection((host, port), timeout=2) as late:

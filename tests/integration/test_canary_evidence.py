@@ -8,7 +8,6 @@ scribbles they never do (v1 says "not a digit", v2 names a digit).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -49,6 +48,14 @@ def canary_key() -> str:
     return next(k for k in (f"user-{i}" for i in range(1000)) if sticky_side(k, 50))
 
 
+def wait_for_judgements(url: str, more: int) -> None:
+    """Until the (one) worker has judged its canary `more` times again (once a second)."""
+    judged = model_info(url, "cnn")["rollouts"]["canary"]["live"]["judgements"]
+    wait_until(
+        lambda: model_info(url, "cnn")["rollouts"]["canary"]["live"]["judgements"] >= judged + more, 30, "judgements"
+    )
+
+
 def rollbacks(registry: ModelRegistry) -> list[dict[str, object]]:
     return [e for e in registry.events("cnn", "canary") if e["action"] == "rollback"]
 
@@ -72,7 +79,7 @@ def test_one_client_sending_chosen_inputs_cannot_roll_a_canary_back(registry: Mo
         assert sum(r.json()["alias"] == "canary" for r in sent) > 120, "the attacker reached the canary"
         compared = metric(url, "digitserve_rollout_compared_total", kind="canary")
         wait_until(lambda: metric(url, "digitserve_rollout_compared_total", kind="canary") > compared + 100, 30, "more")
-        time.sleep(3)  # three judgements since
+        wait_for_judgements(url, 3)
         compared = metric(url, "digitserve_rollout_compared_total", kind="canary")
         agreed = metric(url, "digitserve_rollout_agreed_total", kind="canary")
         live = model_info(url, "cnn")["rollouts"]["canary"]
@@ -142,7 +149,7 @@ def test_one_client_sending_costly_requests_cannot_roll_a_canary_back(registry: 
         with httpx.Client(base_url=url, timeout=60, headers=headers) as attacker:
             sent = [attacker.post("/v1/models/cnn/predict", json=heavy) for _ in range(30)]
         assert sum(r.status_code == 200 and r.json()["alias"] == "canary" for r in sent) >= 25
-        time.sleep(3)  # three judgements since
+        wait_for_judgements(url, 3)
         live = model_info(url, "cnn")["rollouts"]["canary"]
     window, production = live["live"]["canary"], live["live"]["production"]
     assert window["networks"] >= 4, window  # judged: the attacker's network and three honest ones

@@ -187,6 +187,7 @@ class CanaryWatch:
     retired: str | None = None  # why this process retired it
     moved: bool = False  # the canary alias has been parked (by this process or another)
     tried_at: float = 0.0  # when this process last tried to park it
+    judgements: int = 0  # how often this process has judged it (once a second while it serves)
     compared_total: int = 0  # since the watch began (the window forgets; exposure must not)
     networks: set[str] = field(default_factory=set)  # client networks compared since (a few are enough)
 
@@ -196,6 +197,7 @@ class CanaryWatch:
 
     def judge(self, limits: CanarySettings) -> str | None:
         """Why the canary must go (a sentence with the numbers), or None while it holds up."""
+        self.judgements += 1
         canary, production = self.canary.totals(), self.production.totals()
         n = canary.requests
         judged = canary.networks >= limits.min_clients and production.networks >= 1  # no few clients decide
@@ -250,6 +252,7 @@ class CanaryWatch:
     def live(self) -> dict[str, Any]:
         return {
             "window_s": self.window_s,
+            "judgements": self.judgements,
             "canary": self.canary.totals().to_dict(),
             "production": self.production.totals().to_dict(),
         }
