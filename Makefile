@@ -46,7 +46,7 @@ typecheck: $(STAMP)
 # parts run whatever the first gave; smoke-trained models are trained once for both (tests/conftest.py).
 pytest: $(STAMP) system-deps data
 	@cache=$$(mktemp -d -t digitserve-tests.XXXXXX); export DIGITSERVE_TEST_CACHE=$$cache; \
-	$(BIN)/python -m pytest -m "not solo" -n auto --dist loadscope; parallel=$$?; \
+	$(BIN)/python -m pytest -m "not solo" -n auto --dist loadscope --no-loadscope-reorder; parallel=$$?; \
 	$(BIN)/python -m pytest -m solo; solo=$$?; \
 	rm -rf $$cache; test $$parallel = 0 && test $$solo = 0
 

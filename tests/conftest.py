@@ -24,6 +24,32 @@ import pytest
 from support import smoke
 from support.net import free_port
 
+# --- the order modules run in ---------------------------------------------------------------
+
+# The modules that take a worker a minute or more (`--durations` of the suite), longest first:
+# pytest-xdist hands out whole modules in collection order (`make test` passes
+# --no-loadscope-reorder), so starting these first lets the workers finish together.
+LONGEST_FIRST = (
+    "test_cli_registry.py",
+    "test_training.py",
+    "test_store_contract.py",
+    "test_web_page.py",
+    "test_s3_e2e.py",
+    "test_bench_smoke.py",
+    "test_v2_protocol.py",
+    "test_faults.py",
+    "test_s3_serving.py",
+    "test_feedback_loop.py",
+    "test_feedback_server.py",
+    "test_pip_install.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module's own order kept
+
+
 # --- S3 through a real moto server ---------------------------------------------------------
 
 MOTO_START_TIMEOUT_S = 60

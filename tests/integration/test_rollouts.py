@@ -143,8 +143,7 @@ def test_a_bad_canary_is_rolled_back_once_by_two_servers(registry: ModelRegistry
 def test_a_good_canary_survives_and_is_promoted_from_its_evidence(registry: ModelRegistry, digits: np.ndarray) -> None:
     place(registry, "canary", 3)
     env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_COMPARE_PERCENT": "100"}
-    # a light load, as for the rollout script: the evidence comes in seconds and the gate keeps a core
-    with running_server(env) as url, steady_load([url], digits, 4, 0.1, client_networks=True) as answers:
+    with running_server(env) as url, steady_load([url], digits, clients=4, client_networks=True) as answers:
         wait_until(lambda: Evidence.gather(registry, "cnn", "canary", 3).compared >= 200, 90, "200 compared inputs")
         check_routing(url)
         evidence = Evidence.gather(registry, "cnn", "canary", 3)

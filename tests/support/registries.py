@@ -17,8 +17,9 @@ import numpy as np
 from PIL import Image
 
 from digitserve.models.checkpoint import build_model, load_weights, predict_logits, weights_bytes
-from digitserve.models.export import OPSET, export_onnx
+from digitserve.models.export import OPSET
 from digitserve.registry import Golden, ModelRegistry
+from support.exports import export_onnx_once
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = Path(os.environ.get("DIGITSERVE_TEST_BASELINES", ROOT / "registry"))  # override: develop without baselines
@@ -106,7 +107,7 @@ def publish_variant(
     module = build_model(manifest, state)
     assert manifest.golden is not None
     true_golden = Golden(manifest.golden.images, predict_logits(module, manifest.golden.images).numpy())
-    onnx = export_onnx(module, true_golden)
+    onnx = export_onnx_once(module, true_golden)
     golden = Golden(true_golden.images, true_golden.logits + golden_offset, true_golden.atol)
     keep = ("preprocessing", "data", "calibration", "not_a_digit")  # the nudge is far too small to change them
     metadata: dict[str, Any] = {k: v for k, v in manifest.extra.items() if k in keep}
@@ -165,7 +166,7 @@ def publish_network(
         architecture=arch,
         config=config_dict(network),
         weights=weights_bytes(network.state_dict()),
-        onnx=export_onnx(network, golden),
+        onnx=export_onnx_once(network, golden),
         onnx_opset=OPSET,
         golden=golden,
         metadata=metadata or {},
