@@ -68,6 +68,8 @@ evidence: $(STAMP) system-deps data
 	$(BIN)/python bench/feedback_cost.py --rounds 2 --seconds 6
 	$(BIN)/python bench/photo_burst.py --rounds 3 --bursts 5 --baseline 2a89a6c
 	$(BIN)/python bench/worker_placement.py --rounds 5
+	$(BIN)/python bench/decode_prices.py
+	$(BIN)/python bench/train_step.py
 	rm -f bench/overload_results.json
 	DIGITSERVE_EVIDENCE=bench/overload_results.json DIGITSERVE_OVERLOAD_SECONDS=12 $(BIN)/python -m pytest -q -p no:cacheprovider tests/integration/test_overload.py
 	rm -f bench/shutdown_results.json

@@ -87,6 +87,44 @@ def photo_burst_sentence(doc: dict[str, Any]) -> str:
     )
 
 
+DECODE_PRICES_RESULTS = ROOT / "bench" / "decode_prices_results.json"
+DECODE_KINDS = {  # results key -> how docs/preprocessing.md names it
+    "8x8 PNG": "an 8x8 PNG",
+    "28x28 PNG": "a 28x28 PNG",
+    "400x400 canvas PNG": "the page's 400x400 canvas",
+    "28x28 pixel CSV": "a 28x28 pixel CSV",
+    "phone photo JPEG, 90-260 px": "a phone photo (90-260 px JPEG)",
+}
+
+
+def decode_prices_sentence(doc: dict[str, Any]) -> str:
+    """What docs/preprocessing.md says of bench/decode_prices_results.json."""
+    figures = doc["results"]
+    parts = [
+        f"{name} {figures[kind]['measured_ms_mean']:.2f} ms (priced {figures[kind]['priced_ms_mean']:.2f})"
+        for kind, name in DECODE_KINDS.items()
+    ]
+    return f"Measured at {doc['machine']['commit']} on one core: {', '.join(parts)}."
+
+
+TRAIN_STEP_RESULTS = ROOT / "bench" / "train_step_results.json"
+
+
+def train_step_sentence(doc: dict[str, Any]) -> str:
+    """What the README says of bench/train_step_results.json."""
+    cnn, vit = doc["results"]["cnn"], doc["results"]["vit"]
+
+    def pace(r: dict[str, Any]) -> str:
+        speedup = r["bfloat16_speedup"]
+        return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+
+    return (
+        f"a training step under bfloat16 autocast is {pace(cnn)} than float32 for the CNN and {pace(vit)} "
+        f"for the ViT on this machine's CPU ({doc['machine']['cpu']}; AMX {'yes' if doc['amx'] else 'no'}), "
+        f"measured at {doc['machine']['commit']} by `bench/train_step.py`"
+    )
+
+
 SHADOW_RESULTS = ROOT / "bench" / "shadow_results.json"
 
 

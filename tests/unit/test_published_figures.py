@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 
 from support.evidence import (
+    DECODE_PRICES_RESULTS,
     OVERLOAD_RESULTS,
     PHOTO_BURST_RESULTS,
     PLACEMENT_RESULTS,
     PROTOCOL_RESULTS,
     ROOT,
     SHADOW_RESULTS,
+    TRAIN_STEP_RESULTS,
+    decode_prices_sentence,
     overload_table,
     photo_burst_sentence,
     placement_sentence,
@@ -22,6 +25,7 @@ from support.evidence import (
     shadow_one_connection,
     shadow_table,
     shadow_verdict,
+    train_step_sentence,
 )
 
 README = ROOT / "README.md"
@@ -146,3 +150,17 @@ def test_the_worker_placement_quoted_is_the_committed_results() -> None:
     assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
     quoted = placement_sentence(doc)
     assert quoted in flat(ROOT / "bench" / "README.md"), f"bench/README.md should say: {quoted}"
+
+
+def test_the_decode_prices_quoted_are_the_committed_results() -> None:
+    doc = json.loads(DECODE_PRICES_RESULTS.read_text())
+    assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
+    quoted = decode_prices_sentence(doc)
+    assert quoted in flat(ROOT / "docs" / "preprocessing.md"), f"it should say: {quoted}"
+
+
+def test_the_training_step_figures_quoted_are_the_committed_results() -> None:
+    doc = json.loads(TRAIN_STEP_RESULTS.read_text())
+    assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
+    quoted = train_step_sentence(doc)
+    assert quoted in flat(README), f"it should say: {quoted}"
