@@ -46,7 +46,7 @@ class TrainConfig:
 
 # What each architecture changes from TrainConfig's defaults (see README -> The models).
 RECIPES: dict[str, dict[str, Any]] = {
-    "cnn": {"epochs": 20, "bf16": True},  # bf16: 1.65x faster a step on AMX CPUs (measured); the ViT is slower
+    "cnn": {"epochs": 20, "bf16": True},  # bf16 pays for this CNN, not the ViT (bench/train_step.py)
     "vit": {
         "epochs": 30,
         "lr": 2e-3,
