@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
-import os
 import statistics
 import sys
 import time
@@ -83,10 +83,8 @@ def price(blob: bytes, kind: str) -> float:
 def decode(blob: bytes) -> None:
     """What a decode process does with one image: `prepare` it, or find why it cannot (a blurred
     8x8 digit may hold no ink that stands out: the server answers that as a 422 after the same work)."""
-    try:
+    with contextlib.suppress(ImageError):
         prepare(blob)
-    except ImageError:
-        pass
 
 
 def median_seconds(work: Callable[[], Any], repeats: int) -> float:
