@@ -44,23 +44,28 @@ def images_per_second(model: torch.nn.Module, images: np.ndarray, batch_size: in
 
 
 def compare(
-    registry: ModelRegistry, a: tuple[str, int], b: tuple[str, int], speed_seconds: float = 2.0
+    registry: ModelRegistry,
+    a: tuple[str, int],
+    b: tuple[str, int],
+    speed_seconds: float = 2.0,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     test = load_mnist("test")
+    images, labels = test.images[:limit], test.labels[:limit]
     out: dict[str, Any] = {}
     for key, (name, version) in (("a", a), ("b", b)):
         manifest, model = load_network(registry, name, version)
-        preds = predict_logits(model, test.images).argmax(1).numpy()
+        preds = predict_logits(model, images).argmax(1).numpy()
         out[key] = {
             "name": f"{name} v{version}",
             "arch": manifest.architecture,
             "preds": preds,
-            "metrics": classification_metrics(test.labels, preds),
+            "metrics": classification_metrics(labels, preds),
             "params": sum(p.numel() for p in model.parameters()),
-            "ips_1": images_per_second(model, test.images, 1, speed_seconds),
-            "ips_256": images_per_second(model, test.images, 256, speed_seconds),
+            "ips_1": images_per_second(model, images, 1, speed_seconds),
+            "ips_256": images_per_second(model, images, 256, speed_seconds),
         }
-    out["labels"], out["images"] = test.labels, test.images
+    out["labels"], out["images"] = labels, images
     return out
 
 
@@ -70,7 +75,7 @@ def write_report(result: dict[str, Any], path: Path) -> str:
     only_a, only_b = np.flatnonzero(ok_a & ~ok_b), np.flatnonzero(ok_b & ~ok_a)
     both_wrong = np.flatnonzero(~ok_a & ~ok_b)
     lines = [
-        f"# {a['name']} vs {b['name']} on the MNIST test set (10,000 images)",
+        f"# {a['name']} vs {b['name']} on the MNIST test set ({len(labels):,} images)",
         "",
         f"| | {a['name']} | {b['name']} |",
         "|---|---|---|",
@@ -107,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--registry")
     p.add_argument("--out", type=Path, default=REPORTS / "compare.md")
     p.add_argument("--speed-seconds", type=float, default=2.0, help="how long each images/s figure is measured")
+    p.add_argument("--limit", type=int, help="compare on the first N test images (default: all 10,000)")
     args = p.parse_args(argv)
     registry = ModelRegistry.open(args.registry)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = compare(registry, resolve(registry, args.a), resolve(registry, args.b), args.speed_seconds)
+    result = compare(registry, resolve(registry, args.a), resolve(registry, args.b), args.speed_seconds, args.limit)
     print(write_report(result, args.out))
     return 0
 

@@ -192,10 +192,13 @@ def test_compare_writes_a_report(smoke_registry: Path, tmp_path: Path) -> None:
         str(out),
         "--speed-seconds",
         "0.2",  # the report's speed columns, not the figures: they measure the machine
+        "--limit",
+        "2000",
     )
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
-    assert "| accuracy |" in text and "images/s, batch 256" in text and "Right only by cnn v1" in text
+    assert "on the MNIST test set (2,000 images)" in text and "| accuracy |" in text
+    assert "images/s, batch 256" in text and "Right only by cnn v1" in text
     assert (tmp_path / "compare_disagreements.png").read_bytes().startswith(PNG_MAGIC)
 
 
