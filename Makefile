@@ -41,14 +41,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Two parts: every test not marked `solo` spread over the cores (pytest-xdist), then the solo tests
-# one at a time on an otherwise idle machine (their outcome depends on the CPU they get). Both
-# parts run whatever the first gave; smoke-trained models are trained once for both (tests/conftest.py).
+# Two parts: every test not marked `solo` spread over the cores (pytest-xdist; DIGITSERVE_TEST_WORKERS
+# processes, default one per CPU), then the solo tests one at a time on an otherwise idle machine
+# (their outcome depends on the CPU they get). The solo part runs whatever the first gave, unless
+# it was interrupted (exit 2); smoke-trained models and ONNX exports are made once for both
+# (tests/support/smoke.py, exports.py), in a folder made afresh for each run.
 pytest: $(STAMP) system-deps data
-	@cache=$$(mktemp -d -t digitserve-tests.XXXXXX); export DIGITSERVE_TEST_CACHE=$$cache; \
-	$(BIN)/python -m pytest -m "not solo" -n auto --dist loadscope --no-loadscope-reorder; parallel=$$?; \
+	@cache=$$(mktemp -d -t digitserve-tests.XXXXXX); trap 'rm -rf "$$cache"' EXIT; export DIGITSERVE_TEST_CACHE=$$cache; \
+	$(BIN)/python -m pytest -m "not solo" -n $${DIGITSERVE_TEST_WORKERS:-$$(nproc)} --dist loadscope --no-loadscope-reorder; \
+	parallel=$$?; test $$parallel = 2 && exit 2; \
 	$(BIN)/python -m pytest -m solo; solo=$$?; \
-	rm -rf $$cache; test $$parallel = 0 && test $$solo = 0
+	test $$parallel = 0 && test $$solo = 0
 
 test: lint typecheck pytest audit
 

@@ -6,6 +6,15 @@ server in a subprocess, spoken to over HTTP by boto3 exactly as production S3 wo
 
 from __future__ import annotations
 
+import os
+
+# The suite runs many processes on few cores (servers, CLI runs, training, two test workers). An
+# OpenMP thread that waits spins by default, taking the core from the process next to it (torch's
+# forward passes in gate runs and training side by side took about twice as long). Set before
+# torch is imported here; every subprocess inherits it. Same threads, same results: only how an
+# idle thread waits changes.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import contextlib
 import os
 import shutil
@@ -180,8 +189,9 @@ PREFETCH: list[smoke.Prefetch] = []
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """An xdist worker of `make test` that will run a test needing the smoke models starts training
-    them at once, in a thread, beside its first tests (the other worker waits on the lock)."""
+    """Each xdist worker of `make test` (every one collects the whole suite) starts, in a thread, what
+    a test of the smoke models will wait for: the first to take the lock trains, beside the
+    workers' first tests; the others find the models made (or the failure recorded)."""
     wanted = any("smoke_trained" in getattr(item, "fixturenames", ()) for item in session.items)
     if wanted and os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("DIGITSERVE_TEST_CACHE"):
         PREFETCH.append(smoke.Prefetch(Path(os.environ["DIGITSERVE_TEST_CACHE"])))

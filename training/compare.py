@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,18 @@ from digitserve.reporting import run_reporting_errors
 from digitserve.training.reports import gallery_png
 
 REPORTS = Path(__file__).parent / "reports"
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` above zero."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+
+    return parse
 
 
 def resolve(registry: ModelRegistry, spec: str) -> tuple[str, int]:
@@ -83,7 +96,7 @@ def write_report(result: dict[str, Any], path: Path) -> str:
         f"| errors | {a['metrics']['errors']} | {b['metrics']['errors']} |",
         f"| parameters | {a['params']:,} | {b['params']:,} |",
         f"| images/s, batch 1 | {a['ips_1']:.0f} | {b['ips_1']:.0f} |",
-        f"| images/s, batch 256 | {a['ips_256']:.0f} | {b['ips_256']:.0f} |",
+        f"| images/s, batch {min(256, len(labels))} | {a['ips_256']:.0f} | {b['ips_256']:.0f} |",
         "",
         f"Right only by {a['name']}: {len(only_a)}; right only by {b['name']}: {len(only_b)}; "
         f"wrong by both: {len(both_wrong)}.",
@@ -111,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--b", default="vit", help="model[:version] (default: vit production)")
     p.add_argument("--registry")
     p.add_argument("--out", type=Path, default=REPORTS / "compare.md")
-    p.add_argument("--speed-seconds", type=float, default=2.0, help="how long each images/s figure is measured")
-    p.add_argument("--limit", type=int, help="compare on the first N test images (default: all 10,000)")
+    p.add_argument(
+        "--speed-seconds", type=positive(float), default=2.0, help="how long each images/s figure is measured"
+    )
+    p.add_argument("--limit", type=positive(int), help="compare on the first N test images (default: all 10,000)")
     args = p.parse_args(argv)
     registry = ModelRegistry.open(args.registry)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -88,14 +88,14 @@ def server(
 # --- 1. SIGTERM with the default layout --------------------------------------------------------
 
 
-@pytest.mark.solo  # timed against the drain window
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_connection_during_the_drain_is_refused_never_accepted_then_reset(
     registry: ModelRegistry, tmp_path: Path, workers: int
 ) -> None:
-    """A slow upload keeps the drain going; a client connecting seconds after SIGTERM must be refused
-    at once. With two workers uvicorn's supervisor used to hold the listening socket open: such a
-    client was accepted, sent its request and was reset 16 s later (serving/workers.py)."""
+    """A slow upload keeps the drain going; a client connecting once every listener has closed (the
+    server's log says when) must be refused at once. With two workers uvicorn's supervisor used to
+    hold the listening socket open: such a client was accepted, sent its request and was reset 16 s
+    later (serving/workers.py)."""
     env = {"DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_MODELS": "cnn", "DIGITSERVE_WORKERS": str(workers)}
     process, url = start_server({**env, "DIGITSERVE_SHUTDOWN_GRACE_S": "0.5"}, log_path=tmp_path / "server.log")
     host, port = address(url)
@@ -107,7 +107,7 @@ def test_a_connection_during_the_drain_is_refused_never_accepted_then_reset(
         # every copy of the listening socket closed (its worker's, and the supervisor's with two);
         # the slow upload keeps the server from exiting
         copies = workers + (workers > 1)
-        wait_until(lambda: listeners_closed(tmp_path / "server.log") == copies, 30, "every listener closed")
+        wait_until(lambda: listeners_closed(tmp_path / "server.log") >= copies, 30, "every listener closed")
         outcome = "refused"
         try:
             with socket.create_connection((host, port), timeout=2) as late:

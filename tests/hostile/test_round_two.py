@@ -205,26 +205,30 @@ def test_no_request_is_reset_at_shutdown_in_repeated_runs(
     connection. Such requests are counted apart: the first listener to close marks the moment (its
     worker logs it; with one worker the first refused connection follows within ms), and a request
     written before it must be answered -- with one worker and with the default two."""
-    dropped, after_close, served = [], 0, []
+    dropped, after_close, served, in_flight = [], 0, [], []
     for run in range(SHUTDOWN_RUNS):
         shutdown = sigterm_under_load(registry.uri, tmp_path / f"run{run}.log", workers)
         kinds = {o.result for o in shutdown.outcomes}
         assert kinds <= {"ok", "503 shutting_down", "not accepted"} | {k for k in kinds if "dropped" in k}, kinds
-        # served before the signal: every one a 200 (and enough of them that the run was a real load)
+        # served before the signal: every one a 200 (sigterm_under_load waits for 20 of them: a real load)
         early = shutdown.answered_before_sigterm()
         assert {o.result for o in early} == {"ok"}, f"run {run}: {Counter(o.result for o in early)}"
         served.append(len(early))
+        in_flight.append(len(shutdown.in_flight_at_sigterm()))
         refused = min((o.at for o in shutdown.outcomes if o.result == "not accepted"), default=float("inf"))
         closed = min(refused, listener_closed_at(tmp_path / f"run{run}.log"))  # the first worker to close
         lost = [o for o in shutdown.outcomes if o.result.startswith("dropped")]
         dropped += [f"run {run}: {o.result}, {o.at - closed:+.3f} s" for o in lost if o.at < closed]
         after_close += sum(o.at >= closed for o in lost)
-    print(f"answered before SIGTERM per run: {served}; dropped after the listener closed: {after_close}")
+    print(
+        f"answered before SIGTERM per run: {served}; in flight at SIGTERM: {in_flight}; "
+        f"dropped after the listener closed: {after_close}"
+    )
     record(
         f"sigterm under load, {workers} worker{'s' if workers > 1 else ''}",
         {"runs": SHUTDOWN_RUNS, "reset_before_close": len(dropped), "reset_after_close": after_close,
-         "answered_before_sigterm_min": min(served)},
+         "answered_before_sigterm_min": min(served), "in_flight_at_sigterm_min": min(in_flight)},
     )  # fmt: skip
-    assert min(served) >= 20, served
+    assert min(in_flight) >= 1, f"in flight at SIGTERM, per run: {in_flight} (the signal must come during the load)"
     assert not dropped, dropped
     assert after_close <= 3, f"{after_close} requests on closing keep-alive connections in {SHUTDOWN_RUNS} runs"

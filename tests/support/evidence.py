@@ -104,7 +104,7 @@ def decode_prices_sentence(doc: dict[str, Any]) -> str:
         f"{name} {figures[kind]['measured_ms_mean']:.2f} ms (priced {figures[kind]['priced_ms_mean']:.2f})"
         for kind, name in DECODE_KINDS.items()
     ]
-    return f"Measured at {doc['machine']['commit']} on one core: {', '.join(parts)}."
+    return f"Measured at {doc['machine']['commit']}: {', '.join(parts)}."
 
 
 TRAIN_STEP_RESULTS = ROOT / "bench" / "train_step_results.json"

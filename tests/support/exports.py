@@ -4,12 +4,14 @@ A test that publishes a version exports its network to ONNX as training does (`e
 also checks the graph against the golden outputs): 1 s each, 3 s for a process's first. The suite
 publishes the same few networks (a seed's tiny CNN, a constant model, a nudged baseline) in many
 tests, for a local and an S3 registry, and in spawned processes; each network is exported once,
-keyed by what the export depends on (architecture, config, weights, golden digits), and the graph
-is kept in this process and in the run's shared cache (`DIGITSERVE_TEST_CACHE`, set by make test).
+keyed by what the export depends on (the model and export code and the torch version, the
+architecture, config, weights, golden digits and tolerance), and the graph is kept in this process
+and in the run's shared cache (`DIGITSERVE_TEST_CACHE`, which make test makes afresh for each run).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,12 +22,18 @@ from digitserve.models import config_dict
 from digitserve.models.checkpoint import weights_bytes
 from digitserve.models.export import export_onnx
 from digitserve.registry import Golden
+from support.smoke import ROOT, code_digest
 
 _made: dict[str, bytes] = {}
 
 
+@functools.cache
+def _code() -> str:
+    return code_digest(ROOT / "src" / "digitserve" / "models")
+
+
 def _key(network: Any, golden: Golden) -> str:
-    digest = hashlib.sha256(type(network).__name__.encode())
+    digest = hashlib.sha256(f"{_code()} {type(network).__name__} {golden.atol!r}".encode())
     digest.update(json.dumps(config_dict(network), sort_keys=True).encode())
     digest.update(weights_bytes(network.state_dict()))
     digest.update(golden.images.tobytes() + golden.logits.tobytes())

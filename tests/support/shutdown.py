@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import signal
 import time
@@ -35,10 +36,22 @@ class Outcome:
     answered_at: float | None = None  # when its answer arrived
 
 
+ANSWERS_BEFORE_SIGTERM = 20  # the server has been answering before the signal: a real load
+ANSWERS_BEFORE_SIGTERM_S = 30.0
+
+
 @dataclass(frozen=True)
 class ShutdownRun:
     outcomes: list[Outcome]
     sigterm_at: float  # time.monotonic() just before SIGTERM was sent
+
+    def in_flight_at_sigterm(self) -> list[Outcome]:
+        """The requests written before the signal and not answered by then: what the drain must finish."""
+        return [
+            o
+            for o in self.outcomes
+            if o.result != "not accepted" and o.at < self.sigterm_at and (o.answered_at or math.inf) > self.sigterm_at
+        ]
 
     def answered_before_sigterm(self) -> list[Outcome]:
         """The requests whose answer arrived before the signal was sent: the server served them
@@ -81,7 +94,13 @@ def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> Shutdo
             for i in range(400):
                 tasks.append(asyncio.create_task(one(client)))
                 if i == 150:
-                    while sum(o.answered_at is not None for o in outcomes) < 20:
+                    waited_until = time.monotonic() + ANSWERS_BEFORE_SIGTERM_S
+                    while sum(o.answered_at is not None for o in outcomes) < ANSWERS_BEFORE_SIGTERM:
+                        if time.monotonic() > waited_until:
+                            raise AssertionError(
+                                f"{len(outcomes)} of 151 requests answered in {ANSWERS_BEFORE_SIGTERM_S:.0f} s: "
+                                f"{[o.result for o in outcomes[:5]]}"
+                            )
                         await asyncio.sleep(0.005)
                     sigterm_at[0] = time.monotonic()
                     process.send_signal(signal.SIGTERM)

@@ -54,9 +54,12 @@ def trained(cache: Path) -> Path:
     key = code_digest(ROOT / "training", ROOT / "src" / "digitserve")
     done = cache / f"smoke-trained-{key}"
     root = done / "registry"
+    failed = cache / f"smoke-trained-{key}.failed"  # a failed training is reported, not tried again by each process
     with file_lock(cache / f"smoke-trained-{key}.lock"):
         if (done / "complete").exists():
             return root
+        if failed.exists():
+            raise RuntimeError(failed.read_text())
         shutil.rmtree(done, ignore_errors=True)
         (done / "checkpoints").mkdir(parents=True)
         for arch, seed in SMOKE_RUNS:
@@ -69,7 +72,8 @@ def trained(cache: Path) -> Path:
             ]
             run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
             if run.returncode != 0 or json.loads(run.stdout.strip().splitlines()[-1])["model"] != arch:
-                raise RuntimeError(f"train.py --arch {arch} --smoke failed: {run.stderr[-2000:]}")
+                failed.write_text(f"train.py --arch {arch} --smoke --seed {seed} failed: {run.stderr[-2000:]}")
+                raise RuntimeError(failed.read_text())
         (done / "complete").touch()
     return root
 

@@ -49,7 +49,9 @@ def gallery_png(images: Sequence[np.ndarray], captions: Sequence[str], title: st
     mosaic = np.zeros((rows * cell_h, cols * cell_w), np.float32)
     for k, image in enumerate(images):
         top, left = (k // cols) * cell_h + caption_h, (k % cols) * cell_w + pad
-        mosaic[top : top + side, left : left + side] = np.asarray(image, np.float32)[:side, :side]
+        pixels = np.asarray(image, np.float32)[:side, :side]
+        low, high = float(pixels.min()), float(pixels.max())  # each digit on its own scale, as imshow draws one
+        mosaic[top : top + side, left : left + side] = (pixels - low) * (255 / (high - low)) if high > low else 0
     width = cols * 1.15
     fig, ax = plt.subplots(figsize=(width, width * mosaic.shape[0] / mosaic.shape[1] + 0.3))
     ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
