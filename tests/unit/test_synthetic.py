@@ -3,6 +3,11 @@ and look like what the server's preprocessing makes of a picture."""
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +88,23 @@ def test_augmentation_is_seeded_and_keeps_digits_in_range() -> None:
     assert (a.amax(dim=(1, 2, 3)) > 0.8).all()  # every digit keeps full-strength ink
     moved = (a - images).abs().mean(dim=(1, 2, 3))
     assert (moved > 0.01).float().mean() > 0.9  # almost every digit changed
+
+
+def _make_counted(marker: str) -> dict[str, np.ndarray]:
+    with open(marker, "a") as f:
+        f.write("made\n")
+    time.sleep(0.5)  # long enough for the other process to ask meanwhile
+    return {"images": np.arange(6, dtype=np.uint8)}
+
+
+def _ask(data_dir: str, marker: str) -> list[int]:
+    os.environ["DIGITSERVE_DATA_DIR"] = data_dir
+    return sets._cached("counted", functools.partial(_make_counted, marker))["images"].tolist()
+
+
+def test_a_set_two_processes_ask_for_at_once_is_made_once(tmp_path: Path) -> None:
+    marker = tmp_path / "made.txt"
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        answers = list(pool.map(_ask, [str(tmp_path / "mnist")] * 2, [str(marker)] * 2))
+    assert answers == [[0, 1, 2, 3, 4, 5]] * 2
+    assert marker.read_text() == "made\n", "the second process waited and read the first one's set"

@@ -7,6 +7,7 @@ that draws and preprocesses them: change that code and the next run makes a fres
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -37,13 +38,28 @@ def code_hash() -> str:
 
 
 def _cached(name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The set stored under `name`, made (and stored) first if it is not there. Processes that need
+    the same set at once make it once: the others wait on its lock file, then read it."""
     folder = data_dir().parent / "synthetic"
     path = folder / f"{name}-{code_hash()}.npz"
     if path.exists():
-        with np.load(path, allow_pickle=False) as stored:
-            return {k: stored[k] for k in stored.files}
-    arrays = make()
+        return _load(path)
     folder.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if path.exists():  # made by the process that held the lock
+            return _load(path)
+        arrays = make()
+        _store(folder, path, arrays)
+    return arrays
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as stored:
+        return {k: stored[k] for k in stored.files}
+
+
+def _store(folder: Path, path: Path, arrays: dict[str, np.ndarray]) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -52,7 +68,6 @@ def _cached(name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, n
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return arrays
 
 
 def negatives(split: Split, count: int | None = None) -> NegativeSet:
