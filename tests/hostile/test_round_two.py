@@ -210,7 +210,8 @@ def test_no_request_is_reset_at_shutdown_in_repeated_runs(
         shutdown = sigterm_under_load(registry.uri, tmp_path / f"run{run}.log", workers)
         kinds = {o.result for o in shutdown.outcomes}
         assert kinds <= {"ok", "503 shutting_down", "not accepted"} | {k for k in kinds if "dropped" in k}, kinds
-        # served before the signal: every one a 200 (sigterm_under_load waits for 20 of them: a real load)
+        # served before the signal: every one a 200 (sigterm_under_load waits for 20 of them, and signals
+        # with requests in flight)
         early = shutdown.answered_before_sigterm()
         assert {o.result for o in early} == {"ok"}, f"run {run}: {Counter(o.result for o in early)}"
         served.append(len(early))

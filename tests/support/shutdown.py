@@ -7,6 +7,8 @@ import math
 import re
 import signal
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +38,8 @@ class Outcome:
     answered_at: float | None = None  # when its answer arrived
 
 
-ANSWERS_BEFORE_SIGTERM = 20  # the server has been answering before the signal: a real load
-ANSWERS_BEFORE_SIGTERM_S = 30.0
+BURST, IN_FLIGHT = 32, 8  # sent at once before the signal; written and unanswered when it comes
+WAIT_S = 30.0  # for the answers and writes the scenario waits on
 
 
 @dataclass(frozen=True)
@@ -60,19 +62,24 @@ class ShutdownRun:
 
 
 def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> ShutdownRun:
-    """A server under load gets SIGTERM: 400 requests of 4 digits over ~2 s, SIGTERM after the 150th
-    once 20 answers have arrived (a slow machine is waited for: the run is a real load however
-    fast it answers). Returns each request's outcome and the moment of the signal."""
+    """A server under load gets SIGTERM: 400 requests of 4 digits over ~2 s; after the 150th, once 20
+    answers have arrived (a slow machine is waited for), a burst of 32 more at once, and SIGTERM as
+    soon as 8 of the burst are written and unanswered -- the paced load alone is answered as fast as
+    it comes, and the signal must find requests in flight. Returns each request's outcome and the
+    moment of the signal."""
     env = {"DIGITSERVE_REGISTRY": registry_uri, "DIGITSERVE_MODELS": "cnn", "DIGITSERVE_SHUTDOWN_GRACE_S": "0.5"}
     process, url = start_server({**env, "DIGITSERVE_WORKERS": str(workers)}, log_path=log)
     outcomes: list[Outcome] = []
     sigterm_at = [float("inf")]
+    written: set[int] = set()  # requests written and not answered (or failed) yet
 
     async def one(client: httpx.AsyncClient) -> None:
         moments: dict[str, float] = {}
 
         async def trace(event: str, info: dict[str, object]) -> None:
             moments.setdefault(event, time.monotonic())
+            if event == "http11.send_request_headers.started":
+                written.add(id(moments))
 
         body = {"images": [EXAMPLE_PNG_B64] * 4}
         try:
@@ -84,24 +91,28 @@ def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> Shutdo
             sent = moments.get("http11.send_request_headers.started", time.monotonic())
             outcomes.append(Outcome(sent, f"dropped: {type(exc).__name__}"))
             return
+        finally:
+            written.discard(id(moments))
         result = "ok" if r.status_code == 200 else f"{r.status_code} {r.json()['code']}"
         answered = moments.get("http11.receive_response_headers.complete", time.monotonic())
         outcomes.append(Outcome(moments["http11.send_request_headers.started"], result, answered))
 
+    async def until(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not within {WAIT_S:.0f} s: {what} ({Counter(o.result for o in outcomes)})")
+            await asyncio.sleep(0.001)
+
     async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=None)) as client:
             tasks = []
             for i in range(400):
                 tasks.append(asyncio.create_task(one(client)))
                 if i == 150:
-                    waited_until = time.monotonic() + ANSWERS_BEFORE_SIGTERM_S
-                    while sum(o.answered_at is not None for o in outcomes) < ANSWERS_BEFORE_SIGTERM:
-                        if time.monotonic() > waited_until:
-                            raise AssertionError(
-                                f"{len(outcomes)} of 151 requests answered in {ANSWERS_BEFORE_SIGTERM_S:.0f} s: "
-                                f"{[o.result for o in outcomes[:5]]}"
-                            )
-                        await asyncio.sleep(0.005)
+                    await until(lambda: sum(o.answered_at is not None for o in outcomes) >= 20, "20 answers")
+                    tasks += [asyncio.create_task(one(client)) for _ in range(BURST)]
+                    await until(lambda: len(written) >= IN_FLIGHT, f"{IN_FLIGHT} requests written, unanswered")
                     sigterm_at[0] = time.monotonic()
                     process.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.005)
