@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, FileChooser, Page, expect
 from support.browser import (
     DESKTOP,
     PHONE,
@@ -312,6 +312,12 @@ def test_a_drawing_that_is_not_a_digit_is_called_so(watched: tuple[Page, PageWat
 
 def test_keyboard_reaches_every_control_with_visible_focus(watched: tuple[Page, PageWatch], tmp_path: Path) -> None:
     page, watch = watched
+    # The browser hands a file chooser to the test only once interception is on; Playwright turns
+    # it on for the first listener without waiting for it, so a chooser opened right after
+    # `expect_file_chooser` could go to the headless shell's own (cancelled) dialog instead: the
+    # listener goes on now, many round trips before the key that opens the chooser.
+    choosers: list[FileChooser] = []
+    page.on("filechooser", lambda chosen: choosers.append(chosen))
     reached = []
     for _ in range(8):
         page.keyboard.press("Tab")
@@ -343,6 +349,7 @@ def test_keyboard_reaches_every_control_with_visible_focus(watched: tuple[Page, 
     assert state == {"focused": True, "active": "file"}, state
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Space")
+    assert choosers == [chooser.value]
     chooser.value.set_files(str(photo))
     wait_for_answers(page)
     assert shown_label(page, "cnn") == str(label)

@@ -47,13 +47,45 @@ def test_a_canary_like_production_is_kept() -> None:
         ({"misses": 3}, "deadline misses: 12.5% of the median network's canary requests, production 0.0%"),
         (
             {"canary_ms": 400, "production_ms": 5},
-            "p99 latency 400.0 ms, production 5.0 ms (the median client network's; limit 65.0 ms)",
+            "p99 latency 400.0 ms, production 5.0 ms (the median client network's; limit 65.0 ms; "
+            "too many requests over it from 3 of 3 client networks)",
         ),
     ],
 )
 def test_a_canary_past_a_threshold_is_judged_with_its_numbers(made: dict[str, float], words: str) -> None:
     watch = watch_with(**made)  # made here: a window only holds what is younger than it
     assert watch.judge(SETTINGS) == words
+
+
+def test_one_stall_of_the_machine_is_not_a_slow_canary() -> None:
+    """Early in a window each network's p99 is its slowest request: one stall that delays the
+    request each network has in flight on the canary puts every such p99 past the limit, yet
+    it is one slow request each, as a p99 at the limit would leave. A second stall in the same
+    window, with so few requests, is too many; with more requests it takes more."""
+    watch = watch_with(canary_ms=5, production_ms=5)  # 20 a side over 3 networks: ~7 each
+    for net in NETS:
+        watch.canary.add(0.178, client=net)  # the stall of the flaky run that showed this (178 ms)
+    assert watch.canary.totals().network_p99_ms > 65  # what the rule alone used to roll back
+    assert watch.judge(SETTINGS) is None
+    for net in NETS:
+        watch.canary.add(0.178, client=net)  # 2 of 9 each: a 1% tail leaves that with a chance of 0.3%
+    assert watch.judge(SETTINGS) is None
+    for net in NETS:
+        watch.canary.add(0.178, client=net)  # 3 of 10
+    assert "p99 latency" in str(watch.judge(SETTINGS))
+
+
+def test_slow_requests_needed_is_the_binomial_tail() -> None:
+    from math import comb
+
+    def tail(n: int, k: int) -> float:
+        return sum(comb(n, i) * 0.01**i * 0.99 ** (n - i) for i in range(k, n + 1))
+
+    for n in (2, 5, 12, 40, 100, 480, 1000):
+        k = canary_module.slow_requests_needed(n)
+        assert tail(n, k) <= 0.001 < tail(n, k - 1), n
+    assert canary_module.slow_requests_needed(1) == 2  # one request can never show a p99
+    assert [canary_module.slow_requests_needed(n) for n in (5, 12, 100, 1000)] == [2, 3, 6, 22]
 
 
 def test_agreement_counts_only_with_enough_compared_inputs_from_enough_client_networks() -> None:

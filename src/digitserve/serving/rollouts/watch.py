@@ -8,6 +8,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,6 +22,8 @@ MAX_LATENCIES = 2000  # latencies kept per bucket for the p99 (a uniform sample 
 MAX_CLIENTS = 1000  # client networks tallied per bucket; later ones count as one, "other"
 MAX_CLIENT_LATENCIES = 100  # latencies kept per network and bucket (a uniform sample beyond that)
 MIN_CLIENT_REQUESTS = 5  # a network's own rates count once it sent this many in the window
+P99_TAIL = 0.01  # the share of requests a p99 leaves slower than itself
+FALSE_ALARM = 0.001  # the chance that a network's requests look too slow by luck alone, per judgement
 
 
 @dataclass
@@ -130,9 +133,19 @@ class Window:
             **self._networks(),
         )
 
-    def _networks(self) -> dict[str, Any]:
-        """The median client network's error rate, miss rate and p99: what one client's costly or
-        failing requests move for itself only."""
+    def slow_networks(self, limit_s: float) -> tuple[int, int]:
+        """(networks whose requests over `limit_s` are more than a 1% tail explains, networks counted).
+
+        A p99 taken from a network's few requests in the window is its slowest one or two: one
+        stall of the machine (a noisy neighbour, a pause) would put it past any limit. A network
+        is slow only when so many of its requests are over the limit that a p99 at the limit
+        leaves that many with a chance below FALSE_ALARM (`slow_requests_needed`)."""
+        counted = self._counted()
+        slow = sum(sum(x > limit_s for x in a.latencies) >= slow_requests_needed(len(a.latencies)) for a in counted)
+        return slow, len(counted)
+
+    def _counted(self) -> list[_Answers]:
+        """Each client network's answers over the window, for those that sent MIN_CLIENT_REQUESTS."""
         merged: dict[str, _Answers] = {}
         for bucket in self.buckets:
             for client, a in bucket.answers.items():
@@ -143,7 +156,12 @@ class Window:
                     into.misses + a.misses,
                 )
                 into.latencies.extend(a.latencies)
-        counted = [a for a in merged.values() if a.requests >= MIN_CLIENT_REQUESTS]
+        return [a for a in merged.values() if a.requests >= MIN_CLIENT_REQUESTS]
+
+    def _networks(self) -> dict[str, Any]:
+        """The median client network's error rate, miss rate and p99: what one client's costly or
+        failing requests move for itself only."""
+        counted = self._counted()
         if not counted:
             return {}
         p99s = [float(np.percentile(a.latencies, 99)) * 1000 for a in counted if a.latencies]
@@ -161,6 +179,20 @@ class Window:
         rates = [t.agreed / t.compared for t in tallies.values() if t.compared]
         median = float(np.median(rates)) if rates else None
         return {"clients": len(rates), "client_agreement": round(median, 6) if median is not None else None}
+
+
+@lru_cache(maxsize=4096)
+def slow_requests_needed(n: int) -> int:
+    """The fewest of `n` requests over a latency limit that a p99 at the limit leaves with a chance
+    below FALSE_ALARM: the smallest k with P(X >= k) <= FALSE_ALARM, X ~ Binomial(n, P99_TAIL).
+    2 of 5, 3 of 12, 6 of 100, 22 of 1,000; for one request, 2 (never)."""
+    p, k = P99_TAIL, 0
+    point, tail = (1 - p) ** n, 1.0  # P(X = k), P(X >= k)
+    while tail > FALSE_ALARM and k <= n:
+        tail -= point
+        k += 1
+        point *= (n - k + 1) / k * p / (1 - p)
+    return k if tail <= FALSE_ALARM else n + 1
 
 
 def _sample(kept: list[float], value: float | None, seen: int, limit: int) -> None:
@@ -214,10 +246,12 @@ class CanaryWatch:
             mine, theirs = canary.network_p99_ms, production.network_p99_ms
             if production.requests >= limits.min_requests and mine and theirs:
                 limit = theirs * limits.max_p99_ratio + limits.p99_slack_ms
-                if mine > limit:
+                slow, networks = self.canary.slow_networks(limit / 1000)
+                if mine > limit and 2 * slow >= networks:  # the median network's p99, and not by luck
                     return (
                         f"p99 latency {mine:.1f} ms, production {theirs:.1f} ms "
-                        f"(the median client network's; limit {limit:.1f} ms)"
+                        f"(the median client network's; limit {limit:.1f} ms; "
+                        f"too many requests over it from {slow} of {networks} client networks)"
                     )
         compared, clients, median = canary.compared, canary.clients, canary.client_agreement
         enough = compared >= limits.min_compared and clients >= limits.min_clients
