@@ -29,6 +29,7 @@ from support.hostile import address, read_response
 from support.registries import copy_shipped, publish_variant
 from support.server import loop_lags_over, start_server, stop_server, wait_until
 from support.shutdown import listeners_closed
+from support.stalls import HostStalls
 
 from digitserve.data import load_mnist
 from digitserve.registry import ModelRegistry
@@ -129,7 +130,7 @@ def test_a_connection_during_the_drain_is_refused_never_accepted_then_reset(
 
 @pytest.mark.solo  # event-loop lag bound
 def test_many_tiny_images_and_csvs_never_stall_the_event_loop(
-    server: tuple[subprocess.Popen[bytes], str, Path],
+    server: tuple[subprocess.Popen[bytes], str, Path], request: pytest.FixtureRequest
 ) -> None:
     """256 8x8 PNGs in one request used to be decoded on the event loop: 0.4-0.7 s during which no
     other request moved. Decoding is priced per image and per CSV now, and such a request goes to
@@ -137,7 +138,7 @@ def test_many_tiny_images_and_csvs_never_stall_the_event_loop(
     _, url, _ = server
     tiny = {"images": [tiny_digit()] * 256}
     csvs = {"csv": [long_decimal_csv()] * 83}
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with HostStalls(LOOP_LAG_BOUND_S) as stalls, httpx.Client(base_url=url, timeout=60) as client:
         late_before = lags_over_bound(url)
         statuses = []
         for body in [tiny, csvs] * 4:
@@ -149,7 +150,11 @@ def test_many_tiny_images_and_csvs_never_stall_the_event_loop(
             assert client.get("/healthz").status_code == 200
     assert statuses.count(200) >= 4, statuses
     late = lags_over_bound(url) - late_before
-    assert late == 0, f"{late:.0f} readings of the event loop's lag were over {LOOP_LAG_BOUND_S} s"
+    workers = request.node.callspec.params["server"]  # this module's server fixture: 1 or 2 workers
+    assert late <= workers * stalls.count, (  # a stall of the host makes each worker's probe late once
+        f"{late:.0f} readings of the event loop's lag were over {LOOP_LAG_BOUND_S} s; "
+        f"the host stalled {stalls.count} times meanwhile (tests/support/stalls.py)"
+    )
 
 
 # --- 4. the feedback rate limit ----------------------------------------------------------------

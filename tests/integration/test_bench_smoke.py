@@ -65,3 +65,28 @@ def test_smoke_run_writes_its_report(tmp_path: Path) -> None:
     moving = next(r for r in results["runs"] if r["server"] == "digitserve, alias moving")
     assert [m["answer"]["results"][0]["version"] for m in moving["moves"]] == [2, 1]
     assert all(m["answer"]["results"][0]["changed"] for m in moving["moves"])
+
+
+def test_cpu_budget_accounts_for_the_cpu_by_stage(tmp_path: Path) -> None:
+    """bench/cpu_budget.py: the stages add up to the process's measured CPU per request, and the
+    profile sees the request path (the forward pass, the HTTP protocol, validation, decoding)."""
+    out = tmp_path / "budget.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cpu_budget.py"), "--rounds", "1", "--seconds", "3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    budget = json.loads(out.read_text())
+    (only,) = budget["rounds"]
+    assert only["cpu_s_per_1000"] > 0 and only["rps"] > 0
+    assert abs(sum(only["stages"].values()) - only["cpu_s_per_1000"]) < 1e-6 * only["cpu_s_per_1000"] + 1e-9
+    seen = {stage for stage, cpu in only["stages"].items() if cpu > 0}
+    assert {
+        "forward pass (ONNX Runtime)",
+        "HTTP protocol (uvicorn, httptools)",
+        "routing and validation (digitserve)",
+        "decode and preprocessing",
+    } <= seen, only["stages"]
+    assert only["stages"]["other Python"] < 0.25 * only["cpu_s_per_1000"], only["stages"]  # the stages name the path

@@ -163,9 +163,7 @@ def test_the_models_page(browser: Browser, server: str) -> None:
     seven = png_b64(load_mnist("test").images[0])
     for _ in range(20):
         httpx.post(f"{server}/v1/models/cnn/predict", json={"images": [seven]})
-    expect(cnn.locator(".live .stat", has_text="production v1")).to_contain_text(
-        re.compile(r"\d+\.\d req/s"), timeout=15000
-    )
+    expect(cnn.locator(".live .stat", has_text="production v1")).to_contain_text(re.compile(r"\d+\.\d req/s"))
     expect(cnn.locator(".live")).to_contain_text("Feedback")
     screenshot(page, "models-desktop.png", full_page=True)  # the README's picture
     page.get_by_role("link", name="v1").first.click()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.server import spawn, stop_server
+from support.server import READY_TIMEOUT_S, spawn, stop_server
 
 from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 
@@ -36,7 +36,7 @@ def test_pip_install_then_serve_from_another_folder(tmp_path: Path) -> None:
     elsewhere.mkdir()
     env = {"DIGITSERVE_REGISTRY": "", "DIGITSERVE_CACHE_DIR": str(tmp_path / "cache")}  # empty: the default
     cmd = [str(venv / "bin" / "digitserve"), "serve", "--host", "127.0.0.1"]
-    process, url, _ = spawn(cmd, env, log_path=tmp_path / "server.log", ready_timeout_s=120, cwd=elsewhere)
+    process, url, _ = spawn(cmd, env, log_path=tmp_path / "server.log", ready_timeout_s=READY_TIMEOUT_S, cwd=elsewhere)
     try:
         shipped = httpx.get(f"{url}/v1/models/cnn", timeout=30).json()
         assert shipped["registry"].startswith(str(venv)), shipped["registry"]  # the wheel's baselines

@@ -14,11 +14,15 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Request, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, Request, ViewportSize, expect, sync_playwright
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 ANSWER_TIMEOUT_MS = 30_000
+# What a page shows after a round trip to the server (a listing, an answer, a registry page) is
+# waited for as long as an answer is: 5 s, Playwright's default, is short beside a training run
+# on the other core. A page that never shows it still fails, only later.
+expect.set_options(timeout=ANSWER_TIMEOUT_MS)
 
 CHROMIUM = Path(os.environ.get("DIGITSERVE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

@@ -75,6 +75,45 @@ def test_one_stall_of_the_machine_is_not_a_slow_canary() -> None:
     assert "p99 latency" in str(watch.judge(SETTINGS))
 
 
+def test_half_the_client_networks_must_be_slow_and_failed_ones_do_not_count() -> None:
+    """The median network's p99 is over the limit; the rule also wants at least half of the
+    networks with latencies to be slow beyond luck -- one slow network beside two that met one
+    stall is not enough, two are; networks whose requests all failed have no latency to show."""
+    one = watch_with()
+    for n, net in enumerate(NETS):
+        for _ in range(3 if n == 0 else 1):
+            one.canary.add(0.178, client=net)
+    assert one.canary.totals().network_p99_ms > 65 and one.judge(SETTINGS) is None
+    two = watch_with()
+    for n, net in enumerate(NETS):
+        for _ in range(3 if n < 2 else 1):
+            two.canary.add(0.178, client=net)
+    assert "from 2 of 3 client networks" in str(two.judge(SETTINGS))
+    failing = watch_with()
+    for n, net in enumerate(NETS):
+        for _ in range(3 if n < 2 else 1):
+            failing.canary.add(0.178, client=net)
+    for k in range(4):  # four more networks, each with only failed requests (errors under the rate limit)
+        for _ in range(5):
+            failing.canary.add(None, client=f"10.9.{k}.0/24")
+    assert failing.canary.slow_networks(0.065) == (2, 3)
+
+
+def test_a_stall_that_delays_production_too_raises_the_limit_with_it() -> None:
+    """A longer stall delays several requests of each network, on both sides: production's p99,
+    and with it the limit, rises as much. The same delays on the canary alone roll it back."""
+    both, alone = watch_with(), watch_with()
+    for watch in (both, alone):
+        for net in NETS:
+            for _ in range(3):
+                watch.canary.add(0.178, client=net)
+    for net in NETS:
+        for _ in range(3):
+            both.production.add(0.178, client=net)
+    assert both.judge(SETTINGS) is None
+    assert "p99 latency" in str(alone.judge(SETTINGS))
+
+
 def test_slow_requests_needed_is_the_binomial_tail() -> None:
     from math import comb
 

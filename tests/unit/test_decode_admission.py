@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -58,13 +59,25 @@ def uploads() -> list[bytes]:
     return blobs
 
 
-async def offer(
-    decoder: ImageDecoder, blobs: list[bytes], deadline_s: float = 10.0, release_after_s: float = 0.2
-) -> list[BaseException | None]:
+async def until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Wait, turning the event loop, until `check` holds (the submitter thread works meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
+        await asyncio.sleep(0.005)
+
+
+def handed_over(decoder: ImageDecoder, jobs: int) -> bool:
+    return isinstance(decoder.executor, HeldPool) and len(decoder.executor.jobs) == jobs
+
+
+async def offer(decoder: ImageDecoder, blobs: list[bytes], deadline_s: float = 10.0) -> list[BaseException | None]:
     """One request per blob, all at once; what each got once the pool finished them (None: decoded)."""
     deadline = time.monotonic() + deadline_s
     tasks = [asyncio.ensure_future(decoder.prepare([b], [f"images[{i}]"], deadline)) for i, b in enumerate(blobs)]
-    await asyncio.sleep(release_after_s)  # every request admitted or refused, every admitted one handed to the pool
+    await until(  # every request admitted or refused, every admitted one handed to the pool
+        lambda: handed_over(decoder, len(blobs) - sum(t.done() for t in tasks)), "every request settled"
+    )
     assert isinstance(decoder.executor, HeldPool)
     decoder.executor.release(0.002)
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -115,11 +128,11 @@ def test_a_standing_queue_is_shed_past_the_wait_and_the_burst(uploads: list[byte
 def test_nothing_is_admitted_that_could_not_be_decoded_by_its_deadline(uploads: list[bytes]) -> None:
     """With the wait and burst out of the way, only the deadline binds: 1 s, and five times the
     64 uploads (some 1.5 s of decoding) offered at once. What fits is admitted (and decoded when
-    the pool finishes, at 0.3 s); the rest is refused at once (503) rather than queued to miss
-    its deadline (504)."""
+    the pool finishes, once every request is admitted or refused); the rest is refused at once
+    (503) rather than queued to miss its deadline (504)."""
     decoder, submitter = new_decoder(max_decode_wait_s=100.0)
     try:
-        outcomes = asyncio.run(offer(decoder, uploads * 5, deadline_s=1.0, release_after_s=0.3))
+        outcomes = asyncio.run(offer(decoder, uploads * 5, deadline_s=1.0))
     finally:
         submitter.shutdown()
     refused = [o for o in outcomes if o is not None]
@@ -162,7 +175,7 @@ def test_requests_waiting_on_a_pool_that_broke_get_503_and_one_restart() -> None
         blob = jpeg(300, 300, exif=big_exif())
         deadline = time.monotonic() + 10
         tasks = [asyncio.ensure_future(decoder.prepare([blob], [f"images[{i}]"], deadline)) for i in range(3)]
-        await asyncio.sleep(0.2)
+        await until(lambda: handed_over(decoder, 3), "3 jobs handed to the pool")
         broken = decoder.executor
         assert isinstance(broken, BreakingPool) and len(broken.jobs) == 3
         broken.break_all()
@@ -180,8 +193,11 @@ def test_a_request_cancelled_while_its_job_is_handed_over_keeps_the_job_counted(
     runs anyway, so it stays in the backlog until it is done (an uncounted job would make a busy
     decoder look idle)."""
 
+    handing = threading.Event()
+
     class SlowHandoff(HeldPool):
         def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+            handing.set()
             time.sleep(0.2)  # as when a decode process has to be started
             return super().submit(fn, *args, **kwargs)
 
@@ -189,13 +205,13 @@ def test_a_request_cancelled_while_its_job_is_handed_over_keeps_the_job_counted(
         decoder = ImageDecoder(RequestLimits(), SlowHandoff, submitter := ThreadPoolExecutor(1))
         blob = jpeg(300, 300, exif=big_exif())
         task = asyncio.ensure_future(decoder.prepare([blob], ["images[0]"], time.monotonic() + 10))
-        await asyncio.sleep(0.05)
+        await until(handing.is_set, "the hand-off begun")
         task.cancel()
-        await asyncio.sleep(0.4)  # the hand-off is done
+        await until(lambda: handed_over(decoder, 1), "the hand-off done")
         during = decoder.jobs
         assert isinstance(decoder.executor, HeldPool)
         decoder.executor.release(0.002)
-        await asyncio.sleep(0.05)
+        await until(lambda: decoder.jobs == 0, "the job done")
         submitter.shutdown()
         return during, decoder.jobs
 
@@ -243,12 +259,12 @@ def test_a_restarted_pool_forgets_the_old_backlog() -> None:
         decoder, submitter = new_decoder()
         deadline = time.monotonic() + 10
         first = asyncio.ensure_future(decoder.prepare([blob], ["images[0]"], deadline))
-        await asyncio.sleep(0.1)
+        await until(lambda: handed_over(decoder, 1), "the first job handed to the pool")
         old_pool = decoder.executor
         assert isinstance(old_pool, HeldPool) and decoder.jobs == 1
         decoder._restart(old_pool)  # as when a decode process dies
         second = asyncio.ensure_future(decoder.prepare([blob], ["images[0]"], deadline))
-        await asyncio.sleep(0.1)
+        await until(lambda: decoder.executor is not old_pool and handed_over(decoder, 1), "the second job handed over")
         old_pool.release(0.002)
         await first
         seen = [decoder.jobs, decoder.backlog_pixels]  # the new pool's job only

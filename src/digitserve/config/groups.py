@@ -124,7 +124,9 @@ class CanarySettings(Group):
     )
     max_error_rate: float = Field(0.02, ge=0, le=1, description="canary server errors above this share: rollback")
     max_deadline_miss_rate: float = Field(0.02, ge=0, le=1, description="deadline misses above this (and production's)")
-    max_p99_ratio: float = Field(3.0, ge=1, description="p99 above this many times production's (plus slack): rollback")
+    max_p99_ratio: float = Field(
+        3.0, ge=1, description="p99 above this many times production's (plus slack), beyond luck: rollback"
+    )
     p99_slack_ms: float = Field(50.0, ge=0, description="latency difference always allowed the canary")
 
     @field_validator("alias", mode="before")

@@ -134,18 +134,19 @@ class Window:
         )
 
     def slow_networks(self, limit_s: float) -> tuple[int, int]:
-        """(networks whose requests over `limit_s` are more than a 1% tail explains, networks counted).
+        """(client networks with too many requests over `limit_s`, networks with latencies).
 
         A p99 taken from a network's few requests in the window is its slowest one or two: one
         stall of the machine (a noisy neighbour, a pause) would put it past any limit. A network
         is slow only when so many of its requests are over the limit that a p99 at the limit
         leaves that many with a chance below FALSE_ALARM (`slow_requests_needed`)."""
-        counted = self._counted()
-        slow = sum(sum(x > limit_s for x in a.latencies) >= slow_requests_needed(len(a.latencies)) for a in counted)
-        return slow, len(counted)
+        timed = [np.asarray(a.latencies) for a in self._counted() if a.latencies]
+        slow = sum(int(np.count_nonzero(x > limit_s)) >= slow_requests_needed(len(x)) for x in timed)
+        return slow, len(timed)
 
     def _counted(self) -> list[_Answers]:
         """Each client network's answers over the window, for those that sent MIN_CLIENT_REQUESTS."""
+        self._now()
         merged: dict[str, _Answers] = {}
         for bucket in self.buckets:
             for client, a in bucket.answers.items():
@@ -246,13 +247,14 @@ class CanaryWatch:
             mine, theirs = canary.network_p99_ms, production.network_p99_ms
             if production.requests >= limits.min_requests and mine and theirs:
                 limit = theirs * limits.max_p99_ratio + limits.p99_slack_ms
-                slow, networks = self.canary.slow_networks(limit / 1000)
-                if mine > limit and 2 * slow >= networks:  # the median network's p99, and not by luck
-                    return (
-                        f"p99 latency {mine:.1f} ms, production {theirs:.1f} ms "
-                        f"(the median client network's; limit {limit:.1f} ms; "
-                        f"too many requests over it from {slow} of {networks} client networks)"
-                    )
+                if mine > limit:  # the median network's p99; is it more than luck (slow_networks)?
+                    slow, networks = self.canary.slow_networks(limit / 1000)
+                    if 2 * slow >= networks:
+                        return (
+                            f"p99 latency {mine:.1f} ms, production {theirs:.1f} ms "
+                            f"(the median client network's; limit {limit:.1f} ms; "
+                            f"too many requests over it from {slow} of {networks} client networks)"
+                        )
         compared, clients, median = canary.compared, canary.clients, canary.client_agreement
         enough = compared >= limits.min_compared and clients >= limits.min_clients
         if enough and median is not None and median < limits.min_agreement:
