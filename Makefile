@@ -73,6 +73,7 @@ evidence: $(STAMP) system-deps data
 	$(BIN)/python bench/worker_placement.py --rounds 5
 	$(BIN)/python bench/decode_prices.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/cpu_budget.py
 	rm -f bench/overload_results.json
 	DIGITSERVE_EVIDENCE=bench/overload_results.json DIGITSERVE_OVERLOAD_SECONDS=12 $(BIN)/python -m pytest -q -p no:cacheprovider tests/integration/test_overload.py
 	rm -f bench/shutdown_results.json

@@ -125,6 +125,24 @@ def train_step_sentence(doc: dict[str, Any]) -> str:
     )
 
 
+CPU_BUDGET_RESULTS = ROOT / "bench" / "cpu_budget_results.json"
+
+
+def cpu_budget_sentence(doc: dict[str, Any]) -> str:
+    """What the README says of bench/cpu_budget_results.json: the CPU per request and each stage's share."""
+    shown = {stage: cpu for stage, cpu in doc["stages"].items() if round(cpu, 2) >= 0.01}
+    small = [stage for stage in doc["stages"] if stage not in shown]
+    return (
+        f"measured at {doc['machine']['commit']}): one worker of the default layout under 64 connections of "
+        f"1-image JSON, each thread's CPU from the kernel divided among stages by py-spy's samples of it — "
+        f"{doc['cpu_s_per_1000']:.2f} ms of CPU per request: "
+        + "; ".join(f"{stage} {cpu:.2f}" for stage, cpu in shown.items())
+        + " (ms); "
+        + ", ".join(small)
+        + ": under 0.01 ms each."
+    )
+
+
 SHADOW_RESULTS = ROOT / "bench" / "shadow_results.json"
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from support.evidence import (
+    CPU_BUDGET_RESULTS,
     DECODE_PRICES_RESULTS,
     OVERLOAD_RESULTS,
     PHOTO_BURST_RESULTS,
@@ -16,6 +17,7 @@ from support.evidence import (
     ROOT,
     SHADOW_RESULTS,
     TRAIN_STEP_RESULTS,
+    cpu_budget_sentence,
     decode_prices_sentence,
     overload_table,
     photo_burst_sentence,
@@ -165,4 +167,13 @@ def test_the_training_step_figures_quoted_are_the_committed_results() -> None:
     doc = json.loads(TRAIN_STEP_RESULTS.read_text())
     assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
     quoted = train_step_sentence(doc)
+    assert quoted in flat(README), f"it should say: {quoted}"
+
+
+def test_the_cpu_budget_quoted_is_the_committed_results() -> None:
+    doc = json.loads(CPU_BUDGET_RESULTS.read_text())
+    assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
+    total = doc["cpu_s_per_1000"]  # medians over the rounds: the stages add up to the whole within a few %
+    assert abs(sum(doc["stages"].values()) - total) < 0.05 * total, "the stages add up to the whole"
+    quoted = cpu_budget_sentence(doc)
     assert quoted in flat(README), f"it should say: {quoted}"
