@@ -113,7 +113,11 @@ def test_the_shutdown_soak_quoted_is_the_committed_results() -> None:
     commits = {r["commit"] for r in doc["results"].values()}
     assert len(doc["results"]) == 2 and len(runs) == 1 and len(commits) == 1
     text = " ".join(README.read_text().split())
-    quoted = f"{runs.pop()} of each at {commits.pop()} with `DIGITSERVE_SHUTDOWN_RUNS=20`, {resets} requests reset"
+    in_flight = min(r["in_flight_at_sigterm_min"] for r in doc["results"].values())
+    quoted = (
+        f"{runs.pop()} of each at {commits.pop()} with `DIGITSERVE_SHUTDOWN_RUNS=20`, {resets} requests reset, "
+        f"at least {in_flight} in flight at the signal"
+    )
     assert quoted in text, quoted
 
 
