@@ -18,18 +18,24 @@ import sys
 from types import TracebackType
 
 INTERVAL_S = 0.05  # as the server's probe
+# Stopped by SIGTERM, with a handler of its own: SIGINT would do nothing where the suite runs in
+# the background (a non-interactive shell starts background jobs with SIGINT ignored, the child
+# inherits that, and Python then installs no KeyboardInterrupt handler).
 WITNESS = """
-import sys, time
+import signal, sys, time
 threshold, interval, late = float(sys.argv[1]), float(sys.argv[2]), 0
-try:
-    print("watching", flush=True)
-    while True:
-        due = time.monotonic() + interval
-        time.sleep(interval)
-        if time.monotonic() - due > threshold:
-            late += 1
-except KeyboardInterrupt:
+
+def stop(signum, frame):
     print(late, flush=True)
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+print("watching", flush=True)
+while True:
+    due = time.monotonic() + interval
+    time.sleep(interval)
+    if time.monotonic() - due > threshold:
+        late += 1
 """
 
 
@@ -50,7 +56,7 @@ class HostStalls:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._process is not None
-        self._process.send_signal(signal.SIGINT)
+        self._process.send_signal(signal.SIGTERM)
         out, _ = self._process.communicate(timeout=30)
         assert self._process.returncode == 0 and out.strip().isdigit(), f"the witness failed: {out!r}"
         self.count = int(out)
