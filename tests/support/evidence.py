@@ -133,8 +133,10 @@ def cpu_budget_sentence(doc: dict[str, Any]) -> str:
     shown = {stage: cpu for stage, cpu in doc["stages"].items() if round(cpu, 2) >= 0.01}
     small = [stage for stage in doc["stages"] if stage not in shown]
     return (
-        f"measured at {doc['machine']['commit']}): one worker of the default layout under 64 connections of "
-        f"1-image JSON, each thread's CPU from the kernel divided among stages by py-spy's samples of it — "
+        f"measured at {doc['machine']['commit']}): one server process as the default layout runs one per core "
+        f"(`--workers 1`, one ONNX Runtime thread; its metrics kept in memory rather than in the files two "
+        f"workers share) under 64 connections of 1-image JSON, each thread's CPU from the kernel divided among "
+        f"stages by py-spy's samples of it — "
         f"{doc['cpu_s_per_1000']:.2f} ms of CPU per request: "
         + "; ".join(f"{stage} {cpu:.2f}" for stage, cpu in shown.items())
         + " (ms); "

@@ -76,7 +76,11 @@ async def offer(decoder: ImageDecoder, blobs: list[bytes], deadline_s: float = 1
     deadline = time.monotonic() + deadline_s
     tasks = [asyncio.ensure_future(decoder.prepare([b], [f"images[{i}]"], deadline)) for i, b in enumerate(blobs)]
     await until(  # every request admitted or refused, every admitted one handed to the pool
-        lambda: handed_over(decoder, len(blobs) - sum(t.done() for t in tasks)), "every request settled"
+        lambda: (
+            isinstance(decoder.executor, HeldPool)
+            and len(decoder.executor.jobs) + sum(t.done() for t in tasks) >= len(blobs)
+        ),
+        "every request settled",
     )
     assert isinstance(decoder.executor, HeldPool)
     decoder.executor.release(0.002)

@@ -181,3 +181,23 @@ def test_the_cpu_budget_quoted_is_the_committed_results() -> None:
     assert abs(sum(doc["stages"].values()) - total) < 0.05 * total, "the stages add up to the whole"
     quoted = cpu_budget_sentence(doc)
     assert quoted in flat(README), f"it should say: {quoted}"
+    ranked = sorted(doc["stages"], key=lambda stage: -doc["stages"][stage])
+    assert ranked[:2] == ["forward pass (ONNX Runtime)", "FastAPI and Starlette"], ranked  # what the README says
+    assert "After the forward pass, the largest share is FastAPI and Starlette's" in flat(README)
+
+
+def test_the_latency_rule_figures_in_the_rollouts_doc_are_the_rules() -> None:
+    """docs/rollouts.md's examples of how many slow requests make a network slow are what
+    `slow_requests_needed` computes."""
+    from digitserve.serving.rollouts.watch import slow_requests_needed
+
+    doc = flat(ROOT / "docs" / "rollouts.md")
+    examples = ", ".join(f"{slow_requests_needed(n)} of {n:,}" for n in (5, 12, 100, 1000))
+    assert f"({examples}: a binomial tail of 1%" in doc, examples
+    shares = {n: slow_requests_needed(n) / n for n in range(5, 13)}  # 5-12 requests per network
+    assert min(shares.values()) == shares[12] == 0.25 and max(shares.values()) == shares[6] == 0.5
+    assert f"a quarter to a half of them ({slow_requests_needed(12)} of 12 to {slow_requests_needed(6)} of 6)" in doc
+    assert (
+        f"with 100 per network, on {slow_requests_needed(100)}%; with 1,000, on {slow_requests_needed(1000) / 10:.1f}%"
+        in doc
+    )
