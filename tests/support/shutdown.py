@@ -72,6 +72,15 @@ def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> Shutdo
     outcomes: list[Outcome] = []
     sigterm_at = [float("inf")]
     written: set[int] = set()  # requests written and not answered (or failed) yet
+    armed = [False]  # the signal goes the moment IN_FLIGHT requests are written and unanswered
+
+    def watch_in_flight() -> None:
+        # checked at every write, not by polling: a poll a few ms late found the burst answered
+        # already in one run (two workers answer 32 requests in a few ms)
+        if armed[0] and len(written) >= IN_FLIGHT:
+            armed[0] = False
+            sigterm_at[0] = time.monotonic()
+            process.send_signal(signal.SIGTERM)
 
     async def one(client: httpx.AsyncClient) -> None:
         moments: dict[str, float] = {}
@@ -80,6 +89,7 @@ def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> Shutdo
             moments.setdefault(event, time.monotonic())
             if event == "http11.send_request_headers.started":
                 written.add(id(moments))
+                watch_in_flight()
 
         body = {"images": [EXAMPLE_PNG_B64] * 4}
         try:
@@ -111,10 +121,10 @@ def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> Shutdo
                 tasks.append(asyncio.create_task(one(client)))
                 if i == 150:
                     await until(lambda: sum(o.answered_at is not None for o in outcomes) >= 20, "20 answers")
+                    armed[0] = True
+                    watch_in_flight()  # the paced load may have that many in flight already
                     tasks += [asyncio.create_task(one(client)) for _ in range(BURST)]
-                    await until(lambda: len(written) >= IN_FLIGHT, f"{IN_FLIGHT} requests written, unanswered")
-                    sigterm_at[0] = time.monotonic()
-                    process.send_signal(signal.SIGTERM)
+                    await until(lambda: not armed[0], f"{IN_FLIGHT} requests written, unanswered")
                 await asyncio.sleep(0.005)
             await asyncio.gather(*tasks)
 
