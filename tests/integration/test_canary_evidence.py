@@ -70,6 +70,7 @@ def test_one_client_sending_chosen_inputs_cannot_roll_a_canary_back(registry: Mo
     attack = [{"images": [s]} for s in scribbles(60)]
     env = {**ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_CANARY_COMPARE_PERCENT": "100"}
     env["DIGITSERVE_WORKERS"] = "1"  # the attacker and every honest network in one watch
+    env["DIGITSERVE_CANARY_WINDOW_S"] = "300"  # the attack stays in the window however long comparing takes
     with running_server(env) as url, steady_load([url], digits, clients=3, client_networks=True) as answers:
         wait_until(lambda: sum(a.alias == "canary" for a in answers) > 20, 30, "the canary answers its share")
         headers = {"X-Digitserve-Sticky": canary_key()}
@@ -142,6 +143,7 @@ def test_one_client_sending_costly_requests_cannot_roll_a_canary_back(registry: 
         "DIGITSERVE_REGISTRY": registry.uri,
         "DIGITSERVE_CANARY_MIN_REQUESTS": "20",
         "DIGITSERVE_WORKERS": "1",
+        "DIGITSERVE_CANARY_WINDOW_S": "300",  # the heavy requests stay in the window until it is read
     }
     with running_server(env) as url, steady_load([url], digits, clients=3, client_networks=True) as answers:
         wait_until(lambda: sum(a.alias == "canary" for a in answers) > 40, 30, "the canary answers its share")

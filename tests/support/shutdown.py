@@ -39,6 +39,7 @@ class Outcome:
 
 
 BURST, IN_FLIGHT = 32, 8  # sent at once before the signal; written and unanswered when it comes
+BURSTS = 5  # bursts at most, one after another, until one has IN_FLIGHT at once
 WAIT_S = 30.0  # for the answers and writes the scenario waits on
 
 
@@ -123,8 +124,11 @@ def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> Shutdo
                     await until(lambda: sum(o.answered_at is not None for o in outcomes) >= 20, "20 answers")
                     armed[0] = True
                     watch_in_flight()  # the paced load may have that many in flight already
-                    tasks += [asyncio.create_task(one(client)) for _ in range(BURST)]
-                    await until(lambda: not armed[0], f"{IN_FLIGHT} requests written, unanswered")
+                    for _ in range(BURSTS):  # another burst while the last one never had 8 in flight at once
+                        if armed[0]:
+                            tasks += [asyncio.create_task(one(client)) for _ in range(BURST)]
+                            await asyncio.gather(*tasks[-BURST:])
+                    assert not armed[0], f"never {IN_FLIGHT} requests written and unanswered in {BURSTS} bursts"
                 await asyncio.sleep(0.005)
             await asyncio.gather(*tasks)
 

@@ -157,7 +157,7 @@ def test_full_queue_is_refused_with_queue_full(slots: InferenceSlots) -> None:
         forward.gate.clear()  # hold the first batch inside the forward pass
         batcher = await _started(forward, slots, max_batch_size=4, max_delay_ms=0, max_queue=8)
         first = batcher.submit(images(4), within(5))
-        await asyncio.sleep(0.05)  # the first batch is now in the forward pass
+        await until(lambda: forward.entered == [4], "the first batch in the forward pass")
         queued = [batcher.submit(images(4), within(5)) for _ in range(2)]
         with pytest.raises(QueueFullError):
             batcher.submit(images(1), within(5))

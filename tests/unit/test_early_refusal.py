@@ -106,7 +106,9 @@ def test_a_full_queue_refuses_before_the_body_is_read(target: str) -> None:
                 batcher = app.state.services.versions.states["cnn"].served.batcher
                 deadline = time.monotonic() + 30
                 futures = [batcher.submit(np.zeros((MAX_BATCH, 28, 28), np.uint8), deadline)]
-                await asyncio.sleep(0.05)  # that batch has left the queue and waits for the forward thread
+                while batcher.queued_images:  # that batch leaves the queue and waits for the forward thread
+                    assert time.monotonic() < deadline, "the first batch never left the queue"
+                    await asyncio.sleep(0.005)
                 futures += [batcher.submit(np.zeros((MAX_QUEUE // 2, 28, 28), np.uint8), deadline) for _ in range(2)]
                 assert batcher.queued_images == MAX_QUEUE
 
