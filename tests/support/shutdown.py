@@ -8,7 +8,6 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import httpx
 
 from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 from support.server import start_server
+from support.waits import until
 
 
 def listener_closed_at(log: Path) -> float:
@@ -108,20 +108,17 @@ def sigterm_under_load(registry_uri: str, log: Path, workers: int = 1) -> Shutdo
         answered = moments.get("http11.receive_response_headers.complete", time.monotonic())
         outcomes.append(Outcome(moments["http11.send_request_headers.started"], result, answered))
 
-    async def until(check: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + WAIT_S
-        while not check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not within {WAIT_S:.0f} s: {what} ({Counter(o.result for o in outcomes)})")
-            await asyncio.sleep(0.001)
-
     async def scenario() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=None)) as client:
             tasks = []
             for i in range(400):
                 tasks.append(asyncio.create_task(one(client)))
                 if i == 150:
-                    await until(lambda: sum(o.answered_at is not None for o in outcomes) >= 20, "20 answers")
+                    await until(
+                        lambda: sum(o.answered_at is not None for o in outcomes) >= 20,
+                        lambda: f"20 answers ({Counter(o.result for o in outcomes)})",
+                        WAIT_S,
+                    )
                     armed[0] = True
                     watch_in_flight()  # the paced load may have that many in flight already
                     for _ in range(BURSTS):  # another burst while the last one never had 8 in flight at once

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from support.waits import until
 
 from digitserve.serving.inference.batching import (
     BatchStats,
@@ -64,13 +65,6 @@ def within(seconds: float) -> float:
     return time.monotonic() + seconds
 
 
-async def until(check: object, what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s}s"
-        await asyncio.sleep(0.005)
-
-
 def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(slots: InferenceSlots) -> None:
     async def scenario() -> None:
         forward = Recorder()
@@ -104,7 +98,7 @@ def test_arrivals_gather_into_the_next_batch_while_one_runs(slots: InferenceSlot
         forward.gate.clear()  # hold the first batch inside the forward pass
         batcher = await _started(forward, slots, max_batch_size=4, max_delay_ms=0)
         first = batcher.submit(images(1, value=0), within(10))
-        await until(lambda: forward.entered == [1], "the first request runs alone, at once")
+        await until(lambda: forward.entered == [1], "the first request runs alone, at once", timeout_s=10)
         later = [batcher.submit(images(1, value=i), within(10)) for i in range(1, 7)]
         await asyncio.sleep(0.05)
         assert forward.entered == [1]  # one slot: nothing else starts while it is busy
@@ -123,12 +117,12 @@ def test_with_two_slots_a_gathering_batch_starts_when_full_or_after_the_delay() 
         forward.gate.clear()
         batcher = await _started(forward, slots, max_batch_size=4, max_delay_ms=60_000)
         running = [batcher.submit(images(1), within(20))]
-        await until(lambda: forward.entered == [1], "the first request takes a slot at once")
+        await until(lambda: forward.entered == [1], "the first request takes a slot at once", timeout_s=10)
         running += [batcher.submit(images(1), within(20)) for _ in range(3)]
         await asyncio.sleep(0.05)
         assert forward.entered == [1]  # 3 of 4 gathered and the delay (60 s) not over: they wait
         running.append(batcher.submit(images(1), within(20)))
-        await until(lambda: forward.entered == [1, 4], "a full batch takes the second slot")
+        await until(lambda: forward.entered == [1, 4], "a full batch takes the second slot", timeout_s=10)
         forward.gate.set()
         await asyncio.gather(*running)
         await batcher.close()
@@ -137,9 +131,11 @@ def test_with_two_slots_a_gathering_batch_starts_when_full_or_after_the_delay() 
         forward.gate.clear()
         batcher = await _started(forward, slots, max_batch_size=64, max_delay_ms=20)
         first = batcher.submit(images(1), within(20))
-        await until(lambda: forward.entered == [1], "the first request takes a slot at once")
+        await until(lambda: forward.entered == [1], "the first request takes a slot at once", timeout_s=10)
         second = batcher.submit(images(1), within(20))
-        await until(lambda: forward.entered == [1, 1], "after the delay, a partial batch takes the free slot")
+        await until(
+            lambda: forward.entered == [1, 1], "after the delay, a partial batch takes the free slot", timeout_s=10
+        )
         forward.gate.set()
         await asyncio.gather(first, second)
         await batcher.close()
@@ -157,7 +153,7 @@ def test_full_queue_is_refused_with_queue_full(slots: InferenceSlots) -> None:
         forward.gate.clear()  # hold the first batch inside the forward pass
         batcher = await _started(forward, slots, max_batch_size=4, max_delay_ms=0, max_queue=8)
         first = batcher.submit(images(4), within(5))
-        await until(lambda: forward.entered == [4], "the first batch in the forward pass")
+        await until(lambda: forward.entered == [4], "the first batch in the forward pass", timeout_s=10)
         queued = [batcher.submit(images(4), within(5)) for _ in range(2)]
         with pytest.raises(QueueFullError):
             batcher.submit(images(1), within(5))

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from support.photolike import make_phone_upload
+from support.waits import until
 
 from digitserve.config import RequestLimits
 from digitserve.data import load_mnist
@@ -57,14 +58,6 @@ def uploads() -> list[bytes]:
     blobs = [make_phone_upload(digit, rng) for digit in load_mnist("test").images[:64]]
     assert all(len(b) > HEADER_BYTES for b in blobs)
     return blobs
-
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    """Wait, turning the event loop, until `check` holds (the submitter thread works meanwhile)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
-        await asyncio.sleep(0.005)
 
 
 def handed_over(decoder: ImageDecoder, jobs: int) -> bool:

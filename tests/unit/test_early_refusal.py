@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi import FastAPI
+from support.waits import until
 
 from digitserve.config import Settings, shipped_registry
 from digitserve.registry import ModelRegistry
@@ -106,9 +107,8 @@ def test_a_full_queue_refuses_before_the_body_is_read(target: str) -> None:
                 batcher = app.state.services.versions.states["cnn"].served.batcher
                 deadline = time.monotonic() + 30
                 futures = [batcher.submit(np.zeros((MAX_BATCH, 28, 28), np.uint8), deadline)]
-                while batcher.queued_images:  # that batch leaves the queue and waits for the forward thread
-                    assert time.monotonic() < deadline, "the first batch never left the queue"
-                    await asyncio.sleep(0.005)
+                # that batch leaves the queue and waits for the forward thread
+                await until(lambda: batcher.queued_images == 0, "the first batch out of the queue")
                 futures += [batcher.submit(np.zeros((MAX_QUEUE // 2, 28, 28), np.uint8), deadline) for _ in range(2)]
                 assert batcher.queued_images == MAX_QUEUE
 

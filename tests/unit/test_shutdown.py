@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+from support.waits import until
 from uvicorn.config import Config
 from uvicorn.server import Server
 
@@ -21,13 +21,6 @@ from digitserve.serving.http.protocol import LimitedHttpProtocol
 from digitserve.serving.http.shutdown import unread_requests
 
 HEAD = b"GET /%s HTTP/1.1\r\nHost: test\r\n\r\n"
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 def test_a_request_counts_as_unread_until_the_server_has_begun_it() -> None:
@@ -59,7 +52,7 @@ def test_a_request_counts_as_unread_until_the_server_has_begun_it() -> None:
         await server.startup(sockets=[listening])
         client = socket.create_connection(listening.getsockname())
         client.setblocking(False)
-        await wait_until(lambda: len(server.server_state.connections) == 1)
+        await until(lambda: len(server.server_state.connections) == 1, "one connection", timeout_s=5)
         assert unread_requests(server) == 0, "an idle connection holds no request"
 
         client.sendall(HEAD % b"first")
@@ -69,13 +62,17 @@ def test_a_request_counts_as_unread_until_the_server_has_begun_it() -> None:
         assert unread_requests(server) == 0, "answered, and nothing more was sent"
 
         client.sendall(b"GET /second HTTP/1.1\r\nHost")  # half a head
-        await wait_until(lambda: any(getattr(c, "_head_begun", False) for c in server.server_state.connections))
+        await until(
+            lambda: any(getattr(c, "_head_begun", False) for c in server.server_state.connections),
+            "a request head begun",
+            timeout_s=5,
+        )
         assert unread_requests(server) == 1, "a head begun but not complete would be closed unanswered"
         client.sendall(b": test\r\n\r\n")
         assert (await answer(client)).startswith(b"HTTP/1.1 200")
 
         client.sendall(HEAD % b"slow")
-        await wait_until(lambda: called[-1:] == ["/slow"])
+        await until(lambda: called[-1:] == ["/slow"], "/slow called", timeout_s=5)
         assert unread_requests(server) == 0, "a request in progress is finished by the server's shutdown"
         release.set()
         assert (await answer(client)).startswith(b"HTTP/1.1 200")
