@@ -70,8 +70,8 @@ class HostStalls:
         assert self._process is not None
         self._process.send_signal(signal.SIGTERM)
         out, _ = self._process.communicate(timeout=30)
+        assert self._process.returncode == 0 and len(out.split()) == 2, f"the witness failed: {out!r}"
         count, worst = out.split()
-        assert self._process.returncode == 0, f"the witness failed: {out!r}"
         self.count, self.worst_s = int(count), float(worst)
 
 
