@@ -81,7 +81,9 @@ def test_cpu_budget_accounts_for_the_cpu_by_stage(tmp_path: Path) -> None:
     budget = json.loads(out.read_text())
     (only,) = budget["rounds"]
     assert only["cpu_s_per_1000"] > 0 and only["rps"] > 0
-    assert abs(sum(only["stages"].values()) - only["cpu_s_per_1000"]) < 1e-6 * only["cpu_s_per_1000"] + 1e-9
+    total = only["cpu_s_per_1000"]  # the process's CPU from the kernel; the threads' add up to it within a few %
+    assert abs(sum(only["stages"].values()) - total) < 0.05 * total, (only["stages"], total)
+    assert only["stages"]["threads that ended during the round"] < 0.1 * total, only["stages"]
     seen = {stage for stage, cpu in only["stages"].items() if cpu > 0}
     assert {
         "forward pass (ONNX Runtime)",
