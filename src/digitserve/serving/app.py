@@ -16,11 +16,12 @@ from digitserve.serving.api import health
 from digitserve.serving.api.handlers import install_error_handlers
 from digitserve.serving.api.pages import mount_pages
 from digitserve.serving.api.v1 import admin, feedback, models, predict, registry
+from digitserve.serving.api.v1.direct import direct_predict
 from digitserve.serving.api.v2 import routes as v2
 from digitserve.serving.http.admission import Admission
 from digitserve.serving.http.edge import EdgeMiddleware
 from digitserve.serving.http.protocol import COUNT_REFUSAL, EARLY_ANSWER, LIMITS, ConnectionLimits
-from digitserve.serving.http.routes import V1_FEEDBACK
+from digitserve.serving.http.routes import V1_FEEDBACK, V1_PREDICT
 from digitserve.serving.http.shutdown import Drain, install_sigterm_drain
 from digitserve.serving.observability.metrics import HttpObserver, ServiceMetrics
 from digitserve.serving.responses import JSONResponse
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_limits={V1_FEEDBACK: settings.feedback.max_body_bytes},
         draining=drain,
         observe=HttpObserver(metrics, app.router.routes),
+        direct={V1_PREDICT: direct_predict},  # plain JSON predictions skip FastAPI's routing (api/v1/direct.py)
     )
     return app
 

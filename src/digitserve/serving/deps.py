@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.types import Scope
 
 from digitserve.serving.browsing.browser import RegistryBrowser
 from digitserve.serving.browsing.catalog import Catalog
@@ -81,15 +82,21 @@ class PredictionContext:
     deadline: float  # time.monotonic(): stamped on arrival by admission (serving/http/admission.py)
 
 
-async def prediction_context(request: Request) -> PredictionContext:
-    """What a prediction route needs, in one dependency; refuses new work once SIGTERM has been received."""
-    state = request.app.state
+def prediction_context_of(scope: Scope) -> PredictionContext:
+    """What a prediction needs, from the ASGI scope (its app's state, its deadline); refuses new
+    work once SIGTERM has been received. Also what the direct prediction path asks."""
+    state = scope["app"].state
     if state.drain.active:
         raise ShuttingDownError("the server is shutting down; retry on another replica")
-    deadline = request.scope["state"].get(DEADLINE) if "state" in request.scope else None
+    deadline = scope["state"].get(DEADLINE) if "state" in scope else None
     if not isinstance(deadline, float):  # a route reached without the edge middleware (feedback)
         deadline = time.monotonic() + state.settings.requests.request_timeout_s
     return PredictionContext(state.services.pipeline, deadline)
+
+
+async def prediction_context(request: Request) -> PredictionContext:
+    """What a prediction route needs, in one dependency."""
+    return prediction_context_of(request.scope)
 
 
 async def require_admin(request: Request) -> None:

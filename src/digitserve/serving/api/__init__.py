@@ -1,7 +1,8 @@
 """The wire protocols: routes that translate a request into calls on the services and the result
 back, and nothing more.
 
-- `v1/`: `predict.py` (JSON and multipart), `models.py` (`GET /v1/models`), `registry.py` (the
+- `v1/`: `predict.py` (JSON and multipart), `direct.py` (plain JSON predictions, past FastAPI's
+  routing), `models.py` (`GET /v1/models`), `registry.py` (the
   models pages' JSON and `/v1/live`), `feedback.py`, `admin.py` (reload);
 - `v2/`: the Open Inference Protocol (KServe, Triton): `routes.py`, `codec.py` (JSON and binary
   tensors), `tensors.py`, `schemas.py`;

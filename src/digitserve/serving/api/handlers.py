@@ -34,40 +34,34 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts)[:2000] or "invalid request"
 
 
-def _starlette_error(request: Request, exc: StarletteHTTPException) -> HttpError:
+def _starlette_error(method: str, path: str, exc: StarletteHTTPException) -> HttpError:
     message = exc.detail if isinstance(exc.detail, str) else "request refused"
     if exc.status_code == 404 and message == "Not Found":
-        message = f"no such endpoint: {request.method} {request.url.path[:200]}; see /docs"
+        message = f"no such endpoint: {method} {path[:200]}; see /docs"
     elif exc.status_code == 405:
-        message = f"{request.method} is not allowed on {request.url.path[:200]}; see /docs"
+        message = f"{method} is not allowed on {path[:200]}; see /docs"
     elif exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's words
         message = "the request body cannot be parsed: send UTF-8 JSON as /docs shows"
     codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
     return HttpError(exc.status_code, codes.get(exc.status_code, "http_error"), message, getattr(exc, "headers", None))
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def expected(request: Request, exc: Exception) -> Response:
-        error = http_error(exc)
-        if error is None:
-            return await unexpected(request, exc)
-        return error_response(error.status, error.message, error.code, error.headers)
-
-    async def validation(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
+def error_answer(exc: Exception, method: str, path: str) -> Response:
+    """The answer to an exception a request raised: an expected error as `serving/errors.py` maps
+    it, Starlette's own (404, 405, 413, a body that cannot be read) in our words, anything else
+    logged with its traceback and answered with a generic 500 (a bug)."""
+    if isinstance(exc, RequestValidationError):
         return error_response(422, _describe_validation(exc), "invalid_request")
-
-    async def starlette_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        error = _starlette_error(request, exc)
-        return error_response(error.status, error.message, error.code, error.headers)
-
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unexpected error on %s %s", request.method, request.url.path[:200], exc_info=exc)
+    error = _starlette_error(method, path, exc) if isinstance(exc, StarletteHTTPException) else http_error(exc)
+    if error is None:
+        log.error("unexpected error on %s %s", method, path[:200], exc_info=exc)
         return error_response(500, "internal error; it has been logged", "internal_error")
+    return error_response(error.status, error.message, error.code, error.headers)
 
-    for kind in (ServiceError, ImageError):
-        app.add_exception_handler(kind, expected)
-    app.add_exception_handler(RequestValidationError, validation)
-    app.add_exception_handler(StarletteHTTPException, starlette_error)
-    app.add_exception_handler(Exception, unexpected)
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def answer(request: Request, exc: Exception) -> Response:
+        return error_answer(exc, request.method, request.url.path)
+
+    for kind in (ServiceError, ImageError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, answer)

@@ -9,6 +9,9 @@ In order, for an HTTP request:
 - **drain**: after SIGTERM every response carries `Connection: close`, so a client's next request
   opens a new connection (answered 503, or refused once the listener closes) instead of being
   written on a kept-alive connection the server is about to close, where it would be reset;
+- **direct**: a prediction route with a reader of its own (`direct`: the plain JSON prediction,
+  api/v1/direct.py) is handed to it rather than to the app, with the app to pass on what it does
+  not answer itself;
 - **observe**: the answer's status and latency go to `observe` (the metrics), by route template;
 - a redirect's `Location` is made a path (never the Host header a client wrote).
 """
@@ -16,7 +19,7 @@ In order, for an HTTP request:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +31,8 @@ from digitserve.serving.http.admission import DEADLINE, Admission
 from digitserve.serving.http.routes import prediction_of
 
 Observe = Callable[[Scope, int, float], None]  # (scope, status, seconds), after the answer
+# a prediction route's own reader: (scope, receive, send, the app to hand what it does not answer)
+Direct = Callable[[Scope, Receive, Send, ASGIApp], Awaitable[None]]
 
 
 async def refuse(send: Send, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
@@ -51,8 +56,10 @@ class EdgeMiddleware:
         body_limits: dict[str, int],
         draining: Callable[[], bool],
         observe: Observe,
+        direct: Mapping[str, Direct] | None = None,
     ) -> None:
         self.app = app
+        self.direct = dict(direct or {})  # route template -> its reader (api/v1/direct.py)
         self.admission = admission
         self.default_limit = admission.max_body_bytes
         self.body_limits = body_limits  # path -> a smaller limit (feedback)
@@ -111,8 +118,12 @@ class EdgeMiddleware:
                     admission.in_progress += 1
             return message
 
+        direct = self.direct.get(prediction.template) if prediction is not None else None
         try:
-            await self.app(scope, receive_within_limits, send)
+            if direct is None:
+                await self.app(scope, receive_within_limits, send)
+            else:
+                await direct(scope, receive_within_limits, send, self.app)
         finally:
             if counted:
                 admission.in_progress -= 1

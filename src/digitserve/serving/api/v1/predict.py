@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.datastructures import UploadFile
 
 from digitserve.config import RequestLimits
+from digitserve.config.groups import ALIAS_NAME
 from digitserve.imaging.encode import png_base64
 from digitserve.imaging.pixelcsv import MAX_CSV_BYTES, looks_like_csv
 from digitserve.registry.records import MAX_VERSION
 from digitserve.serving.api.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse
-from digitserve.serving.deps import PredictionDep
+from digitserve.serving.deps import PredictionContext, PredictionDep
 from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
 from digitserve.serving.http.routes import V1_PREDICT, V1_UPLOAD
 from digitserve.serving.inference.decoding import decode_base64
@@ -24,9 +25,7 @@ from digitserve.serving.rollouts.routing import MAX_STICKY, STICKY_HEADER
 router = APIRouter(tags=["predict"], responses=ERROR_RESPONSES)
 
 VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="pin a registry version")]
-AliasQuery = Annotated[
-    str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="use the version another alias points to")
-]
+AliasQuery = Annotated[str | None, Query(pattern=ALIAS_NAME, description="use the version another alias points to")]
 TopKQuery = Annotated[int, Query(ge=1, le=10, description="how many top classes to return")]
 AbstainQuery = Annotated[
     bool,
@@ -102,17 +101,25 @@ async def predict_json(
     abstain: AbstainQuery = True,
 ) -> JSONResponse:
     """Classify one or more base64-encoded images. The answer names the version that computed it."""
+    # A plain request is answered by direct.py, past FastAPI's routing; this route answers the rest.
+    return JSONResponse(await predict_json_body(context, model, body, selector, client_host(request), abstain))
+
+
+async def predict_json_body(
+    context: PredictionContext, model: str, body: PredictRequest, selector: Selector, client: str | None, abstain: bool
+) -> dict[str, Any]:
+    """A JSON prediction request's answer, whichever path read it (this route or `direct.py`)."""
     pipeline = context.pipeline
     if not body.images and not body.csv:
         raise InvalidInputError("no images sent; send `images` (base64 image files) or `csv` (pixel CSV text)")
-    target = pipeline.target(model, selector, client_host(request))
+    target = pipeline.target(model, selector, client)
     pipeline.admit(len(body.images) + len(body.csv))
     max_bytes = pipeline.limits.max_image_bytes
     blobs = [decode_base64(s, i, max_bytes) for i, s in enumerate(body.images)]
     blobs += [csv_blob(text.encode(), f"csv[{i}]") for i, text in enumerate(body.csv)]
     names = [f"images[{i}]" for i in range(len(body.images))] + [f"csv[{i}]" for i in range(len(body.csv))]
     result = await pipeline.predict_encoded(target, blobs, names, context.deadline)
-    return JSONResponse(render_predictions(result, body.top_k, body.return_input, abstain))
+    return render_predictions(result, body.top_k, body.return_input, abstain)
 
 
 UPLOAD_BODY = {
