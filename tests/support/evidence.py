@@ -181,6 +181,19 @@ def protocol_table(doc: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+AB_DIRECT_RESULTS = ROOT / "bench" / "ab_direct_path.json"
+
+
+def ab_table(doc: dict[str, Any]) -> str:
+    """bench/README.md's before/after table of one change, from a bench/ab.py results file."""
+    ref, now = doc["ref"], doc["machine"]["commit"]
+    rows = [f"| connections | {ref} req/s | {now} req/s | ratio | p50 ratio | p99 ratio |", "|---|---|---|---|---|---|"]
+    for c, r in doc["ratio_this_over_ref"].items():
+        before, after = doc["medians"][ref][c]["rps"], doc["medians"]["this tree"][c]["rps"]
+        rows.append(f"| {c} | {before:,.0f} | {after:,.0f} | {r['rps']:.2f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+    return "\n".join(rows)
+
+
 SHADOW_TARGET = 1.10  # the rollouts issue's target: a shadow raises no p99 by more than 10%
 
 

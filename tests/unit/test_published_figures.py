@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from support.evidence import (
+    AB_DIRECT_RESULTS,
     CPU_BUDGET_RESULTS,
     DECODE_PRICES_RESULTS,
     OVERLOAD_RESULTS,
@@ -17,6 +18,7 @@ from support.evidence import (
     ROOT,
     SHADOW_RESULTS,
     TRAIN_STEP_RESULTS,
+    ab_table,
     cpu_budget_sentence,
     decode_prices_sentence,
     overload_table,
@@ -149,6 +151,16 @@ def test_the_protocol_cost_quoted_is_the_committed_results() -> None:
     table = protocol_table(doc)
     assert table in bench.read_text(), f"bench/README.md's protocol table should read:\n{table}"
     assert protocol_verdict(doc) in flat(bench), f"it should say: {protocol_verdict(doc)}"
+
+
+def test_the_direct_path_before_and_after_is_the_committed_results() -> None:
+    doc = json.loads(AB_DIRECT_RESULTS.read_text())
+    assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
+    assert doc["command"].startswith(f"bench/ab.py --ref {doc['ref']}"), "by the command bench/README.md names"
+    table = ab_table(doc)
+    assert table in (ROOT / "bench" / "README.md").read_text(), (
+        f"bench/README.md's direct-path table should read:\n{table}"
+    )
 
 
 def test_the_worker_placement_quoted_is_the_committed_results() -> None:
