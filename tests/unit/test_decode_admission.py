@@ -24,6 +24,7 @@ from support.waits import until
 from digitserve.config import RequestLimits
 from digitserve.data import load_mnist
 from digitserve.imaging.decode import InvalidImageError, header_size, jpeg_header_size, large_header_size
+from digitserve.imaging.encode import synthetic_digit_pngs
 from digitserve.serving.errors import OverloadedError
 from digitserve.serving.inference import decoding
 from digitserve.serving.inference.decoding import HEADER_BYTES, ImageDecoder
@@ -350,3 +351,67 @@ def test_a_server_stopping_answers_503_and_leaves_the_decoder_idle() -> None:
     with pytest.raises(OverloadedError, match="stopping"):
         asyncio.run(decoder.prepare([blob], ["images[0]"], time.monotonic() + 10))
     assert decoder.jobs == 0 and decoder.backlog_pixels == 0
+
+
+def sixteen_64_image_requests(decoder: ImageDecoder) -> list[BaseException | None]:
+    """16 requests of 64 MNIST test digits (28x28 PNGs) at once, as 16 clients of `make bench`
+    send them; what each got once the pool finished them (None: decoded)."""
+    digits = [png(image) for image in load_mnist("test").images[:64]]
+    names = [f"images[{i}]" for i in range(64)]
+
+    async def offered() -> list[Any]:
+        deadline = time.monotonic() + 10
+        tasks = [asyncio.ensure_future(decoder.prepare(digits, names, deadline)) for _ in range(16)]
+        await until(lambda: handed_over_or_done(decoder, tasks), "every request admitted and handed over, or refused")
+        assert isinstance(decoder.executor, HeldPool)
+        decoder.executor.release(0.007)
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    return [None if isinstance(r, np.ndarray) else r for r in asyncio.run(offered())]
+
+
+def handed_over_or_done(decoder: ImageDecoder, tasks: list[asyncio.Future[Any]]) -> bool:
+    return isinstance(decoder.executor, HeldPool) and len(decoder.executor.jobs) + sum(t.done() for t in tasks) >= 16
+
+
+def png(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_fresh_server_serves_a_burst_of_64_image_requests_once_calibrated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 64-image request of 28x28 PNGs is priced 68 ms and decodes in about 7: at the prices
+    themselves (a correction of 1) a fresh server took 16 such requests for 1.1 s of decoding and
+    refused most of them (`make bench`: 427 of 64-image requests refused at 16 connections). The
+    calibration at start measures what decoding takes here (its fastest round over the price), so
+    the same burst is served."""
+    decoder, submitter = new_decoder()
+    try:
+        uncalibrated = sixteen_64_image_requests(decoder)
+    finally:
+        submitter.shutdown()
+    assert sum(isinstance(o, OverloadedError) for o in uncalibrated) >= 8, uncalibrated
+
+    rounds = iter([0.030, 0.0009, 0.002, 0.0011, 0.05])  # seconds for the 8 calibration images, round by round
+    monkeypatch.setattr(decoding, "timed_prepare_many", lambda blobs, names, limit: (None, next(rounds)))
+    decoder, submitter = new_decoder()
+    try:
+        price = decoding.CALIBRATION_IMAGES * (decoding.PER_IMAGE_S + 28 * 28 * decoding.PER_PIXEL_S)
+        assert decoder.calibrate() == pytest.approx(0.0009 / price), "the fastest round over the price"
+        assert next(rounds, None) is None, "every round was run"
+        calibrated = sixteen_64_image_requests(decoder)
+    finally:
+        submitter.shutdown()
+    assert calibrated == [None] * 16, [str(o) for o in calibrated if o is not None]
+
+
+def test_the_calibration_images_decode_as_mnist_digits_near_a_tenth_of_their_price() -> None:
+    """What the calibration decodes is MNIST-framed (a 28x28 upload's fast path) and ink-bearing;
+    on this machine it takes well under its price, within the correction's bounds."""
+    blobs = synthetic_digit_pngs(decoding.CALIBRATION_IMAGES)
+    images = decoding.prepare_many(blobs, [str(i) for i in range(len(blobs))], 16_000_000)
+    assert images.shape == (decoding.CALIBRATION_IMAGES, 28, 28) and all(image.max() == 255 for image in images)
+    decoder, submitter = new_decoder()
+    submitter.shutdown()
+    assert decoding.MIN_CORRECTION <= decoder.calibrate() < 1.0

@@ -28,6 +28,7 @@ from digitserve.config import Settings, shipped_registry
 from digitserve.registry import ModelRegistry
 from digitserve.serving.api.schemas import EXAMPLE_PNG_B64
 from digitserve.serving.app import create_app
+from digitserve.serving.inference import decoding
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BATCH, MAX_QUEUE = 4, 8
@@ -141,3 +142,16 @@ def test_room_in_the_queue_reads_the_body_as_usual() -> None:
             assert answer["version"] == PRODUCTION and answer["predictions"][0]["label"] == 7  # MNIST test image 0
 
     asyncio.run(scenario())
+
+
+def test_the_server_calibrates_its_decode_prices_at_start() -> None:
+    """Services.start sets the decoder's first correction from this machine (in a thread, beside
+    the first requests): below 1, since the prices are upper bounds (serving/inference/decoding.py)."""
+
+    async def scenario() -> float:
+        async with running_app() as app:
+            decoder = app.state.services.decoder
+            await until(lambda: decoder.correction != 1.0, "the calibration at start", timeout_s=30)
+            return float(decoder.correction)
+
+    assert decoding.MIN_CORRECTION <= asyncio.run(scenario()) < 1.0

@@ -165,6 +165,7 @@ class Services:
         """The first load (a registry outage leaves the server up but not ready), then the tasks."""
         asyncio.get_running_loop().set_default_executor(self.pools["default"])  # /v2's large bodies
         await self.reload()
+        self._task(asyncio.to_thread(self.decoder.calibrate), "decode-calibration")
         self._task(self._poll(), "alias-poller")
         self._task(self.feedback.spool.run(), "feedback-writer")
         self._task(self.judge.run(), "canary-judge")

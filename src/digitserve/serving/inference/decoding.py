@@ -21,6 +21,11 @@ header, however much EXIF precedes it; other large files are priced by their byt
   `max_decode_wait_s` and its accepted requests stay fast. The expected wait is the backlog's
   price corrected by what the decodes that finished took; the allowance is counted at the prices
   themselves, so a burst that fits it is served on a host slowed by other work too.
+
+The prices are upper bounds (a 28x28 PNG decodes in about a tenth of its price here), so a
+correction of 1 would take a fresh server's first burst of 64-image requests for ten times the work
+it is and refuse most of it. `calibrate` (at start, in a thread) sets the first correction from
+decoding a few MNIST-style PNGs in this process; the decodes that finish refine it from there.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from digitserve.imaging.decode import (
     header_size,
     large_header_size,
 )
+from digitserve.imaging.encode import synthetic_digit_pngs
 from digitserve.imaging.mnist import prepare_many, timed_prepare_many
 from digitserve.imaging.pixelcsv import looks_like_csv
 from digitserve.serving.errors import (
@@ -68,6 +74,7 @@ INLINE_S = 8e-3  # at most this much decoding per request on the event loop (abo
 COST_SMOOTHING = 0.2  # weight of the latest decode in the moving average of actual over priced
 MIN_CORRECTION, MAX_CORRECTION = 0.05, 10.0  # how far decodes may say the prices are off
 BURST_REFILL_S = 10.0  # an empty burst allowance is whole again after this long
+CALIBRATION_IMAGES, CALIBRATION_ROUNDS = 8, 5  # the fastest round counts (start-up work may slow the others)
 
 
 def decode_base64(text: str, index: int | str, max_bytes: int) -> bytes:
@@ -141,6 +148,18 @@ class ImageDecoder:
         self.burst_s = limits.decode_burst_s  # decode work that may still join past max_decode_wait_s
         self.refilled_at = time.monotonic()
         self.generation = 0  # pools started: a decode finishing in a restarted pool is not counted
+
+    def calibrate(self) -> float:
+        """Set the correction from this machine's speed: the fastest of a few rounds of decoding
+        `synthetic_digit_pngs` here, over their price (within the correction's bounds). In a thread:
+        it takes a few milliseconds."""
+        blobs = synthetic_digit_pngs(CALIBRATION_IMAGES)
+        names = [f"calibration[{i}]" for i in range(len(blobs))]
+        _, price, _ = self._price(blobs, names)
+        took = min(timed_prepare_many(blobs, names, self.limits.max_image_pixels)[1] for _ in range(CALIBRATION_ROUNDS))
+        self.correction = min(MAX_CORRECTION, max(MIN_CORRECTION, took / price))
+        log.info("decoding here takes %.2f of its price", self.correction)
+        return self.correction
 
     async def prepare(self, blobs: Sequence[bytes], names: Sequence[str], deadline: float) -> np.ndarray:
         """Decode and MNIST-normalise every image: (n, 28, 28) uint8, or an error naming the bad one."""
