@@ -250,6 +250,55 @@ def process_cpu_seconds(pid: int) -> float:
     return total
 
 
+def process_tree_cpu(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of a process and each of its children, by role: "supervisor" (the
+    process itself), "worker N" (its children, by start order), "decoder N.M" (the workers'
+    children), "other" (multiprocessing's resource trackers, together)."""
+    import psutil
+
+    def helper(proc: psutil.Process) -> bool:
+        try:
+            return any("resource_tracker" in part for part in proc.cmdline())
+        except psutil.Error:
+            return True
+
+    try:
+        root = psutil.Process(pid)
+        children = sorted(root.children(), key=lambda p: (p.create_time(), p.pid))
+        workers = [c for c in children if not helper(c)]
+        roles = [("supervisor", root)] + [(f"worker {i}", w) for i, w in enumerate(workers)]
+        roles += [("other", c) for c in children if helper(c)]
+        for i, worker in enumerate(workers):
+            grandchildren = sorted(worker.children(recursive=True), key=lambda p: (p.create_time(), p.pid))
+            decoders = [d for d in grandchildren if not helper(d)]
+            roles += [(f"decoder {i}.{j}", d) for j, d in enumerate(decoders)]
+            roles += [("other", d) for d in grandchildren if helper(d)]
+    except psutil.Error:
+        return {}
+    out: dict[str, float] = {}
+    for role, proc in roles:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
+def host_cpu_ticks() -> list[int]:
+    """The host's CPU time so far, in clock ticks: /proc/stat's cpu line (user, nice, system, idle,
+    iowait, irq, softirq, steal, ...)."""
+    with open("/proc/stat") as stat:
+        return [int(v) for v in stat.readline().split()[1:]]
+
+
+def steal_share(before: list[int], after: list[int]) -> float:
+    """The share of the host's CPU time between two readings that the hypervisor gave elsewhere."""
+    delta = [a - b for a, b in zip(after[:8], before[:8], strict=True)]  # guest time is inside user already
+    total = sum(delta)
+    return delta[7] / total if total > 0 else 0.0
+
+
 def process_rss_mib(pid: int) -> float:
     """Resident memory of a process and all its children, MiB."""
     import psutil

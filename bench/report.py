@@ -30,6 +30,25 @@ PACKAGES = (
 BODIES = {"one": "1 image, JSON", "batch": "64 images, JSON", "upload": "1 image, multipart"}
 
 
+CNN_ONE_THREAD = "cnn, 1 thread"  # the compute limit of one default-layout worker
+FRESH_SPREAD = 0.15  # fresh starts of the default layout: each within this of their median
+MAX_STEAL = 0.05  # a fresh start whose run the hypervisor took more of the host's CPU from is flagged and repeated
+
+
+def fresh_line(row: dict[str, Any]) -> str:
+    cpu = ", ".join(f"{k} {v:.1f}" for k, v in row["cpu_s"].items())
+    flag = " FLAGGED (steal)" if row["flagged"] else ""
+    return f"{row['rps']:.0f} req/s, p99 {row['p99_ms']:.0f} ms, steal {100 * row['steal']:.1f}%{flag}; CPU s: {cpu}"
+
+
+def fresh_kept(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fresh starts that count: each start's last attempt (unflagged, unless every attempt was)."""
+    last: dict[int, dict[str, Any]] = {}
+    for row in r.get("fresh_starts", []):
+        last[row["start"]] = row
+    return [last[k] for k in sorted(last)]
+
+
 def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -77,6 +96,7 @@ def machine(load_before: float) -> dict[str, Any]:
         "packages": versions,
         "wrk": " ".join(wrk.split()[:2]),
         "commit": _git("rev-parse", "--short", "HEAD") + dirty,
+        "cores": os.cpu_count() or 1,
         "load_before": load_before,
         "load_after": loadavg(),
     }
@@ -100,49 +120,85 @@ def find(
     return dict(runs[len(runs) // 2]) if runs else None
 
 
+def machine_limit(r: dict[str, Any]) -> tuple[float, float, float] | None:
+    """(limit, bare, forward): the 1-image req/s this machine bounds -- every core doing the bare
+    endpoint's work (HTTP, JSON, base64) and one image's forward pass on one ONNX Runtime thread:
+    cores / (1/bare + 1/forward), bare at 64 connections (one process), forward at batch 64."""
+    bare64 = find(r, "bare", "one", 64)
+    forward = r["compute"].get(CNN_ONE_THREAD, {}).get("images_s", {}).get("64")
+    cores = r.get("machine", {}).get("cores") or os.cpu_count() or 1
+    if not (bare64 and forward):
+        return None
+    return cores / (1 / bare64["rps"] + 1 / forward), bare64["rps"], forward
+
+
 def targets(r: dict[str, Any]) -> list[list[str]]:
-    """[target, what it is measured against, measured, pass/short] for each target of the serving-core issue."""
+    """[target, what it is measured against, measured, pass/short] for each target of performance
+    round three (and the earlier rounds' that it did not replace)."""
     ours, peer, bare = "digitserve", "LitServe", "bare"
     one64, lit64 = find(r, ours, "one", 64), find(r, peer, "one", 64)
     one1, lit1, bare1 = find(r, ours, "one", 1), find(r, peer, "one", 1), find(r, bare, "one", 1)
     batch16, moving = find(r, ours, "batch", 16), find(r, "digitserve, alias moving", "one", 64)
     compute = r["compute"].get("cnn", {}).get("images_s", {})
+    single = r["compute"].get(CNN_ONE_THREAD, {}).get("images_s", {})
     rows: list[list[str]] = []
 
     def add(target: str, against: str, measured: str, ok: bool) -> None:
         rows.append([target, against, measured, "**pass**" if ok else "**short**"])
 
+    fresh = fresh_kept(r)
+    if fresh:
+        rates = [row["rps"] for row in fresh]
+        mid = statistics.median(rates)
+        flagged = sum(row["flagged"] for row in r["fresh_starts"])
+        add(
+            f"{len(fresh)} fresh starts of the default layout: each within ±{FRESH_SPREAD:.0%} of their median",
+            f"median {mid:.0f} req/s; {flagged} run(s) flagged for host CPU steal and repeated",
+            f"{min(rates) / mid:.2f}× – {max(rates) / mid:.2f}× the median",
+            all(abs(x / mid - 1) <= FRESH_SPREAD for x in rates),
+        )
+    limit = machine_limit(r)
+    if one64 and limit:
+        x = one64["rps"] / limit[0]
+        add(
+            "1-image, 64 connections: ≥ 0.8× the machine's limit, cores / (1/bare + 1/forward)",
+            f"{r.get('machine', {}).get('cores', '?')} / (1/{limit[1]:.0f} + 1/{limit[2]:.0f}) = {limit[0]:.0f} req/s",
+            f"{one64['rps']:.0f} req/s = {x:.2f}×",
+            x >= 0.8,
+        )
     if one64 and lit64:
         x = one64["rps"] / lit64["rps"]
         add(
-            "1-image, 64 connections: ≥ 3× LitServe",
+            "1-image, 64 connections: ≥ 3.5× LitServe",
             f"LitServe {lit64['rps']:.0f} req/s",
             f"{one64['rps']:.0f} req/s = {x:.2f}×",
-            x >= 3,
+            x >= 3.5,
+        )
+    if one1 and bare1 and single.get("1"):
+        forward_ms = 1000 / single["1"]
+        bound = 1.5 * (bare1["p50_ms"] + forward_ms)
+        add(
+            "1 connection: p50 ≤ 1.5× (bare p50 + one batch-1 forward)",
+            f"1.5 × ({bare1['p50_ms']:.2f} + {forward_ms:.2f}) = {bound:.2f} ms",
+            f"{one1['p50_ms']:.2f} ms",
+            one1["p50_ms"] <= bound,
         )
     if one1 and lit1:
         x = one1["p50_ms"] / lit1["p50_ms"]
         add(
-            "1 connection: p50 ≤ 0.5× LitServe's",
+            "1 connection: p50 ≤ 0.4× LitServe's",
             f"LitServe {lit1['p50_ms']:.2f} ms",
             f"{one1['p50_ms']:.2f} ms = {x:.2f}×",
-            x <= 0.5,
-        )
-    if one1 and bare1 and compute.get("1"):
-        bound = bare1["p50_ms"] + 1000 / compute["1"] + 1
-        add(
-            "1 connection: p50 ≤ bare p50 + batch-1 forward + 1 ms",
-            f"{bare1['p50_ms']:.2f} + {1000 / compute['1']:.2f} + 1 = {bound:.2f} ms",
-            f"{one1['p50_ms']:.2f} ms",
-            one1["p50_ms"] <= bound,
+            x <= 0.4,
         )
     if batch16 and compute.get("64"):
         x = batch16["images_s"] / compute["64"]
+        refused = sum(batch16["statuses"].values())
         add(
-            "64-image requests, 16 connections: ≥ 0.8× in-process ONNX Runtime at batch 64",
-            f"{compute['64']:.0f} img/s",
-            f"{batch16['images_s']:.0f} img/s = {x:.2f}×",
-            x >= 0.8,
+            "64-image requests, 16 connections: ≥ 0.8× in-process ONNX Runtime at batch 64, none refused",
+            f"{compute['64']:.0f} img/s ({r['compute']['cnn']['threads']} threads)",
+            f"{batch16['images_s']:.0f} img/s = {x:.2f}×; {refused} refused",
+            x >= 0.8 and not refused and not batch16["errors"],
         )
     bare64 = find(r, bare, "one", 64)
     if one64 and bare64 and one64.get("cpu_s_per_1000") and bare64.get("cpu_s_per_1000"):
@@ -256,6 +312,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines += _table(["target", "measured against", "measured", "result"], targets(r))
     lines += ["", "## Every run", ""]
     lines += _runs_table([run for run in r["runs"] if "ref" not in run])
+    lines += _fresh_section(r)
     lines += ["", "## Compute limit (in-process forward pass, images/s)", ""]
     sizes = sorted({b for c in r["compute"].values() for b in c["images_s"]}, key=int)
     rows = [[m, c["threads"], *(f"{c['images_s'][b]:.0f}" for b in sizes)] for m, c in r["compute"].items()]
@@ -292,6 +349,7 @@ def readme_block(r: dict[str, Any]) -> str:
         "",
         *_table(["target", "measured against", "measured", "result"], targets(r)),
         "",
+        *_fresh_sentence(r),
         f"Start to ready, one model: median {statistics.median(starts):.2f} s with the default two workers"
         + (f", {statistics.median(one_worker):.2f} s with one" if one_worker else "")
         + ". Resident memory after warm-up: "
@@ -312,6 +370,46 @@ def update_readme(r: dict[str, Any], readme: Path) -> bool:
     _, tail = rest.split(README_END, 1)
     readme.write_text(head + readme_block(r) + tail)
     return True
+
+
+def _fresh_sentence(r: dict[str, Any]) -> list[str]:
+    fresh = fresh_kept(r)
+    if not fresh:
+        return []
+    rates = sorted(row["rps"] for row in fresh)
+    flagged = sum(row["flagged"] for row in r["fresh_starts"])
+    return [
+        f"{len(fresh)} fresh starts of the default layout, one 64-connection run each: "
+        + ", ".join(f"{x:.0f}" for x in rates)
+        + f" req/s (host CPU steal flagged {flagged} run(s), each repeated; every run in bench/results.md).",
+        "",
+    ]
+
+
+def _fresh_section(r: dict[str, Any]) -> list[str]:
+    runs = r.get("fresh_starts", [])
+    if not runs:
+        return []
+    lines = [
+        "",
+        "## Fresh starts of the default layout (1-image JSON, 64 connections, one run each)",
+        "",
+        f"Host CPU steal from /proc/stat over each run; a run over {100 * MAX_STEAL:.0f}% is flagged and "
+        "its start repeated. CPU seconds of each process during the run.",
+        "",
+    ]
+    rows = [
+        [
+            row["start"],
+            row["attempt"],
+            f"{row['rps']:.0f}",
+            f"{row['p99_ms']:.0f}",
+            f"{100 * row['steal']:.1f}%" + (" flagged" if row["flagged"] else ""),
+            ", ".join(f"{k} {v:.1f}" for k, v in row["cpu_s"].items()),
+        ]
+        for row in runs
+    ]
+    return lines + _table(["start", "attempt", "req/s", "p99 ms", "steal", "CPU s by process"], rows)
 
 
 def _alias_section(r: dict[str, Any]) -> list[str]:

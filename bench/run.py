@@ -42,10 +42,17 @@ class Plan:
     compute_seconds: float
     extras: bool  # one-worker layout, batching off, history
     repeats: int  # runs of the headline scenario (1 image, 64 connections)
+    fresh_starts: int  # fresh starts of the default layout, each measured once (the spread between starts)
+    fresh_seconds: float
 
 
-FULL = Plan(seconds=10, warmup=3, startup_runs=5, compute_seconds=3, extras=True, repeats=3)
-SMOKE = Plan(seconds=1, warmup=0, startup_runs=1, compute_seconds=0.2, extras=False, repeats=1)
+FULL = Plan(
+    seconds=10, warmup=3, startup_runs=5, compute_seconds=3, extras=True, repeats=3, fresh_starts=10, fresh_seconds=6
+)
+SMOKE = Plan(
+    seconds=1, warmup=0, startup_runs=1, compute_seconds=0.2, extras=False, repeats=1, fresh_starts=2, fresh_seconds=1
+)
+MAX_FLAGGED = 3  # repeats of one flagged start before it is kept anyway (flagged)
 
 
 class Bench:
@@ -98,13 +105,14 @@ class Bench:
     # --- scenarios ---------------------------------------------------------------------------
 
     def compute_limits(self) -> None:
-        for model in ("cnn", "vit"):
+        """The forward pass in-process: each model with every core's thread, and the CNN with the one
+        thread a worker of the default layout has (the machine's 1-image limit is made of it)."""
+        for key, model, threads in (("cnn", "cnn", 0), ("vit", "vit", 0), (report.CNN_ONE_THREAD, "cnn", 1)):
             cmd = [h.PYTHON, str(h.BENCH / "compute.py"), "--registry", self.registry.uri, "--model", model]
-            out = subprocess.run(
-                [*cmd, "--seconds", str(self.plan.compute_seconds)], check=True, capture_output=True, text=True
-            )
-            self.results["compute"][model] = json.loads(out.stdout.splitlines()[-1])
-            print(f"compute {model}: {self.results['compute'][model]}", flush=True)
+            cmd += ["--seconds", str(self.plan.compute_seconds)] + (["--threads", str(threads)] if threads else [])
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            self.results["compute"][key] = json.loads(out.stdout.splitlines()[-1])
+            print(f"compute {key}: {self.results['compute'][key]}", flush=True)
 
     def startup(self) -> None:
         """Spawn `digitserve serve` (one model; the default layout, then one worker) and time it to /readyz 200."""
@@ -139,6 +147,42 @@ class Bench:
             self.load(s, "one", 64, model="vit")
             self.load(s, "batch", 16, model="vit")
             self.alias_move(s)
+
+    def fresh_starts(self) -> None:
+        """The default layout started afresh `fresh_starts` times, each measured once (1-image JSON,
+        64 connections, after a warm-up): how far one start's speed is from another's. Each run
+        records the host's CPU steal (/proc/stat) and each server process's CPU seconds; a run with
+        steal over report.MAX_STEAL was slowed by the host, not the server: it is flagged and the start
+        repeated (up to MAX_FLAGGED times, then kept, flagged)."""
+        env = h.server_env(self.registry, "cnn")
+        url = None
+        for index in range(self.plan.fresh_starts):
+            for attempt in range(MAX_FLAGGED + 1):
+                with h.start(f"fresh-{index}", h.digitserve_cmd(workers=0), env, self.logs) as s:
+                    url = self.predict_url(s, "cnn")
+                    if self.plan.warmup:
+                        h.wrk(url, self.bodies["one"], 64, self.plan.warmup)
+                    h.settle(s.url)
+                    host, cpu = h.host_cpu_ticks(), h.process_tree_cpu(s.process.pid)
+                    figures = h.wrk(url, self.bodies["one"], 64, self.plan.fresh_seconds, h.JSON, 1)
+                    steal = h.steal_share(host, h.host_cpu_ticks())
+                    spent = h.process_tree_cpu(s.process.pid)
+                    h.settle(s.url)
+                row = {
+                    "start": index,
+                    "attempt": attempt,
+                    "rps": figures["rps"],
+                    "p99_ms": figures["p99_ms"],
+                    "errors": figures["errors"],
+                    "statuses": figures["statuses"],
+                    "steal": round(steal, 4),
+                    "flagged": steal > report.MAX_STEAL,
+                    "cpu_s": {name: round(spent.get(name, 0.0) - cpu.get(name, 0.0), 2) for name in spent},
+                }
+                self.results.setdefault("fresh_starts", []).append(row)
+                print(f"fresh start {index}: {report.fresh_line(row)}", flush=True)
+                if not row["flagged"]:
+                    break
 
     def one_worker(self) -> None:
         """The other layout on 2 cores: one process, two ONNX Runtime threads."""
@@ -213,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="digitserve-bench-") as tmp:
         bench = Bench(plan, Path(tmp))
-        steps = [bench.compute_limits, bench.startup, bench.bare, bench.litserve, bench.digitserve]
+        steps = [bench.compute_limits, bench.startup, bench.bare, bench.litserve, bench.digitserve, bench.fresh_starts]
         if plan.extras:
             steps += [bench.one_worker, bench.no_batching, lambda: bench.history(refs)]
         for step in steps:

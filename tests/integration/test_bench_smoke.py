@@ -42,6 +42,7 @@ def test_smoke_run_writes_its_report(tmp_path: Path) -> None:
         "## Compute limit",
         "## Process start to ready",
         "## Alias move",
+        "## Fresh starts of the default layout",
     )
     for section in sections:
         assert section in report
@@ -60,7 +61,15 @@ def test_smoke_run_writes_its_report(tmp_path: Path) -> None:
     moving = next(r for r in results["runs"] if r["server"] == "digitserve, alias moving")
     workers = os.cpu_count()  # the default layout: one worker per core, each reloaded
     assert moving["moves"][0]["answer"]["workers"] == {"expected": workers, "reloaded": workers}
-    assert set(results["compute"]) == {"cnn", "vit"}
+    assert set(results["compute"]) == {"cnn", "vit", "cnn, 1 thread"}
+    assert results["compute"]["cnn, 1 thread"]["threads"] == 1
+    # each fresh start measured once, with the host's steal and every server process's CPU
+    fresh = results["fresh_starts"]
+    assert sorted({row["start"] for row in fresh}) == [0, 1]
+    for row in fresh:
+        assert row["rps"] > 0 and 0 <= row["steal"] <= 1 and row["flagged"] == (row["steal"] > 0.05)
+        assert {"supervisor", *(f"worker {i}" for i in range(workers))} <= set(row["cpu_s"])
+        assert sum(v for k, v in row["cpu_s"].items() if k.startswith("worker")) > 0
     assert results["startup"] and all(s["seconds"] > 0 for s in results["startup"])
     moving = next(r for r in results["runs"] if r["server"] == "digitserve, alias moving")
     assert [m["answer"]["results"][0]["version"] for m in moving["moves"]] == [2, 1]
