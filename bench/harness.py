@@ -165,8 +165,8 @@ def server_env(
     return env
 
 
-def bare_cmd(workers: int = 1) -> list[str]:
-    return [PYTHON, str(BENCH / "bare_app.py"), "--workers", str(workers)]
+def bare_cmd(workers: int = 1, decode: bool = False) -> list[str]:
+    return [PYTHON, str(BENCH / "bare_app.py"), "--workers", str(workers)] + (["--decode"] if decode else [])
 
 
 # --- load ------------------------------------------------------------------------------------

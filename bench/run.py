@@ -127,6 +127,9 @@ class Bench:
         with self.serve("bare", h.bare_cmd(), {}) as s:
             for c in (1, 4, 16, 64):
                 self.load(s, "one", c)
+        with self.serve(report.BARE_DECODING, h.bare_cmd(decode=True), {}) as s:  # the machine's limit
+            for c in (1, 16, 64):
+                self.load(s, "one", c)
 
     def litserve(self) -> None:
         """The peer. Its API takes one image per request as a new user writes it: single-image runs only."""

@@ -50,6 +50,7 @@ def test_smoke_run_writes_its_report(tmp_path: Path) -> None:
     scenarios = {(r["server"], r["model"], r["body"]) for r in results["runs"]}
     assert {
         ("bare", "cnn", "one"),
+        ("bare, decoding", "cnn", "one"),
         ("digitserve", "cnn", "one"),
         ("digitserve", "cnn", "batch"),
         ("digitserve", "cnn", "upload"),
