@@ -407,11 +407,55 @@ def test_a_fresh_server_serves_a_burst_of_64_image_requests_once_calibrated(monk
 
 
 def test_the_calibration_images_decode_as_mnist_digits_near_a_tenth_of_their_price() -> None:
-    """What the calibration decodes is MNIST-framed (a 28x28 upload's fast path) and ink-bearing;
-    on this machine it takes well under its price, within the correction's bounds."""
+    """What the calibration decodes is MNIST-framed (a 28x28 upload's fast path: it comes back
+    unchanged) and ink-bearing; on this machine it takes well under its price, within the
+    correction's bounds."""
     blobs = synthetic_digit_pngs(decoding.CALIBRATION_IMAGES)
     images = decoding.prepare_many(blobs, [str(i) for i in range(len(blobs))], 16_000_000)
     assert images.shape == (decoding.CALIBRATION_IMAGES, 28, 28) and all(image.max() == 255 for image in images)
+    sent = [np.asarray(Image.open(io.BytesIO(blob))) for blob in blobs]
+    assert all(np.array_equal(image, pixels) for image, pixels in zip(images, sent, strict=True))
     decoder, submitter = new_decoder()
     submitter.shutdown()
     assert decoding.MIN_CORRECTION <= decoder.calibrate() < 1.0
+
+
+def canvases_offered(calibrated: bool) -> list[BaseException | None]:
+    """64 requests of one 400x400 drawing each (priced 13.8 ms: decoded in the processes), at once."""
+    drawing = png(np.asarray(Image.fromarray(load_mnist("test").images[0]).resize((400, 400))))
+    decoder, submitter = new_decoder()
+    try:
+        if calibrated:
+            decoder.calibrate()
+            assert decoder.small_correction < 1.0
+        return asyncio.run(offer(decoder, [drawing] * 64))
+    finally:
+        submitter.shutdown()
+
+
+def test_the_calibration_leaves_large_images_at_their_prices() -> None:
+    """The calibration measures 28x28 PNGs, whose price is mostly the fixed per-image charge; a
+    400x400 canvas is priced by its pixels and decodes near its price. Were the small images'
+    correction applied to it, a fresh server would admit a flood of canvases ten times past the
+    wait (and time them out). The same 64 canvases are admitted alike with and without it."""
+    uncalibrated, calibrated = canvases_offered(False), canvases_offered(True)
+    assert [o is None for o in calibrated] == [o is None for o in uncalibrated]
+    assert 0 < uncalibrated.count(None) < 64, "some are shed past the wait, as before"
+
+
+def test_the_calibration_never_replaces_what_decodes_have_measured() -> None:
+    """A start under load: a small request's decode finished before the calibration thread did."""
+    decoder, submitter = new_decoder()
+    submitter.shutdown()
+    loop = asyncio.new_event_loop()
+    try:
+        done: asyncio.Future[Any] = loop.create_future()
+        done.set_result((np.zeros((64, 28, 28), dtype=np.uint8), 0.034))  # half its 68 ms price
+        decoder.jobs, decoder.backlog_s, decoder.small_backlog_s = 1, 0.068, 0.068
+        decoder._decoded(done, 0, 0, 0.068, small=True)
+    finally:
+        loop.close()
+    learned = decoder.small_correction
+    assert learned == pytest.approx(1 + decoding.COST_SMOOTHING * (0.5 - 1))
+    assert decoder.calibrate() == learned and decoder.small_correction == learned
+    assert decoder.correction == 1.0, "a small request's decode leaves the others' correction"

@@ -145,13 +145,15 @@ def test_room_in_the_queue_reads_the_body_as_usual() -> None:
 
 
 def test_the_server_calibrates_its_decode_prices_at_start() -> None:
-    """Services.start sets the decoder's first correction from this machine (in a thread, beside
-    the first requests): below 1, since the prices are upper bounds (serving/inference/decoding.py)."""
+    """Services.start sets the small requests' first correction from this machine (in a thread,
+    beside the first requests): below 1, since their prices are upper bounds
+    (serving/inference/decoding.py)."""
 
     async def scenario() -> float:
         async with running_app() as app:
             decoder = app.state.services.decoder
-            await until(lambda: decoder.correction != 1.0, "the calibration at start", timeout_s=30)
-            return float(decoder.correction)
+            await until(lambda: decoder.small_correction != 1.0, "the calibration at start", timeout_s=30)
+            assert decoder.correction == 1.0, "other requests start at the prices"
+            return float(decoder.small_correction)
 
     assert decoding.MIN_CORRECTION <= asyncio.run(scenario()) < 1.0

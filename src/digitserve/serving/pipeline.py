@@ -30,7 +30,8 @@ from digitserve.serving.errors import (
     RetiredError,
     ServiceError,
 )
-from digitserve.serving.inference.decoding import ImageDecoder, check_count
+from digitserve.serving.inference.decoding import ImageDecoder
+from digitserve.serving.inference.inputs import check_count
 from digitserve.serving.inference.state import LoadedVersion, ModelState
 from digitserve.serving.inference.versions import ModelVersions
 from digitserve.serving.observability.metrics import ServiceMetrics

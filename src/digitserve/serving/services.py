@@ -165,13 +165,19 @@ class Services:
         """The first load (a registry outage leaves the server up but not ready), then the tasks."""
         asyncio.get_running_loop().set_default_executor(self.pools["default"])  # /v2's large bodies
         await self.reload()
-        self._task(asyncio.to_thread(self.decoder.calibrate), "decode-calibration")
+        self._task(self._calibrate(), "decode-calibration")
         self._task(self._poll(), "alias-poller")
         self._task(self.feedback.spool.run(), "feedback-writer")
         self._task(self.judge.run(), "canary-judge")
         self._task(LoopLag(self.metrics).run(), "loop-lag")
         if self.broadcast is not None:
             self._task(self.broadcast.watch(lambda: self.reload(force=True)), "reload-watcher")
+
+    async def _calibrate(self) -> None:
+        try:
+            await asyncio.to_thread(self.decoder.calibrate)
+        except Exception:  # the prices stand as they are: admission stays safe, only less generous
+            log.exception("decode calibration failed")
 
     def _task(self, work: Coroutine[Any, Any, Any], name: str) -> None:
         self.tasks.append(asyncio.get_running_loop().create_task(work, name=name))

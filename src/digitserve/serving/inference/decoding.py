@@ -22,19 +22,17 @@ header, however much EXIF precedes it; other large files are priced by their byt
   price corrected by what the decodes that finished took; the allowance is counted at the prices
   themselves, so a burst that fits it is served on a host slowed by other work too.
 
-The prices are upper bounds (a 28x28 PNG decodes in about a tenth of its price here), so a
-correction of 1 would take a fresh server's first burst of 64-image requests for ten times the work
-it is and refuse most of it. `calibrate` (at start, in a thread) sets the first correction from
-decoding a few MNIST-style PNGs in this process; the decodes that finish refine it from there.
+Requests of small images only (none over `SMALL_PIXELS`, no CSV) have a correction of their own:
+their price is mostly the fixed `PER_IMAGE_S`, about ten times what a 28x28 PNG takes, so at a
+correction of 1 a fresh server took a burst of 64-image requests for ten times its work and refused
+most of it. `calibrate` (at start) sets it from a few MNIST-style PNGs decoded here; every other
+request starts at the prices (a flood of canvases is shed as before).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import BrokenExecutor, Executor
@@ -45,7 +43,6 @@ import numpy as np
 from digitserve.config import RequestLimits
 from digitserve.imaging.decode import (
     ImageError,
-    TooManyPixelsError,
     check_size,
     checked_large_size,
     header_size,
@@ -54,15 +51,10 @@ from digitserve.imaging.decode import (
 from digitserve.imaging.encode import synthetic_digit_pngs
 from digitserve.imaging.mnist import prepare_many, timed_prepare_many
 from digitserve.imaging.pixelcsv import looks_like_csv
-from digitserve.serving.errors import (
-    DeadlineExceededError,
-    InvalidInputError,
-    OverloadedError,
-    PayloadTooLargeError,
-)
+from digitserve.serving.errors import DeadlineExceededError, OverloadedError
+from digitserve.serving.inference.inputs import check_request_pixels
 
 log = logging.getLogger(__name__)
-DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 # The price of decoding, measured on one core of the project's 2-core machine (docs/preprocessing.md):
 PER_IMAGE_S = 1.0e-3  # any image, however small: an 8x8 or a 28x28 PNG takes about 1 ms
 PER_PIXEL_S = 8e-8  # beyond that: a 400x400 canvas takes about 13 ms
@@ -75,42 +67,7 @@ COST_SMOOTHING = 0.2  # weight of the latest decode in the moving average of act
 MIN_CORRECTION, MAX_CORRECTION = 0.05, 10.0  # how far decodes may say the prices are off
 BURST_REFILL_S = 10.0  # an empty burst allowance is whole again after this long
 CALIBRATION_IMAGES, CALIBRATION_ROUNDS = 8, 5  # the fastest round counts (start-up work may slow the others)
-
-
-def decode_base64(text: str, index: int | str, max_bytes: int) -> bytes:
-    """One base64 image (optionally a data: URL) to bytes, with errors that name the image
-    (`images[index]`, or the field name given as a string)."""
-    name = f"images[{index}]" if isinstance(index, int) else index
-    match = DATA_URL.match(text)
-    if match:
-        text = text[match.end() :]
-    if len(text) * 3 // 4 > max_bytes:
-        raise PayloadTooLargeError(f"{name} is over the {max_bytes} byte limit for one image")
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInputError(
-            f"{name} is not valid base64; send the file's bytes base64-encoded "
-            "(a data:image/png;base64,... URL is fine)"
-        ) from None
-    if not data:
-        raise InvalidInputError(f"{name} is empty")
-    return data
-
-
-def check_count(n: int, limits: RequestLimits, what: str = "images") -> None:
-    if n == 0:
-        raise InvalidInputError(f"no {what} sent; send at least one")
-    if n > limits.max_images:
-        raise PayloadTooLargeError(f"{n} {what} in one request; the limit is {limits.max_images}, split the request")
-
-
-def check_request_pixels(pixels: int, limit: int) -> None:
-    if pixels > limit:
-        raise TooManyPixelsError(
-            f"the images hold {pixels:,} pixels in all, over the limit of {limit:,} per request; "
-            "send smaller images or fewer per request"
-        )
+SMALL_PIXELS = 64 * 64  # a request of images no larger than this is "small" (its own correction)
 
 
 def decode_job(
@@ -145,30 +102,34 @@ class ImageDecoder:
         self.backlog_pixels = 0  # their pixels
         self.backlog_s = 0.0  # their price
         self.correction = 1.0  # what finished decodes took over what they were priced at (a moving average)
+        self.small_correction = 1.0  # the same for requests of small images only (calibrated at start)
+        self.small_backlog_s = 0.0  # their share of backlog_s
+        self.small_decoded = False  # a small request's decode has corrected small_correction
         self.burst_s = limits.decode_burst_s  # decode work that may still join past max_decode_wait_s
         self.refilled_at = time.monotonic()
         self.generation = 0  # pools started: a decode finishing in a restarted pool is not counted
 
     def calibrate(self) -> float:
-        """Set the correction from this machine's speed: the fastest of a few rounds of decoding
-        `synthetic_digit_pngs` here, over their price (within the correction's bounds). In a thread:
-        it takes a few milliseconds."""
+        """Set the small requests' correction from this machine's speed: the fastest of a few rounds of
+        decoding `synthetic_digit_pngs` here over their price, unless a decode has already set it.
+        In a thread: a few milliseconds."""
         blobs = synthetic_digit_pngs(CALIBRATION_IMAGES)
         names = [f"calibration[{i}]" for i in range(len(blobs))]
-        _, price, _ = self._price(blobs, names)
+        _, price, _, _ = self._price(blobs, names)
         took = min(timed_prepare_many(blobs, names, self.limits.max_image_pixels)[1] for _ in range(CALIBRATION_ROUNDS))
-        self.correction = min(MAX_CORRECTION, max(MIN_CORRECTION, took / price))
-        log.info("decoding here takes %.2f of its price", self.correction)
-        return self.correction
+        if not self.small_decoded:
+            self.small_correction = min(MAX_CORRECTION, max(MIN_CORRECTION, took / price))
+        log.info("small images decode here in %.2f of their price", self.small_correction)
+        return self.small_correction
 
     async def prepare(self, blobs: Sequence[bytes], names: Sequence[str], deadline: float) -> np.ndarray:
         """Decode and MNIST-normalise every image: (n, 28, 28) uint8, or an error naming the bad one."""
-        pixels, cost, large = self._price(blobs, names)
+        pixels, cost, large, small = self._price(blobs, names)
         check_request_pixels(pixels, self.limits.max_request_pixels)
         if cost <= INLINE_S and not large:
             return prepare_many(blobs, names, self.limits.max_image_pixels)
-        self.admit(pixels, cost, deadline)
-        self._queued(1, pixels, cost)
+        self.admit(pixels, cost, deadline, small)
+        self._queued(1, pixels, cost, small)
         generation, pool = self.generation, self.executor
         loop = asyncio.get_running_loop()
         # submit spawns a decode process when one is missing: 0.1 s of fork and exec, in the submitter
@@ -176,21 +137,21 @@ class ImageDecoder:
         try:
             handoff = loop.run_in_executor(self.submitter, pool.submit, *args)
         except RuntimeError:  # the submitter is shut down: the server is stopping
-            self._queued(-1, -pixels, -cost)
+            self._queued(-1, -pixels, -cost, small)
             raise OverloadedError("this server is stopping; retry shortly") from None
         try:
             job = await asyncio.shield(handoff)
         except asyncio.CancelledError:  # the job may still reach the pool: it is counted until it is done
-            handoff.add_done_callback(lambda done: self._handed(done, generation, pixels, cost))
+            handoff.add_done_callback(lambda done: self._handed(done, generation, pixels, cost, small))
             raise
         except BaseException as exc:
-            self._unqueued(generation, pixels, cost)
+            self._unqueued(generation, pixels, cost, small)
             replaced = isinstance(exc, RuntimeError) and pool is not self.executor  # shut down by a restart
             if isinstance(exc, BrokenExecutor) or replaced:
                 raise self._restart(pool) from None
             raise
         work = asyncio.wrap_future(job)
-        work.add_done_callback(lambda done: self._decoded(done, generation, pixels, cost))
+        work.add_done_callback(lambda done: self._decoded(done, generation, pixels, cost, small))
         try:
             images, _ = await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -201,13 +162,13 @@ class ImageDecoder:
             raise self._restart(pool) from None  # the pool broke, or a restart cancelled the job
         return images
 
-    def _handed(self, handoff: asyncio.Future[Any], generation: int, pixels: int, cost: float) -> None:
+    def _handed(self, handoff: asyncio.Future[Any], generation: int, pixels: int, cost: float, small: bool) -> None:
         """After a request was cancelled during its hand-off: follow the job it handed over (if any)."""
         if handoff.cancelled() or handoff.exception() is not None:
-            self._unqueued(generation, pixels, cost)
+            self._unqueued(generation, pixels, cost, small)
             return
         work = asyncio.wrap_future(handoff.result())
-        work.add_done_callback(lambda done: self._decoded(done, generation, pixels, cost))
+        work.add_done_callback(lambda done: self._decoded(done, generation, pixels, cost, small))
 
     def _restart(self, broken: Executor) -> OverloadedError:
         """A decode process died (killed, out of memory): a new pool for the next request, and a
@@ -216,12 +177,12 @@ class ImageDecoder:
         if broken is self.executor:
             self.executor = self.new_pool()
             broken.shutdown(wait=False, cancel_futures=True)
-            self.jobs, self.backlog_pixels, self.backlog_s = 0, 0, 0.0
+            self.jobs, self.backlog_pixels, self.backlog_s, self.small_backlog_s = 0, 0, 0.0, 0.0
             self.generation += 1
             log.error("a decode process died; the decode processes were restarted")
         return OverloadedError("image decoding was restarted on this server; retry shortly")
 
-    def admit(self, pixels: int, cost: float, deadline: float) -> None:
+    def admit(self, pixels: int, cost: float, deadline: float, small: bool = False) -> None:
         """503 unless this request's decode work can join: an idle decoder takes any; otherwise it must
         be done by its deadline, within the pixel backlog, and -- past `max_decode_wait_s` of expected
         waiting -- within the burst allowance, of which one request may draw an eighth (a burst is
@@ -233,8 +194,9 @@ class ImageDecoder:
         if not self.jobs:  # the last burst is over: the next one has the whole allowance
             self.burst_s = allowance
             return  # an idle decoder takes any request within the per-request limit (504 past its deadline)
-        work = cost * self.correction
-        wait = self.backlog_s * self.correction / self.limits.decode_processes
+        work = cost * (self.small_correction if small else self.correction)
+        others = (self.backlog_s - self.small_backlog_s) * self.correction
+        wait = (others + self.small_backlog_s * self.small_correction) / self.limits.decode_processes
         if now + wait + work > deadline:
             raise OverloadedError(
                 f"the images waiting to be decoded need about {wait:.2f} s, and this request's {work:.2f} s "
@@ -248,25 +210,28 @@ class ImageDecoder:
             raise OverloadedError(f"the images waiting to be decoded need about {wait:.2f} s; retry shortly")
         self.burst_s -= cost
 
-    def _queued(self, jobs: int, pixels: int, cost: float) -> None:
+    def _queued(self, jobs: int, pixels: int, cost: float, small: bool = False) -> None:
         self.jobs += jobs
         self.backlog_pixels += pixels
         self.backlog_s = max(0.0, self.backlog_s + cost) if self.jobs else 0.0
+        if small or not self.jobs:
+            self.small_backlog_s = min(self.backlog_s, max(0.0, self.small_backlog_s + cost)) if self.jobs else 0.0
 
-    def _unqueued(self, generation: int, pixels: int, cost: float) -> None:
+    def _unqueued(self, generation: int, pixels: int, cost: float, small: bool = False) -> None:
         """A job left the backlog -- unless its pool was replaced since, and the backlog with it."""
         if generation == self.generation:
-            self._queued(-1, -pixels, -cost)
+            self._queued(-1, -pixels, -cost, small)
 
-    def _price(self, blobs: Sequence[bytes], names: Sequence[str]) -> tuple[int, float, bool]:
-        """(pixels, seconds, large): what decoding will take, from the headers (an image over the
-        per-image limit is refused here), and whether a file is over `HEADER_BYTES` (never decoded
-        on the loop). A large PNG's or JPEG's size is found by `large_header_size`; other large
-        files are priced by their bytes, their headers read in the decode processes (`decode_job`)."""
-        pixels, cost, large = 0, 0.0, False
+    def _price(self, blobs: Sequence[bytes], names: Sequence[str]) -> tuple[int, float, bool, bool]:
+        """(pixels, seconds, large, small): what decoding will take, from the headers (an image over
+        the per-image limit is refused here), whether a file is over `HEADER_BYTES` (never decoded
+        on the loop), and whether every image is at most SMALL_PIXELS (no CSV). A large PNG's or
+        JPEG's size is found by `large_header_size`; other large files are priced by their bytes,
+        their headers read in the decode processes (`decode_job`)."""
+        pixels, cost, large, small = 0, 0.0, False, True
         for blob, name in zip(blobs, names, strict=True):
             if looks_like_csv(blob):
-                cost += PER_CSV_S
+                cost, small = cost + PER_CSV_S, False
                 continue
             if len(blob) > HEADER_BYTES:
                 large = True
@@ -284,16 +249,26 @@ class ImageDecoder:
                     raise type(exc)(f"{name}: {exc}") from None
             pixels += width * height
             cost += PER_IMAGE_S + width * height * PER_PIXEL_S
-        return pixels, cost, large
+            small = small and width * height <= SMALL_PIXELS
+        return pixels, cost, large, small and not large
 
     def _decoded(
-        self, work: asyncio.Future[tuple[np.ndarray, float]], generation: int, pixels: int, cost: float
+        self,
+        work: asyncio.Future[tuple[np.ndarray, float]],
+        generation: int,
+        pixels: int,
+        cost: float,
+        small: bool = False,
     ) -> None:
-        self._unqueued(generation, pixels, cost)
+        self._unqueued(generation, pixels, cost, small)
         if generation != self.generation:
             return
         if work.cancelled() or work.exception() is not None:  # retrieved: no "never retrieved" log
             return
         _, seconds = work.result()
         ratio = min(MAX_CORRECTION, max(MIN_CORRECTION, seconds / max(cost, 1e-6)))
-        self.correction += COST_SMOOTHING * (ratio - self.correction)
+        if small:
+            self.small_correction += COST_SMOOTHING * (ratio - self.small_correction)
+            self.small_decoded = True
+        else:
+            self.correction += COST_SMOOTHING * (ratio - self.correction)

@@ -16,7 +16,7 @@ from digitserve.serving.api.schemas import (
 from digitserve.serving.deps import FeedbackDep, PredictionDep
 from digitserve.serving.feedback.service import Correction
 from digitserve.serving.http.routes import V1_FEEDBACK
-from digitserve.serving.inference.decoding import decode_base64
+from digitserve.serving.inference.inputs import decode_base64
 from digitserve.serving.responses import JSONResponse
 
 router = APIRouter(

@@ -17,7 +17,7 @@ from digitserve.serving.api.schemas import ERROR_RESPONSES, PredictRequest, Pred
 from digitserve.serving.deps import PredictionContext, PredictionDep
 from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
 from digitserve.serving.http.routes import V1_PREDICT, V1_UPLOAD
-from digitserve.serving.inference.decoding import decode_base64
+from digitserve.serving.inference.inputs import decode_base64
 from digitserve.serving.pipeline import PredictionResult, Selector
 from digitserve.serving.responses import JSONResponse
 from digitserve.serving.rollouts.routing import MAX_STICKY, STICKY_HEADER

@@ -14,7 +14,7 @@ import numpy as np
 from digitserve.config import RequestLimits
 from digitserve.serving.api.v2.schemas import IMAGES, PIXEL_DATATYPES, PIXELS, RequestInput
 from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError
-from digitserve.serving.inference.decoding import check_count, decode_base64
+from digitserve.serving.inference.inputs import check_count, decode_base64
 
 PIXEL_SHAPES = ([28, 28], [1, 28, 28], [784])  # after the batch dimension
 
