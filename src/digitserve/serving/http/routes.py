@@ -38,8 +38,9 @@ _MODEL = 3  # /v?/models/{model}/...
 
 
 def match_prediction(path: str, query: bytes | str = b"") -> Prediction | None:
-    """The prediction route of a raw path (and its query), or None for any other path."""
-    parts = path.split("/")
+    """The prediction route of a raw path (and its query), or None for any other path. A path with
+    one trailing newline is the route too, as the router's patterns (`...$`) take it."""
+    parts = path.removesuffix("\n").split("/")
     for params in _PARAMS:
         if max(params) >= len(parts) or not all(parts[i] for i in params):
             continue
