@@ -52,7 +52,6 @@ FULL = Plan(
 SMOKE = Plan(
     seconds=1, warmup=0, startup_runs=1, compute_seconds=0.2, extras=False, repeats=1, fresh_starts=2, fresh_seconds=1
 )
-MAX_FLAGGED = 3  # repeats of one flagged start before it is kept anyway (flagged)
 
 
 class Bench:
@@ -156,11 +155,11 @@ class Bench:
         64 connections, after a warm-up): how far one start's speed is from another's. Each run
         records the host's CPU steal (/proc/stat) and each server process's CPU seconds; a run with
         steal over report.MAX_STEAL was slowed by the host, not the server: it is flagged and the start
-        repeated (up to MAX_FLAGGED times, then kept, flagged)."""
+        repeated (up to report.MAX_FLAGGED times, then kept, flagged)."""
         env = h.server_env(self.registry, "cnn")
         url = None
         for index in range(self.plan.fresh_starts):
-            for attempt in range(MAX_FLAGGED + 1):
+            for attempt in range(report.MAX_FLAGGED + 1):
                 with h.start(f"fresh-{index}", h.digitserve_cmd(workers=0), env, self.logs) as s:
                     url = self.predict_url(s, "cnn")
                     if self.plan.warmup:
@@ -171,6 +170,7 @@ class Bench:
                     steal = h.steal_share(host, h.host_cpu_ticks())
                     spent = h.process_tree_cpu(s.process.pid)
                     h.settle(s.url)
+                steal = round(steal, 4)
                 row = {
                     "start": index,
                     "attempt": attempt,
@@ -178,9 +178,10 @@ class Bench:
                     "p99_ms": figures["p99_ms"],
                     "errors": figures["errors"],
                     "statuses": figures["statuses"],
-                    "steal": round(steal, 4),
+                    "steal": steal,
                     "flagged": steal > report.MAX_STEAL,
-                    "cpu_s": {name: round(spent.get(name, 0.0) - cpu.get(name, 0.0), 2) for name in spent},
+                    # by role, each role's process alive through the run (a failed reading: none)
+                    "cpu_s": {k: round(v - cpu[k], 2) for k, v in spent.items() if k in cpu} if cpu and spent else {},
                 }
                 self.results.setdefault("fresh_starts", []).append(row)
                 print(f"fresh start {index}: {report.fresh_line(row)}", flush=True)

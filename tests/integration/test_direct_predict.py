@@ -9,6 +9,8 @@ leaves to it. The answers must be identical: status, body and content type.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image, ImageDraw, ImageFont
 from support.registries import copy_shipped, png_b64
 from support.server import start_server, stop_server
 
@@ -25,11 +28,25 @@ from digitserve.data import load_mnist
 from digitserve.registry.records import MAX_VERSION
 from digitserve.serving.api.v1.direct import direct_predict
 from digitserve.serving.rollouts.routing import MAX_STICKY
+from digitserve.synthetic.negatives import font_dir
 
 PLAIN = "application/json"
 FASTAPI = "application/json; charset=utf-8"
+
+
+def letter_b64(text: str) -> str:
+    """A letter, black on white in a bold font: the models answer it is not a digit."""
+    image = Image.new("L", (200, 200), 255)
+    font = ImageFont.truetype(str(font_dir() / "DejaVuSans-Bold.ttf"), 150)
+    ImageDraw.Draw(image).text((100, 100), text, fill=0, font=font, anchor="mm")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 IMAGES = load_mnist("test").images[:3]
 SEVEN = png_b64(IMAGES[0])
+LETTER = letter_b64("A")  # not a digit: `label` depends on ?abstain=
 CSV = "\n".join(",".join(str(int(v)) for v in row) for row in IMAGES[1])
 
 # (query, extra headers, body): valid requests, then every kind of refusal
@@ -39,6 +56,8 @@ CASES: list[tuple[str, dict[str, str], Any]] = [
     ("", {}, {"csv": [CSV]}),
     ("", {}, {"images": [SEVEN], "csv": [CSV], "top_k": "2"}),  # lax: as pydantic takes it either way
     ("?abstain=false", {}, {"images": [SEVEN]}),
+    ("?abstain=false", {}, {"images": [LETTER, SEVEN]}),
+    ("?abstain=true", {}, {"images": [LETTER]}),
     ("?version=1", {}, {"images": [SEVEN]}),
     ("?alias=production&unknown=1", {}, {"images": [SEVEN]}),
     ("", {"X-Digitserve-Sticky": "alice"}, {"images": [SEVEN]}),
@@ -70,6 +89,10 @@ CASES: list[tuple[str, dict[str, str], Any]] = [
     (f"?version={MAX_VERSION + 1}", {}, {"images": [SEVEN]}),
     ("?version=" + "1" * 4301, {}, {"images": [SEVEN]}),  # past what Python's int() takes from a string
 ]
+
+
+PLAIN_VALID = 10  # CASES[:10]: valid, and plain: answered directly
+
 COMPARED_HEADERS = ("content-type", "content-length", "retry-after", "connection")
 
 
@@ -98,6 +121,9 @@ def test_the_direct_path_answers_as_fastapi_does(server: str, model: str) -> Non
             for name in COMPARED_HEADERS:
                 assert direct.headers.get(name) == routed.headers.get(name), (case, name)
             assert direct.status_code < 500, (case, direct.text[:300])
+            if model == "cnn" and isinstance(body, dict) and (body.get("images") or [None])[0] == LETTER:
+                letter = direct.json()["predictions"][0]  # the abstain cases test what they claim to
+                assert letter["is_digit"] is False and (letter["label"] is None) == ("abstain=true" in query), letter
 
 
 def test_only_plain_requests_are_answered_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +150,7 @@ def test_only_plain_requests_are_answered_directly(tmp_path: Path, monkeypatch: 
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                for query, headers, body in [*CASES[:8], ("?abstain=maybe", {}, {"images": [SEVEN]})]:
+                for query, headers, body in [*CASES[:PLAIN_VALID], ("?abstain=maybe", {}, {"images": [SEVEN]})]:
                     content = body if isinstance(body, bytes) else json.dumps(body).encode()
                     r = await client.post(
                         f"/v1/models/cnn/predict{query}", content=content, headers={**headers, "Content-Type": PLAIN}
@@ -143,7 +169,7 @@ def test_only_plain_requests_are_answered_directly(tmp_path: Path, monkeypatch: 
 
     over_limit: list[tuple[int, Any, str | None]] = []
     statuses = asyncio.run(scenario())
-    assert statuses == [200] * 8 + [422, 200, 422], statuses
+    assert statuses == [200] * PLAIN_VALID + [422, 200, 422], statuses
     assert handed[:3] == [
         "abstain=maybe b'application/json'",
         " b'application/json; charset=utf-8'",
