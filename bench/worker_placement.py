@@ -1,6 +1,7 @@
 """Where keep-alive connections land decides what a light load gets from the default layout.
 
-The kernel hands each new connection to whichever worker accepts it first, and a keep-alive
+The kernel hands each new connection to one worker (by its addresses: each worker has a
+listening socket of its own, SO_REUSEPORT), and a keep-alive
 connection stays there. With two workers, 4 closed-loop clients whose connections all landed on
 one worker share one core; 2 + 2 get both. This starts the default layout (2 workers), opens 32
 connections, sorts them by the worker that holds them (from the workers' own sockets), and runs

@@ -176,7 +176,8 @@ async def open_loop(
 
 def serving_processes(server_pid: int, port: int) -> set[int]:
     """The processes that accept on `port`: the server itself with one worker, its worker
-    processes with more (the supervisor holds the listening socket too, but accepts nothing)."""
+    processes with more (each with a listening socket of its own; the supervisor's holds the
+    port and never listens)."""
     server = psutil.Process(server_pid)
     listening = {
         proc.pid
@@ -201,8 +202,8 @@ async def answered_by(
     server_pid: int, host: str, port: int, request: bytes, rounds: int = 16
 ) -> dict[int | None, Counter[int]]:
     """The statuses each serving process gave on new connections: up to `rounds` rounds of 16 at
-    once, until every process gave a 200. An idle worker may accept a whole round at one wake-up
-    (after an overload, rounds here split 16/0, then 15/1), hence the rounds."""
+    once, until every process gave a 200. The kernel spreads new connections over the workers
+    by their addresses, so a round may leave a worker none (a chance of 2 in 65,536), hence the rounds."""
     processes = serving_processes(server_pid, port)
     answers: dict[int | None, Counter[int]] = {pid: Counter() for pid in processes}
 

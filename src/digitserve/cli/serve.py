@@ -18,7 +18,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from digitserve.serving.app import create_app
     from digitserve.serving.http.protocol import LimitedHttpProtocol
-    from digitserve.serving.workers import DrainingMultiprocess, prepare_workers, worker_count
+    from digitserve.serving.workers import DrainingMultiprocess, prepare_workers, worker_count, workers_socket
 
     settings = load_settings()
     workers = worker_count(args.workers or settings.workers)
@@ -46,7 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers > 1:
         with prepare_workers(settings, workers):  # shared metrics folder and reload requests
             config = uvicorn.Config("digitserve.serving.app:app_from_env", factory=True, workers=workers, **common)
-            DrainingMultiprocess(config, sockets=[config.bind_socket()]).run()  # uvicorn.run's, for workers > 1
+            # uvicorn.run's, for workers > 1, with a listening socket per worker (SO_REUSEPORT)
+            DrainingMultiprocess(config, sockets=[workers_socket(host, port)]).run()
         return 0
     uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()
     return 0

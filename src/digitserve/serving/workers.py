@@ -18,6 +18,8 @@ import fcntl
 import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -132,13 +134,49 @@ class ReloadBroadcast:
                 self.acknowledge(current)
 
 
+class WorkerSocket(socket.socket):
+    """The address the workers listen on, one listening socket per worker.
+
+    Workers that share one listening socket race for each new connection: a worker's event loop
+    accepts every connection waiting when it wakes, so a burst of new keep-alive connections (a
+    load generator's 64, a proxy's pool) could all land on one worker and stay there, at half the
+    server's speed (one fresh start in ten in `make bench`: one worker at 0 CPU seconds). With
+    SO_REUSEPORT each worker has a socket of its own on the same address and the kernel spreads
+    connections over them by their addresses. The supervisor's socket holds the port and never
+    listens; pickled into a worker (spawn), it becomes a new socket there, in the same group."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (reuseport_socket, (self.family, self.getsockname()))
+
+
+def reuseport_socket(family: int, address: tuple[Any, ...]) -> WorkerSocket:
+    """A socket bound to `address` with SO_REUSEPORT (port 0: a free one), ready to listen."""
+    sock = WorkerSocket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        log.error("cannot listen on %s: %s", address, exc)
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE
+    sock.set_inheritable(True)
+    return sock
+
+
+def workers_socket(host: str, port: int) -> WorkerSocket:
+    """The supervisor's socket for `host:port` (IPv6 when the host has a colon)."""
+    sock = reuseport_socket(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))
+    log.info("Uvicorn running on http://%s:%d (a listening socket per worker)", host, sock.getsockname()[1])
+    return sock
+
+
 class DrainingMultiprocess(Multiprocess):
-    """uvicorn's worker supervisor, but on SIGTERM it closes its own copy of the listening socket
-    before it stops the workers. The socket is shared: while any process holds it open the kernel
-    keeps completing connections into its queue, and the parent -- which never accepts -- held it
-    until the last worker had drained, so connections made during the drain were accepted and then
-    reset. Now the socket closes when the last worker closes its listener, having taken in what the
-    kernel queued (serving/http/shutdown.py); a connection after that is refused, never reset."""
+    """uvicorn's worker supervisor, but on SIGTERM it closes its own socket before it stops the
+    workers. Each worker closes its own listener once it has taken in what the kernel queued
+    there (serving/http/shutdown.py); a connection after the last one closed is refused, never
+    reset. (With a shared listening socket, the parent -- which never accepts -- held it open
+    until the last worker had drained, and connections made meanwhile were accepted, then reset.)"""
 
     def handle_term(self) -> None:
         for sock in self.sockets:
