@@ -16,10 +16,14 @@ from digitserve.serving.http.protocol import (
     LIMITS,
     ConnectionLimits,
     LimitedHttpProtocol,
-    response_bytes,
 )
+from digitserve.serving.errors import HttpError
+from digitserve.serving.http.routes import Prediction
 
-REFUSED = response_bytes(503, "full", "overloaded", {"Retry-After": "1"}, close=False)
+REFUSED = (
+    Prediction("cnn", "/v1/models/{model}/predict", False),
+    HttpError(503, "overloaded", "full", {"Retry-After": "1"}),
+)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

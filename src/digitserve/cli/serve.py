@@ -4,7 +4,6 @@ connection limits (serving/http/protocol.py), one process or a group of workers.
 from __future__ import annotations
 
 import argparse
-import copy
 import signal
 from typing import Any
 
@@ -14,10 +13,10 @@ from digitserve.config import forwarded_allow_ips, load_settings
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server with uvicorn; settings come from DIGITSERVE_* variables, flags override."""
     import uvicorn
-    from uvicorn.config import LOGGING_CONFIG
 
     from digitserve.serving.app import create_app
     from digitserve.serving.http.protocol import LimitedHttpProtocol
+    from digitserve.serving.observability.logs import logging_config
     from digitserve.serving.workers import DrainingMultiprocess, prepare_workers, worker_count, workers_socket
 
     settings = load_settings()
@@ -27,8 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     host, port = args.host or settings.host, args.port if args.port is not None else settings.port
-    log_config = copy.deepcopy(LOGGING_CONFIG)  # uvicorn's, and digitserve's own loggers beside its
-    log_config["loggers"]["digitserve"] = {"handlers": ["default"], "level": settings.log_level.upper()}
+    log_config = logging_config(settings.observability, settings.log_level)  # JSON lines, or text on a terminal
     common: dict[str, Any] = {
         "host": host,
         "port": port,

@@ -32,6 +32,7 @@ from digitserve.config.groups import (
     GateSettings,
     Group,
     HttpLimits,
+    Observability,
     RequestLimits,
     Runtime,
     ShadowSettings,
@@ -111,6 +112,16 @@ def forwarded_allow_ips() -> str | None:
     """`FORWARDED_ALLOW_IPS` (uvicorn's name): the proxies whose X-Forwarded-For the server believes.
     Unset, it believes none -- not even loopback, which uvicorn would trust by default."""
     return os.environ.get("FORWARDED_ALLOW_IPS") or None
+
+
+def otlp_traces_endpoint() -> str | None:
+    """Where spans go: OpenTelemetry's own variables (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else
+    `OTEL_EXPORTER_OTLP_ENDPOINT`); unset, nothing is traced and tracing costs nothing."""
+    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+
+
+def stdout_is_terminal() -> bool:
+    return os.isatty(1)
 
 
 def actor() -> str:
@@ -200,6 +211,7 @@ class Settings(BaseSettings):
     canary: CanarySettings = CanarySettings()
     shadow: ShadowSettings = ShadowSettings()
     gate: GateSettings = GateSettings()
+    observability: Observability = Observability()
 
     @classmethod
     def settings_customise_sources(

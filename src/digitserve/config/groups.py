@@ -5,7 +5,7 @@ group's field `x` is `DIGITSERVE_<ENV><X>`: the flat names users know."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import NoDecode
@@ -185,6 +185,18 @@ class ShadowSettings(Group):
         return None if value == "" else value
 
 
+class Observability(Group):
+    """Request logs, what the models answer as metrics, and drift (docs/observability.md)."""
+
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="json: one JSON object per line; text: for a terminal; auto: text on a terminal, else json"
+    )
+    access_log: bool = Field(True, description="one log line per HTTP request, early refusals included")
+    log_answers: bool = Field(False, description="add each prediction's labels and is_digit to its log line")
+    request_metrics: bool = Field(True, description="count requests and answers in /metrics (off: only for benchmarks)")
+    drift_window: int = Field(1000, ge=50, le=100_000, description="answers per version the drift gauge compares")
+
+
 GROUPS: dict[str, type[Group]] = {
     "http": HttpLimits,
     "requests": RequestLimits,
@@ -194,4 +206,5 @@ GROUPS: dict[str, type[Group]] = {
     "canary": CanarySettings,
     "shadow": ShadowSettings,
     "gate": GateSettings,
+    "observability": Observability,
 }

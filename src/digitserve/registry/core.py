@@ -22,6 +22,7 @@ from typing import Any
 
 from digitserve.config import actor, default_registry_uri
 from digitserve.registry.records import (
+    MANIFEST_FIELDS,
     MODEL_NAME,
     AliasState,
     Artifact,
@@ -145,6 +146,17 @@ class ModelRegistry:
         for name, data in (report or {}).items():
             self.store.put(f"{model}/versions/{version}/report/{name}", data)
         return version
+
+    def add_to_manifest(self, model: str, version: int, key: str, value: Any) -> None:
+        """Add one field a version was published without (the drift reference of a version from
+        before training measured it). Every field it has stays as it was; one it has is never
+        replaced, so what the version is -- its artifacts, config and measurements -- cannot change."""
+        path = f"{check_model_name(model)}/versions/{int(version)}/manifest.json"
+        data, _ = self.store.read(path)
+        doc = loads_object(data, f"{model} v{version}: the manifest")
+        if key in MANIFEST_FIELDS or (key in doc and doc[key] != value):
+            raise RegistryError(f"{model} v{version} already has '{key}'; a version's fields are never replaced")
+        self.store.put(path, dumps({**doc, key: value}))
 
     def _put_blob(self, model: str, kind: str, data: bytes, opset: int | None = None) -> Artifact:
         artifact = Artifact(kind, hashlib.sha256(data).hexdigest(), len(data), opset)

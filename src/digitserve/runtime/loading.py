@@ -20,6 +20,7 @@ from digitserve.registry import (
     StoreUnavailableError,
 )
 from digitserve.runtime.calibration import Calibration, CalibrationError
+from digitserve.runtime.reference import AnswerReference
 from digitserve.runtime.session import OnnxModel, RuntimeOptions, Servable
 
 log = logging.getLogger(__name__)
@@ -74,4 +75,5 @@ def load_servable(
     if worst is not None:
         raise LoadError("golden", f"outputs differ from the recorded golden logits by {worst:.3g}")
     log.info("loaded %s v%d (onnx sha256 %s...)", model, version, manifest.artifact("onnx").sha256[:12])
-    return Servable(model, version, manifest, runtime, calibration, graph=graph)
+    reference = AnswerReference.from_manifest(manifest.extra, f"{model} v{version}")
+    return Servable(model, version, manifest, runtime, calibration, reference=reference, graph=graph)

@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from digitserve.registry import Manifest
 from digitserve.runtime.calibration import Calibration
+from digitserve.runtime.reference import AnswerReference
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
@@ -69,6 +70,7 @@ class Servable:
     manifest: Manifest
     runtime: OnnxModel
     calibration: Calibration = field(default_factory=Calibration)
+    reference: AnswerReference | None = None  # what it answers on validation data (the drift gauge's)
     loaded_at: float = field(default_factory=time.time)
     graph: bytes = field(default=b"", repr=False)  # the verified ONNX graph (for a comparison process)
 

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from digitserve import __version__
-from digitserve.config import Settings, load_settings
+from digitserve.config import Settings, load_settings, otlp_traces_endpoint
 from digitserve.serving.api import health
 from digitserve.serving.api.handlers import install_error_handlers
 from digitserve.serving.api.pages import mount_pages
@@ -20,10 +20,12 @@ from digitserve.serving.api.v1.direct import direct_predict
 from digitserve.serving.api.v2 import routes as v2
 from digitserve.serving.http.admission import Admission
 from digitserve.serving.http.edge import EdgeMiddleware
-from digitserve.serving.http.protocol import COUNT_REFUSAL, EARLY_ANSWER, LIMITS, ConnectionLimits
+from digitserve.serving.http.protocol import ANSWERED, EARLY_ANSWER, LIMITS, ConnectionLimits
 from digitserve.serving.http.routes import V1_FEEDBACK, V1_PREDICT
 from digitserve.serving.http.shutdown import Drain, install_sigterm_drain
-from digitserve.serving.observability.metrics import HttpObserver, ServiceMetrics
+from digitserve.serving.observability.metrics import ServiceMetrics
+from digitserve.serving.observability.requests import HttpObserver
+from digitserve.serving.observability.tracing import Tracing
 from digitserve.serving.responses import JSONResponse
 from digitserve.serving.services import Services
 
@@ -37,14 +39,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await services.start()
         if settings.http.shutdown_grace_s > 0:
             install_sigterm_drain(app.state.drain, asyncio.get_running_loop(), settings.http.shutdown_grace_s)
-        refusals = app.state.metrics.refused_connections
         yield {  # for serving/http/protocol.py, in every connection
             LIMITS: ConnectionLimits.from_settings(settings.http),
             EARLY_ANSWER: admission.early_answer,
-            COUNT_REFUSAL: lambda code: refusals.labels(code).inc(),
+            ANSWERED: app.state.observer.protocol_answer,
         }
     finally:
         await services.close()
+        if app.state.tracing is not None:
+            await asyncio.to_thread(app.state.tracing.close)  # exports what is buffered
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,15 +63,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served below from the package's own copy of Swagger UI
         redoc_url=None,
     )
-    metrics, drain, limits = ServiceMetrics(), Drain(), settings.requests
+    seen, limits = settings.observability, settings.requests
+    metrics, drain = ServiceMetrics(seen.drift_window, seen.request_metrics), Drain()
     app.state.settings, app.state.metrics, app.state.drain = settings, metrics, drain
+    app.state.tracing = Tracing() if otlp_traces_endpoint() else None  # no endpoint: no cost
     app.state.admission = admission = Admission(
         limits.max_concurrent_requests,
         limits.request_timeout_s,
         limits.max_body_bytes,
         check_room=lambda model, n: None,  # nothing is queued before the services start
         draining=drain,
-        count=lambda route: metrics.requests.labels(route, "POST", "503").inc(),
     )
     install_error_handlers(app)
     for router in (predict.router, feedback.router, models.router, registry.router, health.router, v2.router):
@@ -76,12 +80,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.admin_token is not None:
         app.include_router(admin.router)
     mount_pages(app)
+    app.state.observer = HttpObserver(metrics, app.router.routes, seen, app.state.tracing)
     app.add_middleware(
         EdgeMiddleware,
         admission=admission,
         body_limits={V1_FEEDBACK: settings.feedback.max_body_bytes},
         draining=drain,
-        observe=HttpObserver(metrics, app.router.routes),
+        observe=app.state.observer,
         direct={V1_PREDICT: direct_predict},  # plain JSON predictions skip FastAPI's routing (api/v1/direct.py)
     )
     return app

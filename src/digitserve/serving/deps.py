@@ -24,6 +24,7 @@ from digitserve.serving.http.admission import DEADLINE
 from digitserve.serving.http.shutdown import Drain
 from digitserve.serving.inference.versions import ModelVersions
 from digitserve.serving.observability.metrics import ServiceMetrics
+from digitserve.serving.observability.requests import RequestRecord, prediction_record
 from digitserve.serving.pipeline import PredictionPipeline
 from digitserve.serving.rollouts.routing import Rollouts
 from digitserve.serving.services import Reloader, Services
@@ -80,6 +81,7 @@ async def get_reloader(request: Request) -> Reloader:
 class PredictionContext:
     pipeline: PredictionPipeline
     deadline: float  # time.monotonic(): stamped on arrival by admission (serving/http/admission.py)
+    record: RequestRecord | None = None  # the request's log line and trace (observability/requests.py)
 
 
 def prediction_context_of(scope: Scope) -> PredictionContext:
@@ -91,7 +93,7 @@ def prediction_context_of(scope: Scope) -> PredictionContext:
     deadline = scope["state"].get(DEADLINE) if "state" in scope else None
     if not isinstance(deadline, float):  # a route reached without the edge middleware (feedback)
         deadline = time.monotonic() + state.settings.requests.request_timeout_s
-    return PredictionContext(state.services.pipeline, deadline)
+    return PredictionContext(state.services.pipeline, deadline, prediction_record(scope))
 
 
 async def prediction_context(request: Request) -> PredictionContext:

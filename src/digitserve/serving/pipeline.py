@@ -30,14 +30,17 @@ from digitserve.serving.errors import (
     RetiredError,
     ServiceError,
 )
+from digitserve.serving.inference.batching import BatchTiming
 from digitserve.serving.inference.decoding import ImageDecoder
 from digitserve.serving.inference.inputs import check_count
 from digitserve.serving.inference.state import LoadedVersion, ModelState
 from digitserve.serving.inference.versions import ModelVersions
 from digitserve.serving.observability.metrics import ServiceMetrics
+from digitserve.serving.observability.requests import Answer, RequestRecord
 from digitserve.serving.rollouts.routing import Rollouts, Route
 
 log = logging.getLogger(__name__)
+RecordOrNone = RequestRecord | None
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Target:
     state: ModelState
     selector: Selector
     client: str | None = None
+    record: RequestRecord | None = None  # what the request's log line and trace show
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,15 @@ class PredictionPipeline:
     metrics: ServiceMetrics
     limits: RequestLimits
 
-    def target(self, model: str, selector: Selector = Selector(), client: str | None = None) -> Target:
+    def target(
+        self,
+        model: str,
+        selector: Selector = Selector(),
+        client: str | None = None,
+        record: RequestRecord | None = None,
+    ) -> Target:
         """The model a request is for (404 for one this server does not serve)."""
-        return Target(self.versions.state(model), selector, client)
+        return Target(self.versions.state(model), selector, client, record)
 
     def admit(self, n: int, what: str = "images") -> None:
         """The check before any decoding: the count of images (413 past the limit)."""
@@ -108,24 +118,56 @@ class PredictionPipeline:
         self, target: Target, blobs: Sequence[bytes], names: Sequence[str], deadline: float
     ) -> PredictionResult:
         """Encoded images (PNG, JPEG, CSV, ...) -> predictions; `admit` must have passed."""
-        return await self.predict_pixels(target, await self.prepare(blobs, names, deadline), deadline)
+        started = time.monotonic()
+        images = await self.prepare(blobs, names, deadline)
+        if target.record is not None:
+            target.record.stage("admission", target.record.arrived, started)
+            target.record.stage("decode", started, time.monotonic(), images=len(blobs))
+        return await self.predict_pixels(target, images, deadline)
 
     async def predict_pixels(self, target: Target, images: np.ndarray, deadline: float) -> PredictionResult:
         """MNIST-style uint8 (n, 28, 28) -> predictions of the version the selector picks (or the
         rollout routes to); a canary that fails is answered by production instead."""
-        route, future = await self._submit(target, images, deadline)
+        record = target.record
+        timing = None
+        if record is not None and record.stages is not None:  # traced
+            timing = BatchTiming()
+            if not record.stages:  # pixels sent as such: nothing was decoded
+                record.stage("admission", record.arrived, time.monotonic())
+        queued = time.monotonic()
+        route, future = await self._submit(target, images, deadline, timing)
         try:
             probabilities = await self._answer(route, future, deadline)
         except Exception as exc:
             if route.side != "canary" or isinstance(exc, ServiceError):
                 raise
             log.warning("%s canary v%d failed (%s); production answers", route.model, route.loaded.version, exc)
-            route, future = self._instead_of_canary(route, images, deadline)
+            route, future = self._instead_of_canary(route, images, deadline, timing=timing)
             probabilities = await self._answer(route, future, deadline)
-        self.metrics.images.labels(route.model, str(route.loaded.version)).inc(len(images))
+        result = PredictionResult(route.loaded, route.alias, probabilities, images)
+        self._observe(route, result, record, timing, queued)
         arrived = deadline - self.limits.request_timeout_s
         self.rollouts.answered(route, images, probabilities, time.monotonic() - arrived)
-        return PredictionResult(route.loaded, route.alias, probabilities, images)
+        return result
+
+    def _observe(
+        self, route: Route, result: PredictionResult, record: RequestRecord | None, timing: BatchTiming | None,
+        queued: float,
+    ) -> None:  # fmt: skip
+        """The answer in the metrics (what it says, its inputs' ink, drift) and in the request's record."""
+        servable, metrics = route.loaded.servable, self.metrics
+        metrics.images.labels(route.model, str(servable.version)).inc(len(result.images))
+        if metrics.per_request:
+            metrics.answers.observe(
+                route.model, servable.version, servable.reference, result.probabilities, result.is_digit, result.images
+            )
+        if record is None:
+            return
+        record.answered(Answer(route.model, servable.version, route.alias, result.probabilities, result.is_digit))
+        if timing is not None:
+            attributes = {"model": route.model, "version": servable.version}
+            record.stage("queue wait", queued, timing.started, **attributes)
+            record.stage("inference batch", timing.started, timing.ended, batch_size=timing.size, **attributes)
 
     async def _route(self, target: Target) -> Route:
         selector, state = target.selector, target.state
@@ -135,27 +177,27 @@ class PredictionPipeline:
         return Route(state, loaded, None if selector.version is not None else selector.alias, "pinned", target.client)
 
     async def _submit(
-        self, target: Target, images: np.ndarray, deadline: float
+        self, target: Target, images: np.ndarray, deadline: float, timing: BatchTiming | None
     ) -> tuple[Route, asyncio.Future[np.ndarray]]:
         """Pick the version and queue the images on it, with no await in between (a hot-swap
         cannot retire the batcher in between; a version retired before the pick is picked again)."""
         for attempt in range(2):
             route = await self._route(target)
             try:
-                return route, route.loaded.batcher.submit(images, deadline)
+                return route, route.loaded.batcher.submit(images, deadline, timing)
             except QueueFullError:
                 if route.side != "canary":
                     raise
                 # a canary without room is not for clients; nor is it the canary's fault (a client
                 # can fill it on purpose): counted apart, never judged as an error
-                return self._instead_of_canary(route, images, deadline, error=False)
+                return self._instead_of_canary(route, images, deadline, error=False, timing=timing)
             except RetiredError:
                 if attempt:  # the version was retired between lookup and submit twice: give up
                     raise
         raise AssertionError("unreachable")
 
     def _instead_of_canary(
-        self, canary: Route, images: np.ndarray, deadline: float, error: bool = True
+        self, canary: Route, images: np.ndarray, deadline: float, error: bool = True, timing: BatchTiming | None = None
     ) -> tuple[Route, asyncio.Future[np.ndarray]]:
         """Production answers what the canary could not (a failure is counted against the canary)."""
         if error:
@@ -163,7 +205,7 @@ class PredictionPipeline:
         else:
             self.metrics.rollout_failure(canary.model, canary.alias or "", canary.loaded.version, "full")
         route = self.rollouts.production_route(canary.state, canary.client)
-        return route, route.loaded.batcher.submit(images, deadline)
+        return route, route.loaded.batcher.submit(images, deadline, timing)
 
     async def _answer(self, route: Route, future: asyncio.Future[np.ndarray], deadline: float) -> np.ndarray:
         try:

@@ -169,7 +169,7 @@ class Services:
         self._task(self._poll(), "alias-poller")
         self._task(self.feedback.spool.run(), "feedback-writer")
         self._task(self.judge.run(), "canary-judge")
-        self._task(LoopLag(self.metrics).run(), "loop-lag")
+        self._task(LoopLag(self.metrics, lambda: self.admission.in_progress).run(), "loop-lag")
         if self.broadcast is not None:
             self._task(self.broadcast.watch(lambda: self.reload(force=True)), "reload-watcher")
 

@@ -22,6 +22,7 @@ from digitserve.models.checkpoint import predict_logits
 from digitserve.registry.samples import NAME as SAMPLES_NAME
 from digitserve.registry.samples import make_test_samples
 from digitserve.runtime.calibration import SCORE, Calibration, softmax
+from digitserve.runtime.reference import MANIFEST_KEY, AnswerReference
 from digitserve.synthetic import sets
 from digitserve.training.loop import TrainingData
 from digitserve.training.provenance import hardware
@@ -47,6 +48,12 @@ def calibrate(cfg: TrainConfig, model: nn.Module, data: TrainingData) -> tuple[C
     variant_conf = softmax(variant_logits, temperature).max(axis=1)
     threshold = choose_threshold(digit_conf, variant_conf)
     calibration = Calibration(temperature, threshold)
+    val_probabilities = softmax(val_logits, temperature)
+    reference = AnswerReference.measure(
+        val_probabilities,
+        calibration.is_digit(val_probabilities),
+        f"validation split ({len(val_labels)} MNIST training images held out of training)",
+    )
     val_negatives = predict_logits(model, sets.negatives("validation", cfg.eval_negatives).images).numpy()
     records = {
         "calibration": {
@@ -68,6 +75,7 @@ def calibrate(cfg: TrainConfig, model: nn.Module, data: TrainingData) -> tuple[C
             "validation_negatives_rate": round(rejection_rate(softmax(val_negatives, temperature), threshold), 6),
             "validation_negatives": len(val_negatives),
         },
+        MANIFEST_KEY: reference.to_dict(),  # what the drift gauge compares live answers with
     }
     return calibration, records
 

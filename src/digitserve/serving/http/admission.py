@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from digitserve.serving.errors import HttpError, OverloadedError, ServiceError, http_error
-from digitserve.serving.http.protocol import response_bytes
 from digitserve.serving.http.routes import MATCHED, Prediction, match_prediction
 
 DEADLINE = "digitserve.deadline"  # request state: time.monotonic() by which the answer is due
@@ -36,7 +35,6 @@ class Admission:
     max_body_bytes: int
     check_room: RoomCheck
     draining: Callable[[], bool]
-    count: Callable[[str], None]  # (route template): a 503 answered by the protocol, for the metrics
     in_progress: int = 0  # predictions whose body has arrived and whose answer has not gone
 
     def admit(self, prediction: Prediction, state: dict[str, Any]) -> HttpError | None:
@@ -55,11 +53,11 @@ class Admission:
 
     def early_answer(
         self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], state: dict[str, Any]
-    ) -> bytes | None:
-        """The whole 503 response for a prediction refused on arrival, for the protocol to send on
-        a kept-alive connection; None sends the request down the usual path, admitted or (anything
-        unusual: a draining server, an escaped path, a body over the limit, `Connection: close`)
-        left for the edge middleware to judge."""
+    ) -> tuple[Prediction, HttpError] | None:
+        """The 503 of a prediction refused on arrival, for the protocol to send on a kept-alive
+        connection; None sends the request down the usual path, admitted or (anything unusual: a
+        draining server, an escaped path, a body over the limit, `Connection: close`) left for the
+        edge middleware to judge."""
         if method != b"POST" or self.draining():
             return None
         raw_path, _, query = url.partition(b"?")
@@ -70,10 +68,7 @@ class Admission:
             return None
         state[MATCHED] = prediction
         refusal = self.admit(prediction, state)
-        if refusal is None:
-            return None
-        self.count(prediction.template)
-        return response_bytes(refusal.status, refusal.message, refusal.code, refusal.headers, close=False)
+        return None if refusal is None else (prediction, refusal)
 
 
 def _plain_body(headers: list[tuple[bytes, bytes]], max_body_bytes: int) -> bool:

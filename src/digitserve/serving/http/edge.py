@@ -12,7 +12,9 @@ In order, for an HTTP request:
 - **direct**: a prediction route with a reader of its own (`direct`: the plain JSON prediction,
   api/v1/direct.py) is handed to it rather than to the app, with the app to pass on what it does
   not answer itself;
-- **observe**: the answer's status and latency go to `observe` (the metrics), by route template;
+- **observe**: every request gets an id (`X-Request-ID`, the client's when sane), echoed on its
+  answer; the answer's status, latency and error code go to the observer (metrics, access log,
+  traces: serving/observability/requests.py);
 - a redirect's `Location` is made a path (never the Host header a client wrote).
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
@@ -30,8 +32,22 @@ from digitserve.serving.errors import error_body
 from digitserve.serving.http.admission import DEADLINE, Admission
 from digitserve.serving.http.routes import prediction_of
 
-Observe = Callable[[Scope, int, float], None]  # (scope, status, seconds), after the answer
+
+class Observer(Protocol):
+    """What the edge tells the observability room (serving/observability/requests.py)."""
+
+    def start(self, scope: Scope) -> str:
+        """A request arrived: returns its id."""
+
+    def error(self, scope: Scope, body: bytes) -> None:
+        """The body of its error answer (4xx, 5xx)."""
+
+    def __call__(self, scope: Scope, status: int, seconds: float) -> None:
+        """It was answered, with this status, this long after it arrived."""
+
+
 # a prediction route's own reader: (scope, receive, send, the app to hand what it does not answer)
+REQUEST_ID = b"x-request-id"
 Direct = Callable[[Scope, Receive, Send, ASGIApp], Awaitable[None]]
 
 
@@ -55,7 +71,7 @@ class EdgeMiddleware:
         admission: Admission,
         body_limits: dict[str, int],
         draining: Callable[[], bool],
-        observe: Observe,
+        observe: Observer,
         direct: Mapping[str, Direct] | None = None,
     ) -> None:
         self.app = app
@@ -72,23 +88,27 @@ class EdgeMiddleware:
             return
         start = time.perf_counter()
         status = 500
-        draining = self.draining
+        draining, observe = self.draining, self.observe
+        request_id = (REQUEST_ID, observe.start(scope).encode())
 
         async def answer(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = message.get("headers", [])
                 if 300 <= status < 400:
-                    message = {**message, "headers": [_relative(k, v) for k, v in message.get("headers", [])]}
+                    headers = [_relative(k, v) for k, v in headers]
                 if draining():
-                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                    headers = [(k, v) for k, v in headers if k.lower() != b"connection"] + [(b"connection", b"close")]
+                message = {**message, "headers": [*headers, request_id]}
+            elif status >= 400 and message["type"] == "http.response.body":
+                observe.error(scope, message.get("body", b""))
             await send(message)
 
         try:
             await self._handle(scope, receive, answer)
         finally:
-            self.observe(scope, status, time.perf_counter() - start)
+            observe(scope, status, time.perf_counter() - start)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         prediction = prediction_of(scope)

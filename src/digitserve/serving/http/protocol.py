@@ -20,26 +20,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from digitserve.config import HttpLimits, Settings
-from digitserve.serving.errors import error_body
+from digitserve.serving.errors import HttpError
+from digitserve.serving.http.answers import ProtocolAnswer, response_bytes
+from digitserve.serving.http.request_id import request_id_from, request_id_of
+from digitserve.serving.http.routes import Prediction, prediction_of
 
 log = logging.getLogger(__name__)
 # Keys of the app's lifespan state, which uvicorn hands to every connection's protocol:
 LIMITS = "digitserve.connection_limits"  # ConnectionLimits (the defaults when the app gives none)
-EARLY_ANSWER = "digitserve.early_answer"  # admission's (method, url, headers, request state) -> 503 bytes
-COUNT_REFUSAL = "digitserve.count_refusal"  # (code) -> None, counts a refusal made here
+EARLY_ANSWER = "digitserve.early_answer"  # admission's early_answer (EarlyAnswer below)
+ANSWERED = "digitserve.protocol_answer"  # (ProtocolAnswer) -> None: counts and logs an answer made here
 RESERVED_FDS = 64  # descriptors kept free for registry reads, model files, decode workers, logs
-REASONS = {
-    408: "Request Timeout",
-    414: "URI Too Long",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-}
 
 
 class ConnectionLimits(NamedTuple):
@@ -77,22 +75,8 @@ def connection_cap(wanted: int) -> int:
     return max(cap, 1)
 
 
-def response_bytes(
-    status: int, message: str, code: str, headers: dict[str, str] | None = None, close: bool = True
-) -> bytes:
-    """A complete HTTP/1.1 response with the service's JSON error body."""
-    body = error_body(message, code)
-    lines = [
-        f"HTTP/1.1 {status} {REASONS[status]}",
-        "content-type: application/json",
-        f"content-length: {len(body)}",
-        *(["connection: close"] if close else []),
-        *(f"{k.lower()}: {v}" for k, v in (headers or {}).items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-EarlyAnswer = Callable[[bytes, bytes, list[tuple[bytes, bytes]], dict[str, Any]], "bytes | None"]
+# admission's (method, url, headers, request state) -> the prediction and its 503, or None
+EarlyAnswer = Callable[[bytes, bytes, list[tuple[bytes, bytes]], dict[str, Any]], "tuple[Prediction, HttpError] | None"]
 _DEFAULT_LIMITS: list[ConnectionLimits] = []  # from the environment, once, for an app that gives none
 
 
@@ -118,6 +102,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._field_bytes = 0  # header names and values of the current head
         self._refused = False  # answered at the protocol level; the rest of the input is ignored
         self._skipping_body = False  # answered early (503); its body is read and dropped
+        self._began = time.monotonic()  # the connection's, then each request's first byte
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -148,6 +133,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._unset_keepalive_if_required()  # a request has begun, even within the read that ended the last
         self._in_head, self._head_begun, self._url_bytes, self._field_bytes = True, True, 0, 0
+        self._began = time.monotonic()
         if self._timer is None:  # the next request on a kept-alive connection has begun
             self._arm(self.caps.head_timeout_s)
 
@@ -186,11 +172,17 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         unusual = self.expect_100_continue or self.parser.should_upgrade() or self.parser.get_http_version() != "1.1"
         if early is None or busy or unusual or self.flow.write_paused:
             return False
-        answer = early(self.parser.get_method(), self.url, self.headers, self.scope["state"])
+        state = self.scope["state"]
+        answer = early(self.parser.get_method(), self.url, self.headers, state)
         if answer is None:
             return False
+        prediction, refusal = answer
         self._skipping_body = True
-        self.transport.write(answer)
+        request_id = request_id_of(state, self.headers)
+        self.transport.write(
+            response_bytes(refusal.status, refusal.message, refusal.code, request_id, refusal.headers, close=False)
+        )
+        self._tell(refusal.status, refusal.code, request_id, prediction.template, refusal=False)
         return True
 
     def on_body(self, body: bytes) -> None:
@@ -237,9 +229,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return
         if self._in_head and not self._head_begun and self._head_bytes == 0:
             self.transport.close()  # a connection that never sent a byte: nothing to answer
-            count: Callable[[str], None] | None = self.app_state.get(COUNT_REFUSAL)
-            if count is not None:
-                count("idle_connection")
+            self._tell(0, "idle_connection", "-", "unmatched")
             return
         self._refuse(408, f"the {part} did not arrive within {limit:g} s", "request_timeout")
 
@@ -247,9 +237,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         """Answer at the protocol level and close; a request the app is reading sees a disconnect."""
         self._disarm()
         self._refused = True
-        count: Callable[[str], None] | None = self.app_state.get(COUNT_REFUSAL)
-        if count is not None:
-            count(code)
+        request_id = self._request_id()
+        self._tell(status, code, request_id, self._route())
         if self.cycle is not None and not self.cycle.response_complete:
             if self._in_head or self.pipeline:  # behind a request still running: let that one answer
                 self.cycle.keep_alive = False
@@ -260,5 +249,32 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 return
             self.cycle.disconnected = True  # the app's own answer, if any, is dropped
             self.cycle.message_event.set()
-        self.transport.write(response_bytes(status, message, code, headers))
+        self.transport.write(response_bytes(status, message, code, request_id, headers))
         self.transport.close()
+
+    def _request_id(self) -> str:
+        """The id of the request refused: kept in its state once its head was read."""
+        headers = getattr(self, "headers", [])
+        if self.cycle is not None and not self._in_head:
+            return request_id_of(self.cycle.scope["state"], headers)
+        return request_id_from(headers)
+
+    def _route(self) -> str:
+        if self.cycle is None or self._in_head:
+            return "unmatched"  # the request line and headers are not all here
+        prediction = prediction_of(cast(dict[str, Any], self.cycle.scope))
+        return prediction.template if prediction is not None else "unmatched"
+
+    def _tell(self, status: int, code: str, request_id: str, route: str, refusal: bool = True) -> None:
+        """Count (and log) an answer made here; status 0 is a connection closed without one."""
+        answered: Callable[[ProtocolAnswer], None] | None = self.app_state.get(ANSWERED)
+        if answered is None:
+            return
+        try:
+            method = self.parser.get_method().decode("latin-1") if self._head_begun or not self._in_head else "-"
+        except Exception:  # httptools has not read a method yet
+            method = "-"
+        client = self.client[0] if self.client else None
+        answered(
+            ProtocolAnswer(status, code, request_id, method, route, client, time.monotonic() - self._began, refusal)
+        )

@@ -62,12 +62,22 @@ class InferenceSlots:
                 event.set()
 
 
+@dataclass(slots=True)
+class BatchTiming:
+    """When a request's batch ran, and how large it was (for its trace)."""
+
+    started: float = 0.0  # time.monotonic()
+    ended: float = 0.0
+    size: int = 0
+
+
 @dataclass
 class _Item:
     images: np.ndarray  # (n, 28, 28) uint8
     future: asyncio.Future[np.ndarray]
     deadline: float  # time.monotonic()
     enqueued: float
+    timing: BatchTiming | None = None
 
 
 @dataclass
@@ -116,7 +126,9 @@ class DynamicBatcher:
         if self._queued_images + n > self.max_queue and self._queue:
             raise QueueFullError(f"queue full ({self._queued_images} images waiting); retry shortly")
 
-    def submit(self, images: np.ndarray, deadline: float) -> asyncio.Future[np.ndarray]:
+    def submit(
+        self, images: np.ndarray, deadline: float, timing: BatchTiming | None = None
+    ) -> asyncio.Future[np.ndarray]:
         """Queue (n, 28, 28) images; the future resolves to their (n, 10) probabilities.
 
         Synchronous on purpose: between picking this batcher and queueing there is no await,
@@ -126,7 +138,7 @@ class DynamicBatcher:
             raise RetiredError("this model version is being retired; retry")
         self.check_room(len(images))
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(images, future, deadline, time.monotonic()))
+        self._queue.append(_Item(images, future, deadline, time.monotonic(), timing))
         self._queued_images += len(images)
         self.stats.on_queue_depth(self._queued_images)
         self._wakeup.set()
@@ -203,14 +215,17 @@ class DynamicBatcher:
     async def _process(self, batch: list[_Item]) -> None:
         images = batch[0].images if len(batch) == 1 else np.concatenate([i.images for i in batch])
         self.stats.on_batch(len(images))
+        started = time.monotonic()
         try:
             probs = await self.slots.run(self.forward, images)
         except Exception:
             log.exception("batch of %d images failed; retrying its requests one by one", len(images))
             await self._process_one_by_one(batch)
             return
-        start = 0
+        ended, start = time.monotonic(), 0
         for item in batch:
+            if item.timing is not None:
+                item.timing.started, item.timing.ended, item.timing.size = started, ended, len(images)
             end = start + len(item.images)
             if not item.future.done():
                 item.future.set_result(probs[start:end])
@@ -228,4 +243,12 @@ class DynamicBatcher:
                 item.future.set_result(result)
 
 
-__all__ = ["BatchStats", "DeadlineExceededError", "DynamicBatcher", "InferenceSlots", "QueueFullError", "RetiredError"]
+__all__ = [
+    "BatchStats",
+    "BatchTiming",
+    "DeadlineExceededError",
+    "DynamicBatcher",
+    "InferenceSlots",
+    "QueueFullError",
+    "RetiredError",
+]

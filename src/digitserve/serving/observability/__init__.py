@@ -1,6 +1,13 @@
-"""What an operator sees of the server: `metrics.py`, the Prometheus metrics (one view across
-worker processes) and the observer that counts every HTTP answer by route template; `loop.py`,
-the event loop's lag, measured inside the server.
+"""What an operator sees of the server (docs/observability.md):
 
-May import `serving/http/routes.py` (templates) and the layers below `serving/`.
+- `requests.py`: every HTTP request followed -- its id, its record (what it asked and got, its
+  stages), and the observer the edge middleware calls after the answer: metrics, access log, spans;
+- `logs.py`: JSON log lines (or text on a terminal), each with the request id it happened in;
+- `tracing.py`: OpenTelemetry spans, only when an OTLP endpoint is set;
+- `metrics.py`: the Prometheus metrics (one view across worker processes), labelled by route template;
+- `answers.py`: what the models answer (labels, confidence, the inputs' ink) and the drift gauge;
+- `loop.py`: the event loop's lag, measured inside the server (and the in-progress gauge's sampling).
+
+May import `serving/http/` (route templates, request ids, the protocol's answers) and the layers
+below `serving/`.
 """

@@ -10,21 +10,32 @@ does to a client's own clock.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import Callable
 
 from digitserve.serving.observability.metrics import ServiceMetrics
 
 INTERVAL_S = 0.05
+SAMPLE_EVERY = 20  # ticks: the predictions in progress are sampled once a second
 
 
 class LoopLag:
-    def __init__(self, metrics: ServiceMetrics, interval_s: float = INTERVAL_S) -> None:
+    """Also samples the predictions in progress (`in_progress`) into their gauge once a second:
+    a gauge written on every arrival and answer would cost two writes per request."""
+
+    def __init__(
+        self, metrics: ServiceMetrics, in_progress: Callable[[], int] = lambda: 0, interval_s: float = INTERVAL_S
+    ) -> None:
         self.metrics = metrics
+        self.in_progress = in_progress
         self.interval_s = interval_s
         self.worst = 0.0
 
     async def run(self) -> None:
-        while True:
+        for tick in itertools.count():
+            if tick % SAMPLE_EVERY == 0:
+                self.metrics.in_progress.set(self.in_progress())
             due = time.monotonic() + self.interval_s
             await asyncio.sleep(self.interval_s)
             lag = max(0.0, time.monotonic() - due)

@@ -20,6 +20,7 @@ from starlette.types import Scope
 from digitserve.config import metrics_shared
 from digitserve.registry.evidence import PerClass
 from digitserve.serving.http.routes import prediction_of
+from digitserve.serving.observability.answers import AnswerMetrics
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -27,9 +28,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class ServiceMetrics:
-    def __init__(self) -> None:
+    def __init__(self, drift_window: int = 1000, per_request: bool = True) -> None:
         self.collectors = CollectorRegistry()
         self.shared = metrics_shared()
+        self.per_request = per_request  # off: requests and answers go uncounted (benchmarks only)
+        self.answers = AnswerMetrics(self.collectors, drift_window)
         self._served: dict[tuple[str, str], int] = {}
         self._http_metrics(self.collectors)
         self._model_metrics(self.collectors)
@@ -45,6 +48,18 @@ class ServiceMetrics:
         )
         self.latency = Histogram(
             "digitserve_request_latency_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.refusals = Counter(
+            "digitserve_refusals",
+            "4xx and 5xx answers of the app, by route and the error code of their body",
+            ["route", "code"],
+            registry=r,
+        )
+        self.in_progress = Gauge(
+            "digitserve_requests_in_progress",
+            "predictions admitted and not yet answered (sampled each second; summed over workers)",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.refused_connections = Counter(
             "digitserve_protocol_refusals",
@@ -240,18 +255,3 @@ def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
 
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-class HttpObserver:
-    """Counts every HTTP answer by route template, method and status, and observes its latency
-    (called by the edge middleware after the answer)."""
-
-    def __init__(self, metrics: ServiceMetrics, routes: Sequence[BaseRoute]) -> None:
-        self.metrics = metrics
-        self.routes = routes
-
-    def __call__(self, scope: Scope, status: int, seconds: float) -> None:
-        route = route_template(self.routes, scope)
-        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
-        self.metrics.requests.labels(route, method, str(status)).inc()
-        self.metrics.latency.labels(route).observe(seconds)

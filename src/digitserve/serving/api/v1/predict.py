@@ -112,7 +112,7 @@ async def predict_json_body(
     pipeline = context.pipeline
     if not body.images and not body.csv:
         raise InvalidInputError("no images sent; send `images` (base64 image files) or `csv` (pixel CSV text)")
-    target = pipeline.target(model, selector, client)
+    target = pipeline.target(model, selector, client, context.record)
     pipeline.admit(len(body.images) + len(body.csv))
     max_bytes = pipeline.limits.max_image_bytes
     blobs = [decode_base64(s, i, max_bytes) for i, s in enumerate(body.images)]
@@ -191,7 +191,7 @@ async def predict_upload(
 ) -> JSONResponse:
     """Classify uploaded image files (form field `files`, repeatable)."""
     pipeline = context.pipeline
-    target = pipeline.target(model, selector, client_host(request))  # unknown model: 404 before the body
+    target = pipeline.target(model, selector, client_host(request), context.record)  # unknown model: 404 first
     blobs, names = await _read_uploads(request, pipeline.limits)
     pipeline.admit(len(blobs), "files")
     result = await pipeline.predict_encoded(target, blobs, names, context.deadline)

@@ -200,11 +200,13 @@ def _flag(parameters: Parameters, key: str, default: bool) -> bool:
 # --- response ------------------------------------------------------------------------------
 
 
-def render_response(decoded: DecodedRequest, result: PredictionResult) -> Response:
-    """The inference response: JSON, or the JSON header and binary tensors when any output is binary."""
+def render_response(decoded: DecodedRequest, result: PredictionResult, request_id: str | None = None) -> Response:
+    """The inference response: JSON, or the JSON header and binary tensors when any output is binary.
+    Its `id` is the request's, else the request's `X-Request-ID` (the client's or the server's)."""
     header: dict[str, Any] = {"model_name": result.loaded.model, "model_version": str(result.loaded.version)}
-    if decoded.request.id is not None:
-        header["id"] = decoded.request.id
+    identity = decoded.request.id if decoded.request.id is not None else request_id
+    if identity is not None:
+        header["id"] = identity
     tensors, blobs = [], []
     for spec in decoded.outputs:
         values, datatype = _output_values(spec, result, decoded.abstain)

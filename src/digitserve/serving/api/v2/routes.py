@@ -31,11 +31,11 @@ from digitserve.serving.api.v2.schemas import (
     ServerMetadataResponse,
 )
 from digitserve.serving.browsing.catalog import Catalog
-from digitserve.serving.deps import CatalogDep, DrainDep, PredictionDep, VersionsDep
+from digitserve.serving.deps import CatalogDep, DrainDep, PredictionContext, PredictionDep, VersionsDep
 from digitserve.serving.errors import InvalidInputError, ModelNotReadyError, UnknownVersionError
 from digitserve.serving.http.routes import V2_INFER, V2_VERSION_INFER
 from digitserve.serving.inference.versions import ModelVersions
-from digitserve.serving.pipeline import PredictionPipeline, Selector
+from digitserve.serving.pipeline import Selector
 from digitserve.serving.responses import JSONResponse
 from digitserve.serving.rollouts.routing import MAX_STICKY, STICKY_HEADER
 
@@ -175,10 +175,9 @@ async def model_version_metadata(
 # --- inference -----------------------------------------------------------------------------
 
 
-async def infer_with(
-    request: Request, pipeline: PredictionPipeline, model: str, selector: Selector, deadline: float
-) -> Response:
-    target = pipeline.target(model, selector, client_host(request))  # unknown model: 404 before the body
+async def infer_with(request: Request, context: PredictionContext, model: str, selector: Selector) -> Response:
+    pipeline, deadline, record = context.pipeline, context.deadline, context.record
+    target = pipeline.target(model, selector, client_host(request), record)  # unknown model: 404 before the body
     decoded = await read_request(await request.body(), request.headers, pipeline.limits)
     if decoded.images is not None:
         names = [f"{IMAGES}[{i}]" for i in range(len(decoded.images))]
@@ -186,7 +185,7 @@ async def infer_with(
     else:
         assert decoded.pixels is not None
         result = await pipeline.predict_pixels(target, decoded.pixels, deadline)
-    return render_response(decoded, result)
+    return render_response(decoded, result, record.request_id if record is not None else None)
 
 
 INFER_ROUTE: dict[str, Any] = {
@@ -204,10 +203,10 @@ async def infer(model: str, request: Request, context: PredictionDep) -> Respons
     if sticky is not None and len(sticky) > MAX_STICKY:  # as /v1 refuses it: never cut short, silently
         raise InvalidInputError(f"the {STICKY_HEADER} header is over {MAX_STICKY} characters; send a shorter id")
     selector = Selector(sticky=sticky)
-    return await infer_with(request, context.pipeline, model, selector, context.deadline)
+    return await infer_with(request, context, model, selector)
 
 
 @router.post(V2_VERSION_INFER, summary="Infer with a pinned registry version", **INFER_ROUTE)
 async def infer_version(model: str, version: VersionPath, request: Request, context: PredictionDep) -> Response:
     selector = Selector(version=parse_version(model, version))
-    return await infer_with(request, context.pipeline, model, selector, context.deadline)
+    return await infer_with(request, context, model, selector)

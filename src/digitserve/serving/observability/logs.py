@@ -1,0 +1,85 @@
+"""The server's logs: one JSON object per line on stdout (python-json-logger), or readable text on
+a terminal (`DIGITSERVE_LOG_FORMAT`: auto, json, text).
+
+Every HTTP request is one line of the `digitserve.access` logger (`access.py` writes it, the
+protocol's early refusals included); application and error logs carry the `request_id` of the
+request they happened in, from a context variable the edge middleware sets. uvicorn's own loggers
+use the same handler, so a worker's whole output is one format.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+from typing import Any
+
+from digitserve.config import Observability, stdout_is_terminal
+
+ACCESS_LOGGER = "digitserve.access"
+REQUEST_ID: ContextVar[str | None] = ContextVar("digitserve_request_id", default=None)
+JSON_FIELDS = "%(levelname)s %(name)s %(message)s"  # and `time` (ISO 8601, UTC) first
+RENAMED = {"levelname": "level", "name": "logger"}
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request's id to a record made while it is handled (and has none)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            request_id = REQUEST_ID.get()
+            if request_id is not None:
+                record.request_id = request_id
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """A line for a terminal: time, level, logger, message, then `id=` and the access fields."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        return f"{line} id={request_id}" if request_id else line
+
+
+def log_format(settings: Observability) -> str:
+    if settings.log_format != "auto":
+        return settings.log_format
+    return "text" if stdout_is_terminal() else "json"
+
+
+def logging_config(settings: Observability, level: str) -> dict[str, Any]:
+    """A `logging.config.dictConfig` for uvicorn and digitserve: one stdout handler, one format."""
+    formatter: dict[str, Any]
+    if log_format(settings) == "json":
+        formatter = {
+            "()": "pythonjsonlogger.orjson.OrjsonFormatter",
+            "fmt": JSON_FIELDS,
+            "rename_fields": RENAMED,
+            "timestamp": "time",
+        }
+    else:
+        formatter = {"()": TextFormatter}
+    handler = {
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stdout",
+        "formatter": "digitserve",
+        "filters": ["request_id"],
+    }
+    quiet = {"handlers": ["stdout"], "level": level.upper(), "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "formatters": {"digitserve": formatter},
+        "handlers": {"stdout": handler},
+        "loggers": {
+            "uvicorn": quiet,
+            "uvicorn.error": {"level": level.upper()},
+            "uvicorn.access": {"handlers": [], "propagate": False},  # access.py writes the access log
+            "digitserve": quiet,
+            ACCESS_LOGGER: {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+        },
+    }
