@@ -22,11 +22,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests drive for real: Chromium for the browser tests, wrk for the benchmark.
+# Debian packages the tests drive for real: Chromium for the browser tests, wrk for the benchmark,
+# promtool (in prometheus) for the alert rules and their unit tests.
 system-deps:
-	@command -v chromium >/dev/null && command -v wrk >/dev/null || { \
+	@command -v chromium >/dev/null && command -v wrk >/dev/null && command -v promtool >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium wrk; }
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium wrk prometheus; }
 
 data: $(STAMP)
 	$(BIN)/digitserve data fetch

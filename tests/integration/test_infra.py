@@ -282,7 +282,8 @@ def test_ci_role_writes_only_aliases_and_events_and_trusts_one_github_repo():
 
 def test_ecs_task_matches_the_image_and_the_alb_asks_readyz(dockerfile):
     service = resources("service.yaml")
-    (container,) = service["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    containers = service["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    (container,) = [c for c in containers if c["Name"] == "digitserve"]  # beside it: the metrics collector
     stage = final_stage(dockerfile)
     assert container["HealthCheck"]["Command"] == [
         "CMD",
@@ -294,12 +295,21 @@ def test_ecs_task_matches_the_image_and_the_alb_asks_readyz(dockerfile):
     assert {m["ContainerPath"] for m in container["MountPoints"]} == volumes
     assert container["ReadonlyRootFilesystem"] is True
     assert service["TargetGroup"]["Properties"]["HealthCheckPath"] == "/readyz"
-    policies = [r["Properties"] for r in service.values() if r["Type"].endswith("ScalingPolicy")]
-    metrics = {
-        p["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"]["PredefinedMetricType"]
+    policies = [
+        r["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+        for r in service.values()
+        if r["Type"].endswith("ScalingPolicy")
+    ]
+    predefined = {
+        p["PredefinedMetricSpecification"]["PredefinedMetricType"]
         for p in policies
+        if "PredefinedMetricSpecification" in p
     }
-    assert metrics == {"ECSServiceAverageCPUUtilization", "ALBRequestCountPerTarget"}
+    assert predefined == {"ECSServiceAverageCPUUtilization", "ALBRequestCountPerTarget"}
+    customized = [
+        p["CustomizedMetricSpecification"]["MetricName"] for p in policies if "CustomizedMetricSpecification" in p
+    ]
+    assert customized == ["digitserve_requests_in_progress"], "the collector sends this one to CloudWatch"
 
 
 # ---- compose ------------------------------------------------------------------------------------

@@ -11,13 +11,13 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from digitserve.serving.errors import HttpError
 from digitserve.serving.http.protocol import (
     EARLY_ANSWER,
     LIMITS,
     ConnectionLimits,
     LimitedHttpProtocol,
 )
-from digitserve.serving.errors import HttpError
 from digitserve.serving.http.routes import Prediction
 
 REFUSED = (
