@@ -16,7 +16,13 @@ from digitserve.registry import ModelRegistry
 from digitserve.registry.records import dumps
 from digitserve.runtime.reference import ANSWERS, CONFIDENCE_BUCKETS, AnswerReference, js_divergence
 from digitserve.serving.http.request_id import request_id_from
-from digitserve.serving.observability.answers import MIN_ANSWERS, AnswerMetrics, ink_statistics, observe_many
+from digitserve.serving.observability.answers import (
+    FLUSH_IMAGES,
+    MIN_ANSWERS,
+    AnswerMetrics,
+    ink_statistics,
+    observe_many,
+)
 from digitserve.serving.observability.logs import REQUEST_ID, logging_config
 from digitserve.storage import RegistryError
 
@@ -68,9 +74,20 @@ def test_answers_are_counted_by_label_and_not_a_digit() -> None:
     probabilities = confident([7, 7, 3, 1])
     is_digit = np.array([True, True, True, False])
     answers.observe("cnn", 4, None, probabilities, is_digit, np.zeros((4, 28, 28), np.uint8))
+    assert sample(registry, "digitserve_answers_total", model="cnn", version="4", answer="7") == 0  # noted only
+    answers.flush()
     counts = {a: sample(registry, "digitserve_answers_total", model="cnn", version="4", answer=a) for a in ANSWERS}
     assert counts == {**dict.fromkeys(ANSWERS, 0.0), "7": 2.0, "3": 1.0, "not_a_digit": 1.0}
     assert sample(registry, "digitserve_answer_confidence_count", model="cnn", version="4") == 4
+
+
+def test_a_flood_of_answers_is_counted_without_waiting_for_the_second() -> None:
+    registry = CollectorRegistry()
+    answers = AnswerMetrics(registry)
+    images = np.zeros((64, 28, 28), np.uint8)
+    for _ in range(FLUSH_IMAGES // 64):
+        answers.observe("cnn", 4, None, confident([1] * 64), np.ones(64, bool), images)
+    assert sample(registry, "digitserve_answers_total", model="cnn", version="4", answer="1") == FLUSH_IMAGES
     assert sample(registry, "digitserve_drift", model="cnn", version="4", signal="answers") == 0  # no reference
 
 
@@ -81,15 +98,18 @@ def test_drift_is_low_for_the_validation_mix_and_high_for_non_digits() -> None:
     images = np.zeros((1, 28, 28), np.uint8)
     for label in RNG.integers(0, 10, MIN_ANSWERS - 1):
         answers.observe("cnn", 4, reference, confident([int(label)]), np.ones(1, bool), images)
+    answers.flush()
     labels = {"model": "cnn", "version": "4"}
     assert registry.get_sample_value("digitserve_drift", {**labels, "signal": "answers"}) is None  # too few yet
     digits = list(RNG.integers(0, 10, 400))
     answers.observe("cnn", 4, reference, confident(digits), np.ones(400, bool), np.zeros((400, 28, 28), np.uint8))
+    answers.flush()
     assert sample(registry, "digitserve_drift", **labels, signal="answers") < 0.02
     assert sample(registry, "digitserve_drift", **labels, signal="confidence") < 0.02
-    answers._windows["cnn", 4].shown_at = 0  # shown at most once a second: show the next at once
-    unsure = confident([0] * 500, confidence=0.2)
-    answers.observe("cnn", 4, reference, unsure, np.zeros(500, bool), np.zeros((500, 28, 28), np.uint8))
+    unsure = confident([0] * 300, confidence=0.2)
+    for _ in range(2):  # two requests, counted in one flush
+        answers.observe("cnn", 4, reference, unsure, np.zeros(300, bool), np.zeros((300, 28, 28), np.uint8))
+    answers.flush()
     assert sample(registry, "digitserve_drift", **labels, signal="answers") > 0.9  # the window is all non-digits
     assert sample(registry, "digitserve_drift", **labels, signal="confidence") > 0.9
 

@@ -23,6 +23,7 @@ from digitserve.serving.http.edge import EdgeMiddleware
 from digitserve.serving.http.protocol import ANSWERED, EARLY_ANSWER, LIMITS, ConnectionLimits
 from digitserve.serving.http.routes import V1_FEEDBACK, V1_PREDICT
 from digitserve.serving.http.shutdown import Drain, install_sigterm_drain
+from digitserve.serving.observability.logs import lean_records
 from digitserve.serving.observability.metrics import ServiceMetrics
 from digitserve.serving.observability.requests import HttpObserver
 from digitserve.serving.observability.tracing import Tracing
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     seen, limits = settings.observability, settings.requests
+    lean_records()
     metrics, drain = ServiceMetrics(seen.drift_window, seen.request_metrics), Drain()
     app.state.settings, app.state.metrics, app.state.drain = settings, metrics, drain
     app.state.tracing = Tracing() if otlp_traces_endpoint() else None  # no endpoint: no cost

@@ -44,6 +44,13 @@ class TextFormatter(logging.Formatter):
         return f"{line} id={request_id}" if request_id else line
 
 
+def lean_records() -> None:
+    """Records without the caller's frame, thread and process names, which no line here shows:
+    the logging cookbook's optimisation, a quarter of an access line's cost. Per process."""
+    logging._srcfile = None  # no findCaller()
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+
+
 def log_format(settings: Observability) -> str:
     if settings.log_format != "auto":
         return settings.log_format

@@ -21,8 +21,9 @@ SAMPLE_EVERY = 20  # ticks: the predictions in progress are sampled once a secon
 
 
 class LoopLag:
-    """Also samples the predictions in progress (`in_progress`) into their gauge once a second:
-    a gauge written on every arrival and answer would cost two writes per request."""
+    """Once a second also samples the predictions in progress (`in_progress`) into their gauge (a
+    gauge written on every arrival and answer would cost two writes per request) and counts the
+    answers noted since the last second (`AnswerMetrics.flush`)."""
 
     def __init__(
         self, metrics: ServiceMetrics, in_progress: Callable[[], int] = lambda: 0, interval_s: float = INTERVAL_S
@@ -36,6 +37,7 @@ class LoopLag:
         for tick in itertools.count():
             if tick % SAMPLE_EVERY == 0:
                 self.metrics.in_progress.set(self.in_progress())
+                self.metrics.answers.flush()
             due = time.monotonic() + self.interval_s
             await asyncio.sleep(self.interval_s)
             lag = max(0.0, time.monotonic() - due)

@@ -221,9 +221,11 @@ class ServiceMetrics:
         return merged
 
     def render(self) -> bytes:
+        self.answers.flush()  # this worker's answers up to now (the others' within a second)
         return generate_latest(self._view())
 
     def families(self) -> list[Metric]:
+        self.answers.flush()
         return list(self._view().collect())
 
     def set_served(self, model: str, alias: str, version: int) -> None:
