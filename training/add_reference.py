@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     registry = ModelRegistry.open(args.registry)
     manifest, runtime = load_runtime(registry, args.model, args.version)  # sha256-verified ONNX artifact
     train = load_mnist("train")
-    _, val = train_val_split(len(train.images))
+    training = manifest.extra.get("training")
+    val_size = int(training.get("val_size", 5000)) if isinstance(training, dict) else 5000
+    _, val = train_val_split(len(train.images), val_size, seed=0)  # as training/loop.py held it out
     calibration = Calibration.from_manifest(manifest.extra)
     probabilities = calibration.probabilities(runtime_logits(runtime, train.images[val]))
     reference = AnswerReference.measure(

@@ -28,7 +28,7 @@ from digitserve.serving.api.schemas import EXAMPLE_PNG_B64  # a real MNIST "7"
 pytestmark = pytest.mark.slow
 
 GENERATED = re.compile(r"^[0-9a-f]{32}$")
-HEAD_TIMEOUT_S = 1.0
+HEAD_TIMEOUT_S = BODY_TIMEOUT_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         "DIGITSERVE_WORKERS": "auto",  # what the Dockerfile and ECS run
         "DIGITSERVE_LOG_ANSWERS": "true",
         "DIGITSERVE_HEAD_TIMEOUT_S": str(HEAD_TIMEOUT_S),
+        "DIGITSERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
         "DIGITSERVE_MODELS": "cnn",
     }
     process, url = start_server(env, log_path=log)
@@ -48,7 +49,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 def log_lines(log: Path) -> list[dict[str, Any]]:
     """Every line the server wrote, each a JSON object (the test fails on one that is not)."""
     lines = []
-    for n, line in enumerate(log.read_text().splitlines()):
+    text = log.read_text()
+    complete = text[: text.rfind("\n") + 1]  # a line still being written is read next time
+    for n, line in enumerate(complete.splitlines()):
         try:
             lines.append(json.loads(line))
         except ValueError:
@@ -57,15 +60,19 @@ def log_lines(log: Path) -> list[dict[str, Any]]:
     return lines
 
 
+def access_lines(log: Path, request_id: str) -> list[dict[str, Any]]:
+    return [x for x in log_lines(log) if x.get("logger") == "digitserve.access" and x["request_id"] == request_id]
+
+
 def access_line(log: Path, request_id: str, within_s: float = 10.0) -> dict[str, Any]:
-    """The one access-log line of `request_id` (written just after its answer)."""
+    """The one access-log line of `request_id` (written just after its answer); a second one,
+    were the app and the protocol both to write one, is looked for a moment longer."""
     deadline = time.monotonic() + within_s
-    while True:
-        found = [x for x in log_lines(log) if x.get("logger") == "digitserve.access" and x["request_id"] == request_id]
-        if found or time.monotonic() > deadline:
-            break
+    while not (found := access_lines(log, request_id)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(found) == 1, f"{len(found)} access lines for {request_id}"
+    time.sleep(0.3)
+    found = access_lines(log, request_id)
+    assert len(found) == 1, f"{len(found)} access lines for {request_id}: {found}"
     return found[0]
 
 
@@ -191,6 +198,36 @@ def test_the_protocols_own_refusals_carry_an_id_and_are_logged(server: tuple[str
     assert response.startswith(b"HTTP/1.1 408")
     assert answered_id(response) == rid  # the headers read before the time ran out name it
     assert access_line(log, rid)["code"] == "request_timeout"
+
+
+def test_a_body_too_slow_is_one_408_line_and_never_a_500(server: tuple[str, Path]) -> None:
+    """The protocol answers 408 while the app waits for the body: the app's own outcome (the
+    client is gone) is not a second line, nor a 500 in the metrics."""
+    url, log = server
+    paths = {"/v2/models/cnn/infer": "application/json", "/v1/models/cnn/predict": "application/json"}
+    for path, content_type in {**paths, "/v1/models/cnn/predict/upload": "text/csv"}.items():
+        rid = new_id()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n"
+            f'X-Request-ID: {rid}\r\nContent-Length: 1000\r\n\r\n{{"inputs": ['
+        )
+        response = raw_exchange(url, head.encode(), wait_s=BODY_TIMEOUT_S + 10)
+        assert response.startswith(b"HTTP/1.1 408") and answered_id(response) == rid, response[:200]
+        line = access_line(log, rid)
+        assert (line["status"], line["code"], line["route"]) == (408, "request_timeout", path.replace("cnn", "{model}"))
+    metrics = httpx.get(f"{url}/metrics").text
+    assert not re.search(r'digitserve_requests_total\{[^}]*status="500"', metrics)
+    assert "unexpected error" not in log.read_text()
+
+
+def test_a_request_uvicorn_cannot_parse_is_a_json_400_with_an_id(server: tuple[str, Path]) -> None:
+    url, log = server
+    response = raw_exchange(url, b"GET / HTTP/1.1\r\nHost: t\r\nBad Header Name: x\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 400")
+    body = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    assert body["code"] == "bad_request" and "cannot be parsed" in body["error"]
+    line = access_line(log, answered_id(response))
+    assert (line["status"], line["code"]) == (400, "bad_request")
 
 
 def test_every_line_of_the_output_is_json(server: tuple[str, Path]) -> None:

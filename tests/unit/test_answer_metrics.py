@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.config
@@ -23,7 +24,7 @@ from digitserve.serving.observability.answers import (
     ink_statistics,
     observe_many,
 )
-from digitserve.serving.observability.logs import REQUEST_ID, logging_config
+from digitserve.serving.observability.logs import current_request, logging_config
 from digitserve.storage import RegistryError
 
 RNG = np.random.default_rng(0)
@@ -169,21 +170,31 @@ def test_a_client_request_id_is_kept_only_when_sane(sent: bytes, kept: bool) -> 
         assert len(found) == 32 and int(found, 16) >= 0
 
 
-def test_application_logs_are_json_with_the_request_id(capsys: pytest.CaptureFixture[str]) -> None:
+def test_application_logs_are_json_with_the_request_id_of_their_own_task(capsys: pytest.CaptureFixture[str]) -> None:
+    """A line logged while a request is handled carries its id; one logged by a task the request
+    started (a batcher, a comparison pump: they copy its context) or outside any request does not."""
     logging.config.dictConfig(logging_config(Observability(log_format="json"), "info"))
+    log = logging.getLogger("digitserve.test")
+
+    async def request() -> None:
+        current_request("req-42")
+        log.warning("inside a request")
+        await asyncio.get_running_loop().create_task(started_by_the_request())
+
+    async def started_by_the_request() -> None:
+        log.warning("in a task it started")
+
     try:
-        token = REQUEST_ID.set("req-42")
-        logging.getLogger("digitserve.test").warning("inside a request")
-        REQUEST_ID.reset(token)
-        logging.getLogger("digitserve.test").warning("outside")
+        asyncio.run(request())
+        log.warning("outside")
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     finally:
         logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
-        for name in ("digitserve", "uvicorn", "digitserve.access"):
+        for name in ("digitserve", "uvicorn", "digitserve.access", ""):
             logging.getLogger(name).handlers.clear()
             logging.getLogger(name).propagate = True
-    assert [line["message"] for line in lines] == ["inside a request", "outside"]
-    assert lines[0]["request_id"] == "req-42" and "request_id" not in lines[1]
+    assert [line["message"] for line in lines] == ["inside a request", "in a task it started", "outside"]
+    assert lines[0]["request_id"] == "req-42" and "request_id" not in lines[1] and "request_id" not in lines[2]
     assert lines[0]["level"] == "WARNING" and lines[0]["logger"] == "digitserve.test" and lines[0]["time"]
 
 

@@ -7,7 +7,9 @@ from typing import NamedTuple
 
 from digitserve.serving.errors import error_body
 
+PROTOCOL_ANSWERED = "digitserve.protocol_answered"  # request state: the protocol answered it, not the app
 REASONS = {
+    400: "Bad Request",
     408: "Request Timeout",
     414: "URI Too Long",
     431: "Request Header Fields Too Large",

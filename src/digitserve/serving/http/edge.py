@@ -20,12 +20,14 @@ In order, for an HTTP request:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitserve.serving.errors import error_body
@@ -47,7 +49,9 @@ class Observer(Protocol):
 
 
 # a prediction route's own reader: (scope, receive, send, the app to hand what it does not answer)
+log = logging.getLogger(__name__)
 REQUEST_ID = b"x-request-id"
+CLIENT_LEFT = 499  # as nginx logs a request whose client closed the connection before its answer
 Direct = Callable[[Scope, Receive, Send, ASGIApp], Awaitable[None]]
 
 
@@ -87,14 +91,14 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status, started = 500, False
         draining, observe = self.draining, self.observe
         request_id = (REQUEST_ID, observe.start(scope).encode())
 
         async def answer(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 headers = message.get("headers", [])
                 if 300 <= status < 400:
                     headers = [_relative(k, v) for k, v in headers]
@@ -107,6 +111,13 @@ class EdgeMiddleware:
 
         try:
             await self._handle(scope, receive, answer)
+        except ClientDisconnect:  # the client left before its body was read: no one to answer
+            status = CLIENT_LEFT
+        except Exception:  # a bug: answered here, with the request's id, rather than by Starlette
+            if started:
+                raise  # too late to answer: the client sees the connection close
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"][:200])
+            await refuse(answer, 500, "internal error; it has been logged", "internal_error")
         finally:
             observe(scope, status, time.perf_counter() - start)
 

@@ -28,7 +28,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from digitserve.config import HttpLimits, Settings
 from digitserve.serving.errors import HttpError
-from digitserve.serving.http.answers import ProtocolAnswer, response_bytes
+from digitserve.serving.http.answers import PROTOCOL_ANSWERED, ProtocolAnswer, response_bytes
 from digitserve.serving.http.request_id import request_id_from, request_id_of
 from digitserve.serving.http.routes import Prediction, prediction_of
 
@@ -238,18 +238,31 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self._refused = True
         request_id = self._request_id()
+        running = self.cycle is not None and not self.cycle.response_complete
+        if running and (self._in_head or self.pipeline):  # behind a request still running: let that one answer
+            self._tell(0, code, request_id, "unmatched")  # counted; no answer goes, so no line
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        if self.cycle is not None and not self._in_head:  # this line is the request's: the app writes none
+            self.cycle.scope["state"][PROTOCOL_ANSWERED] = True
         self._tell(status, code, request_id, self._route())
         if self.cycle is not None and not self.cycle.response_complete:
-            if self._in_head or self.pipeline:  # behind a request still running: let that one answer
-                self.cycle.keep_alive = False
-                self.flow.pause_reading()
-                return
             if self.cycle.response_started:
                 self.transport.close()
                 return
             self.cycle.disconnected = True  # the app's own answer, if any, is dropped
             self.cycle.message_event.set()
         self.transport.write(response_bytes(status, message, code, request_id, headers))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse, as the service's JSON error with an id."""
+        request_id = request_id_from(getattr(self, "headers", []))
+        self._tell(400, "bad_request", request_id, "unmatched")
+        self.transport.write(
+            response_bytes(400, f"the request cannot be parsed as HTTP: {msg}", "bad_request", request_id)
+        )
         self.transport.close()
 
     def _request_id(self) -> str:

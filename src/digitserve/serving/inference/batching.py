@@ -233,12 +233,15 @@ class DynamicBatcher:
 
     async def _process_one_by_one(self, batch: list[_Item]) -> None:
         for item in batch:
+            started = time.monotonic()
             try:
                 result = await self.slots.run(self.forward, item.images)
             except Exception as exc:
                 if not item.future.done():
                     item.future.set_exception(exc)
                 continue
+            if item.timing is not None:
+                item.timing.started, item.timing.ended, item.timing.size = started, time.monotonic(), len(item.images)
             if not item.future.done():
                 item.future.set_result(result)
 

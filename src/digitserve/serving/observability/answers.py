@@ -13,6 +13,7 @@ and versions the server loaded, and the fixed answer names.
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -107,6 +108,8 @@ class AnswerMetrics:
         self._windows: dict[tuple[str, int], DriftWindow | None] = {}
         self._pending: list[_Answered] = []
         self._pending_images = 0
+        self._lock = threading.Lock()  # the pending list
+        self._flushing = threading.Lock()  # the counting and the drift windows
         self.answers = Counter(
             "digitserve_answers",
             "answers given, by version and answer (a digit, or not_a_digit)",
@@ -149,14 +152,22 @@ class AnswerMetrics:
     ) -> None:  # fmt: skip
         """Note one request's answers (n of them) and the inputs the model saw; they are counted at
         the next `flush` (each second, before each scrape), many requests in one pass."""
-        self._pending.append(_Answered(model, version, reference, probabilities, is_digit, images))
-        self._pending_images += len(images)
-        if self._pending_images >= FLUSH_IMAGES:
+        with self._lock:
+            self._pending.append(_Answered(model, version, reference, probabilities, is_digit, images))
+            self._pending_images += len(images)
+            full = self._pending_images >= FLUSH_IMAGES
+        if full:
             self.flush()
 
     def flush(self) -> None:
-        """Count what was noted since the last flush, per version, and show its drift."""
-        pending, self._pending, self._pending_images = self._pending, [], 0
+        """Count what was noted since the last flush, per version, and show its drift. Called from
+        the event loop and from the live view's thread: one flush at a time counts each answer once."""
+        with self._flushing:
+            with self._lock:
+                pending, self._pending, self._pending_images = self._pending, [], 0
+            self._count_all(pending)
+
+    def _count_all(self, pending: list[_Answered]) -> None:
         by_version: dict[tuple[str, int], list[_Answered]] = {}
         for answered in pending:
             by_version.setdefault((answered.model, answered.version), []).append(answered)
@@ -175,7 +186,7 @@ class AnswerMetrics:
         counts = np.bincount(answers, minlength=len(ANSWERS))
         for i in np.flatnonzero(counts):
             self.answers.labels(*labels, ANSWERS[i]).inc(int(counts[i]))
-        confidence = probabilities.max(axis=1)
+        confidence = np.nan_to_num(probabilities.max(axis=1), nan=0.0).clip(0.0, 1.0)
         observe_many(self.confidence.labels(*labels), confidence)
         fraction, aspect = ink_statistics(images)
         observe_many(self.ink.labels(*labels), fraction)

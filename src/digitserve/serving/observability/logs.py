@@ -1,7 +1,7 @@
 """The server's logs: one JSON object per line on stdout (python-json-logger), or readable text on
 a terminal (`DIGITSERVE_LOG_FORMAT`: auto, json, text).
 
-Every HTTP request is one line of the `digitserve.access` logger (`access.py` writes it, the
+Every HTTP request is one line of the `digitserve.access` logger (`requests.py` writes it, the
 protocol's early refusals included); application and error logs carry the `request_id` of the
 request they happened in, from a context variable the edge middleware sets. uvicorn's own loggers
 use the same handler, so a worker's whole output is one format.
@@ -9,6 +9,7 @@ use the same handler, so a worker's whole output is one format.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextvars import ContextVar
 from typing import Any
@@ -16,9 +17,23 @@ from typing import Any
 from digitserve.config import Observability, stdout_is_terminal
 
 ACCESS_LOGGER = "digitserve.access"
-REQUEST_ID: ContextVar[str | None] = ContextVar("digitserve_request_id", default=None)
+# (the request's id, the task handling it): a task the request started, which copies the context,
+# is not the request (a batcher, a comparison pump) and its lines carry no id
+REQUEST_ID: ContextVar[tuple[str, object] | None] = ContextVar("digitserve_request_id", default=None)
 JSON_FIELDS = "%(levelname)s %(name)s %(message)s"  # and `time` (ISO 8601, UTC) first
 RENAMED = {"levelname": "level", "name": "logger"}
+
+
+def current_request(request_id: str) -> None:
+    """Name the request the current task handles, for the lines it logs."""
+    REQUEST_ID.set((request_id, _current_task()))
+
+
+def _current_task() -> object:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # not in the event loop's thread
+        return None
 
 
 class RequestIdFilter(logging.Filter):
@@ -26,14 +41,15 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            request_id = REQUEST_ID.get()
-            if request_id is not None:
-                record.request_id = request_id
+            current = REQUEST_ID.get()
+            if current is not None and current[1] is _current_task():
+                record.request_id = current[0]
         return True
 
 
 class TextFormatter(logging.Formatter):
-    """A line for a terminal: time, level, logger, message, then `id=` and the access fields."""
+    """A line for a terminal: time, level, logger, message (an access line's says method, route
+    and status), then the request's `id=`."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -46,9 +62,11 @@ class TextFormatter(logging.Formatter):
 
 def lean_records() -> None:
     """Records without the caller's frame, thread and process names, which no line here shows:
-    the logging cookbook's optimisation, a quarter of an access line's cost. Per process."""
+    the logging cookbook's optimisation, a third of an access line's cost; Python's warnings
+    become log lines too. Per process."""
     logging._srcfile = None  # no findCaller()
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging.captureWarnings(True)
 
 
 def log_format(settings: Observability) -> str:
@@ -85,8 +103,9 @@ def logging_config(settings: Observability, level: str) -> dict[str, Any]:
         "loggers": {
             "uvicorn": quiet,
             "uvicorn.error": {"level": level.upper()},
-            "uvicorn.access": {"handlers": [], "propagate": False},  # access.py writes the access log
+            "uvicorn.access": {"handlers": [], "propagate": False},  # requests.py writes the access log
             "digitserve": quiet,
             ACCESS_LOGGER: {"handlers": ["stdout"], "level": "INFO", "propagate": False},
         },
+        "root": {"handlers": ["stdout"], "level": "WARNING"},  # asyncio's, OpenTelemetry's, warnings
     }

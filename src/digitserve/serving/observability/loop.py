@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Callable
 
 from digitserve.serving.observability.metrics import ServiceMetrics
 
+log = logging.getLogger(__name__)
 INTERVAL_S = 0.05
 SAMPLE_EVERY = 20  # ticks: the predictions in progress are sampled once a second
 
@@ -37,7 +39,10 @@ class LoopLag:
         for tick in itertools.count():
             if tick % SAMPLE_EVERY == 0:
                 self.metrics.in_progress.set(self.in_progress())
-                self.metrics.answers.flush()
+                try:
+                    self.metrics.answers.flush()
+                except Exception:  # a bug there must not stop the probe (nor the in-progress gauge)
+                    log.exception("counting the answers failed")
             due = time.monotonic() + self.interval_s
             await asyncio.sleep(self.interval_s)
             lag = max(0.0, time.monotonic() - due)

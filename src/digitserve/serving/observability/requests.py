@@ -22,9 +22,10 @@ from starlette.types import Scope
 
 from digitserve.config import Observability
 from digitserve.runtime.reference import answer_indices
-from digitserve.serving.http.answers import ProtocolAnswer
+from digitserve.serving.http.answers import PROTOCOL_ANSWERED, ProtocolAnswer
+from digitserve.serving.http.edge import CLIENT_LEFT
 from digitserve.serving.http.request_id import request_id_of
-from digitserve.serving.observability.logs import ACCESS_LOGGER, REQUEST_ID
+from digitserve.serving.observability.logs import ACCESS_LOGGER, current_request
 from digitserve.serving.observability.metrics import KNOWN_METHODS, ServiceMetrics, route_template
 from digitserve.serving.observability.tracing import Tracing
 
@@ -102,7 +103,7 @@ class HttpObserver:
         record = state[RECORD] = RequestRecord(request_id_of(state, scope["headers"]))
         if self.tracing is not None:
             record.stages = []
-        REQUEST_ID.set(record.request_id)  # each request runs in a task of its own: no reset needed
+        current_request(record.request_id)
         return record.request_id
 
     def error(self, scope: Scope, body: bytes) -> None:
@@ -110,6 +111,8 @@ class HttpObserver:
         record_of(scope).error_body(body)
 
     def __call__(self, scope: Scope, status: int, seconds: float) -> None:
+        if scope["state"].get(PROTOCOL_ANSWERED):
+            return  # the protocol answered it (408 for a body too slow) and told `protocol_answer`
         record = record_of(scope)
         route = route_template(self.routes, scope)
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
@@ -117,7 +120,8 @@ class HttpObserver:
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
             if status >= 400:
-                self.metrics.refusals.labels(route, record.code or "other").inc()
+                code = record.code or ("client_disconnected" if status == CLIENT_LEFT else "other")
+                self.metrics.refusals.labels(route, code).inc()
         trace_id = self._trace(scope, route, status, record) if self.tracing is not None else None
         if self.settings.access_log:
             client = scope.get("client")
@@ -156,10 +160,15 @@ class HttpObserver:
         return fields
 
     def protocol_answer(self, answer: ProtocolAnswer) -> None:
-        """An answer the HTTP protocol sent itself (early 503s, 408, 414, 431), counted and logged."""
-        if answer.refusal and self.metrics.per_request:
-            self.metrics.refused_connections.labels(answer.code).inc()
-        if self.settings.access_log:
+        """An answer the HTTP protocol sent itself (early 503s, 400, 408, 414, 431), counted and
+        logged; status 0 is a connection closed without a request (counted only)."""
+        if self.metrics.per_request:
+            if answer.refusal:
+                self.metrics.refused_connections.labels(answer.code).inc()
+            else:  # admission's 503 on arrival: a request of its route, refused
+                self.metrics.requests.labels(answer.route, answer.method, str(answer.status)).inc()
+                self.metrics.refusals.labels(answer.route, answer.code).inc()
+        if self.settings.access_log and answer.status:
             fields = {
                 "request_id": answer.request_id,
                 "method": answer.method,
