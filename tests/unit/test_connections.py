@@ -12,7 +12,9 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from digitserve.serving.errors import HttpError
+from digitserve.serving.http.answers import ProtocolAnswer
 from digitserve.serving.http.protocol import (
+    ANSWERED,
     EARLY_ANSWER,
     LIMITS,
     ConnectionLimits,
@@ -41,12 +43,16 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def serve(early: bool, body_timeout_s: float = 20.0) -> tuple[asyncio.Server, int, list[LimitedHttpProtocol]]:
+async def serve(
+    early: bool, body_timeout_s: float = 20.0, told: list[ProtocolAnswer] | None = None
+) -> tuple[asyncio.Server, int, list[LimitedHttpProtocol]]:
     limits = ConnectionLimits(100, 10.0, body_timeout_s, 32 * 1024, 8 * 1024)
     config = Config(app, lifespan="off", log_level="warning")
     config.load()
     state = ServerState()
     app_state: dict[str, Any] = {LIMITS: limits, **({EARLY_ANSWER: (lambda *_: REFUSED)} if early else {})}
+    if told is not None:
+        app_state[ANSWERED] = told.append
     made: list[LimitedHttpProtocol] = []
 
     def protocol() -> LimitedHttpProtocol:
@@ -55,6 +61,29 @@ async def serve(early: bool, body_timeout_s: float = 20.0) -> tuple[asyncio.Serv
 
     server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1], made
+
+
+def test_an_early_refusal_carries_the_clients_id_and_is_told_to_the_app() -> None:
+    """Admission's 503 on arrival, written by the protocol: the client's X-Request-ID on it, and
+    the app told (for its metrics and log line) with the same id, route and status."""
+
+    async def scenario() -> tuple[bytes, list[ProtocolAnswer]]:
+        told: list[ProtocolAnswer] = []
+        server, port, _ = await serve(early=True, told=told)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/models/cnn/predict HTTP/1.1\r\nHost: t\r\nX-Request-ID: early-1\r\nContent-Length: 0\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        server.close()
+        return head, told
+
+    head, told = asyncio.run(scenario())
+    assert head.startswith(b"HTTP/1.1 503") and b"\r\nx-request-id: early-1\r\n" in head
+    assert [(t.status, t.code, t.request_id, t.route, t.refusal) for t in told] == [
+        (503, "overloaded", "early-1", "/v1/models/{model}/predict", False)
+    ]
 
 
 def test_a_client_that_never_reads_its_refusals_meets_flow_control() -> None:
