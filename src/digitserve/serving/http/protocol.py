@@ -258,7 +258,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request it cannot parse, as the service's JSON error with an id."""
-        request_id = request_id_from(getattr(self, "headers", []))
+        request_id = self._request_id()
         self._tell(400, "bad_request", request_id, "unmatched")
         self.transport.write(
             response_bytes(400, f"the request cannot be parsed as HTTP: {msg}", "bad_request", request_id)
@@ -267,7 +267,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def _request_id(self) -> str:
         """The id of the request refused: kept in its state once its head was read."""
-        headers = getattr(self, "headers", [])
+        headers = getattr(self, "headers", None) or []  # None before a request began
         if self.cycle is not None and not self._in_head:
             return request_id_of(self.cycle.scope["state"], headers)
         return request_id_from(headers)
