@@ -42,6 +42,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
         "decode and preprocessing",
         ("PIL/", "digitserve/imaging/", "digitserve/serving/inference/decoding.py"),
     ),
+    ("request log (logging, python-json-logger)", ("logging/", "pythonjsonlogger/")),
     (
         "metrics, rollouts, feedback",
         (

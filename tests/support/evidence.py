@@ -145,6 +145,29 @@ def cpu_budget_sentence(doc: dict[str, Any]) -> str:
     )
 
 
+OBSERVABILITY_RESULTS = ROOT / "bench" / "observability_results.json"
+
+
+def observability_table(doc: dict[str, Any]) -> str:
+    """bench/README.md's table of what the request log and metrics cost, from bench/observability_results.json."""
+    rows = ["| connections | req/s off → on | p50 off → on | p99 off → on |", "|---|---|---|---|"]
+    for c in sorted(doc["on"], key=int):
+        off, on, ratio = doc["off"][c], doc["on"][c], doc["ratio_on_over_off"][c]
+        rows.append(
+            f"| {c} | {off['rps']:,.0f} → {on['rps']:,.0f} ({ratio['rps']:.2f}×) | {off['p50_ms']:.2f} → "
+            f"{on['p50_ms']:.2f} ms | {off['p99_ms']:.2f} → {on['p99_ms']:.2f} ms ({ratio['p99_ms']:.2f}×) |"
+        )
+    return "\n".join(rows)
+
+
+def observability_costs_sentence(doc: dict[str, Any]) -> str:
+    costs = doc["in_process"]
+    return (
+        f"an access line {costs['access_line_us']:.1f} µs, the request counters and latency histogram "
+        f"{costs['request_metrics_us']:.1f} µs, noting the answers {costs['answer_metrics_us']:.1f} µs"
+    )
+
+
 SHADOW_RESULTS = ROOT / "bench" / "shadow_results.json"
 
 

@@ -11,6 +11,7 @@ from support.evidence import (
     AB_DIRECT_RESULTS,
     CPU_BUDGET_RESULTS,
     DECODE_PRICES_RESULTS,
+    OBSERVABILITY_RESULTS,
     OVERLOAD_RESULTS,
     PHOTO_BURST_RESULTS,
     PLACEMENT_RESULTS,
@@ -21,6 +22,8 @@ from support.evidence import (
     ab_table,
     cpu_budget_sentence,
     decode_prices_sentence,
+    observability_costs_sentence,
+    observability_table,
     overload_table,
     photo_burst_sentence,
     placement_sentence,
@@ -106,6 +109,16 @@ def test_the_feedback_cost_quoted_is_the_committed_results() -> None:
         assert quoted in text, f"{path.name} should say: {quoted}"
     assert f"at {doc['commit']}" in " ".join(README.read_text().split())
     assert doc["feedback_accepted_per_s"] == doc["feedback_per_s"] == 20, "the rate quoted is the rate accepted"
+
+
+def test_the_observability_cost_quoted_is_the_committed_results() -> None:
+    doc = json.loads(OBSERVABILITY_RESULTS.read_text())
+    bench = (ROOT / "bench" / "README.md").read_text()
+    assert observability_table(doc) in bench
+    assert f"Measured at {doc['commit']}" in " ".join(bench.split())
+    assert observability_costs_sentence(doc) in " ".join(bench.split())
+    assert doc["access_lines_per_run"]["off"] == [0] * doc["rounds"], "off writes no access line"
+    assert min(doc["access_lines_per_run"]["on"]) > 0
 
 
 def test_the_shutdown_soak_quoted_is_the_committed_results() -> None:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from digitserve.serving.observability.logs import drain
 from digitserve.serving.observability.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class LoopLag:
 
     async def run(self) -> None:
         for tick in itertools.count():
+            drain()  # the log lines of the last tick, in one write
             if tick % SAMPLE_EVERY == 0:
                 self.metrics.in_progress.set(self.in_progress())
                 try:
