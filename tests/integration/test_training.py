@@ -14,6 +14,7 @@ from support.net import free_port
 from digitserve.models.export import OPSET
 from digitserve.registry import ModelRegistry
 from digitserve.runtime import OnnxModel, RuntimeOptions
+from digitserve.runtime.reference import AnswerReference
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,6 +42,8 @@ def test_smoke_training_publishes_a_complete_version(smoke_registry: Path) -> No
     assert len(manifest.extra["data"]["train_sha256"]) == 64
     assert manifest.golden is not None and manifest.golden.logits.shape == (8, 10)
     assert manifest.extra["preprocessing"]["mean"] == pytest.approx(0.1307)
+    reference = AnswerReference.from_manifest(manifest.extra, "cnn v1")  # what the drift gauge compares with
+    assert reference is not None and reference.count == training["val_size"]
     # Both artifacts, sha256-verified: the weights and the ONNX graph that reproduces the golden logits.
     assert manifest.onnx is not None and (manifest.onnx.format, manifest.onnx.opset) == ("onnx", OPSET)
     registry.read_artifact("cnn", 1, "weights")
