@@ -39,7 +39,7 @@ DASHBOARD = ROOT / "infra" / "grafana" / "digitserve.json"
 ALERTS = ROOT / "infra" / "prometheus" / "alerts.yml"
 EMPTY_UNTIL = "Empty until"
 GRAFANA_VARIABLES = {"$__rate_interval": "20s", "$__interval": "5s", "$__range": "1h", "$model": ".*"}
-LOAD_S = 12.0
+LOAD_S = 8.0
 
 
 def png_b64(pixels: np.ndarray) -> str:
@@ -153,7 +153,7 @@ def test_every_dashboard_query_has_data_under_plain_load_and_drift_fires_on_non_
     server: str, prometheus: str
 ) -> None:
     assert plain_load(server, LOAD_S) > 50
-    time.sleep(3)  # two more scrapes and rule evaluations
+    time.sleep(2)  # two more scrapes and rule evaluations
     dashboard = json.loads(DASHBOARD.read_text())
     checked, empty = 0, []
     for panel in panels(dashboard):
