@@ -24,7 +24,7 @@ from digitserve.serving.http.admission import DEADLINE
 from digitserve.serving.http.shutdown import Drain
 from digitserve.serving.inference.versions import ModelVersions
 from digitserve.serving.observability.metrics import ServiceMetrics
-from digitserve.serving.observability.requests import RequestRecord, prediction_record
+from digitserve.serving.observability.record import RequestRecord, prediction_record
 from digitserve.serving.pipeline import PredictionPipeline
 from digitserve.serving.rollouts.routing import Rollouts
 from digitserve.serving.services import Reloader, Services

@@ -36,7 +36,7 @@ from digitserve.serving.inference.inputs import check_count
 from digitserve.serving.inference.state import LoadedVersion, ModelState
 from digitserve.serving.inference.versions import ModelVersions
 from digitserve.serving.observability.metrics import ServiceMetrics
-from digitserve.serving.observability.requests import Answer, RequestRecord
+from digitserve.serving.observability.record import Answer, RequestRecord
 from digitserve.serving.rollouts.routing import Rollouts, Route
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """What an operator sees of the server (docs/observability.md):
 
-- `requests.py`: every HTTP request followed -- its id, its record (what it asked and got, its
-  stages), and the observer the edge middleware calls after the answer: metrics, access log, spans;
+- `requests.py`: every HTTP request followed: the observer the edge middleware calls when a request
+  arrives and after its answer (metrics, the access-log line, spans);
+- `record.py`: a request's record (its id, what it was answered, its stages), which the pipeline fills in;
 - `logs.py`: JSON log lines (or text on a terminal), each with the request id it happened in;
 - `tracing.py`: OpenTelemetry spans, only when an OTLP endpoint is set;
 - `metrics.py`: the Prometheus metrics (one view across worker processes), labelled by route template;

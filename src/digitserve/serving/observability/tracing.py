@@ -11,14 +11,12 @@ thread; the standard `OTEL_*` variables (service name, headers, sampler) apply.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.types import Scope
 
 from digitserve import __version__
-
-if TYPE_CHECKING:
-    from digitserve.serving.observability.requests import RequestRecord
+from digitserve.serving.observability.record import RequestRecord
 
 log = logging.getLogger(__name__)
 CARRIED = {b"traceparent": "traceparent", b"tracestate": "tracestate"}
