@@ -20,7 +20,7 @@ ENV PATH="/opt/venv/bin:$PATH"
 
 # The project: src/ and the shipped registry/ (installed as the package digitserve.baselines).
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY src/ ./src/
 COPY registry/ ./registry/
 RUN pip install --no-cache-dir . \

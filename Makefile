@@ -14,7 +14,7 @@ help:
 	@echo "make audit      pip-audit of the installed dependencies"
 	@echo "make train-cnn / train-vit   retrain the baselines (see README)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/digitserve/serving/grpc/proto/open_inference.proto
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -4,6 +4,7 @@ connection limits (serving/http/protocol.py), one process or a group of workers.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from typing import Any
 
@@ -19,6 +20,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from digitserve.serving.observability.logs import logging_config
     from digitserve.serving.workers import DrainingMultiprocess, prepare_workers, worker_count, workers_socket
 
+    if args.host:  # the workers read their settings from the environment (the gRPC server's host too)
+        os.environ["DIGITSERVE_HOST"] = args.host
     settings = load_settings()
     workers = worker_count(args.workers or settings.workers)
     # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down cleanly; with this
@@ -42,10 +45,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "forwarded_allow_ips": forwarded_allow_ips(),
     }
     if workers > 1:
+        grpc_socket = None
+        if settings.grpc_port == 0:  # one free port for every worker: held here, each worker joins it
+            grpc_socket = workers_socket(host, 0, "gRPC")
+            os.environ["DIGITSERVE_GRPC_PORT"] = str(grpc_socket.getsockname()[1])
         with prepare_workers(settings, workers):  # shared metrics folder and reload requests
             config = uvicorn.Config("digitserve.serving.app:app_from_env", factory=True, workers=workers, **common)
             # uvicorn.run's, for workers > 1, with a listening socket per worker (SO_REUSEPORT)
             DrainingMultiprocess(config, sockets=[workers_socket(host, port)]).run()
+        if grpc_socket is not None:
+            grpc_socket.close()
         return 0
     uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()
     return 0

@@ -200,6 +200,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="Open Inference Protocol over gRPC; off when unset")
     log_level: str = "info"
     runtime_dir: Path | None = Field(None, description="shared folder of a multi-worker server; made if unset")
 
@@ -248,6 +249,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_registry_is_the_default(cls, value: object) -> object:
         return value if value else default_registry_uri()
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _empty_port_is_off(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("admin_token", mode="before")
     @classmethod

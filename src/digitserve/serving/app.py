@@ -36,8 +36,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     admission: Admission = app.state.admission
     services = app.state.services = Services(settings, app.state.metrics, admission, app.state.drain)
+    grpc_server = None
     try:
         await services.start()
+        if settings.grpc_port is not None:  # OIP v2 over gRPC beside REST, on the same services
+            from digitserve.serving.grpc.server import GrpcServer  # grpcio only when it is on
+
+            grpc_server = GrpcServer(settings, services, admission, app.state.drain, app.state.observer)
+            await grpc_server.start()
         if settings.http.shutdown_grace_s > 0:
             install_sigterm_drain(app.state.drain, asyncio.get_running_loop(), settings.http.shutdown_grace_s)
         yield {  # for serving/http/protocol.py, in every connection
@@ -46,6 +52,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             ANSWERED: app.state.observer.protocol_answer,
         }
     finally:
+        if grpc_server is not None:  # its calls in flight finish while the batchers still run
+            await grpc_server.stop(settings.http.graceful_shutdown_s)
         await services.close()
         if app.state.tracing is not None:
             await asyncio.to_thread(app.state.tracing.close)  # exports what is buffered

@@ -164,10 +164,14 @@ def reuseport_socket(family: int, address: tuple[Any, ...]) -> WorkerSocket:
     return sock
 
 
-def workers_socket(host: str, port: int) -> WorkerSocket:
-    """The supervisor's socket for `host:port` (IPv6 when the host has a colon)."""
+def workers_socket(host: str, port: int, what: str = "HTTP") -> WorkerSocket:
+    """The supervisor's socket for `host:port` (IPv6 when the host has a colon); for gRPC, only
+    a port held for the workers' gRPC servers (serving/grpc/server.py), which join it."""
     sock = reuseport_socket(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))
-    log.info("Uvicorn running on http://%s:%d (a listening socket per worker)", host, sock.getsockname()[1])
+    if what == "HTTP":
+        log.info("Uvicorn running on http://%s:%d (a listening socket per worker)", host, sock.getsockname()[1])
+    else:
+        log.info("%s port %s:%d held for the workers, each listening on it", what, host, sock.getsockname()[1])
     return sock
 
 

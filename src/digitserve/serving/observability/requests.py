@@ -78,6 +78,24 @@ class HttpObserver:
         record = record_of(scope)
         route = route_template(self.routes, scope)
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+        trace_id = None
+        if self.tracing is not None:
+            trace_id = self._trace(scope, route, status, record)
+        client = scope.get("client")
+        self.observe(record, route, method, status, seconds, client[0] if client else None, trace_id=trace_id)
+
+    def observe(
+        self,
+        record: RequestRecord,
+        route: str,
+        method: str,
+        status: int,
+        seconds: float,
+        client: str | None,
+        **extra: Any,
+    ) -> None:
+        """Count one answered call and write its access line: an HTTP request's, or a gRPC call's
+        (serving/grpc/, with the HTTP status its refusal has on REST and its gRPC code in `extra`)."""
         code = None
         if status >= 400:
             code = record.code or ("client_disconnected" if status == CLIENT_LEFT else "other")
@@ -86,13 +104,10 @@ class HttpObserver:
             self.metrics.latency.labels(route).observe(seconds)
             if code is not None:
                 self.metrics.refusals.labels(route, code).inc()
-        trace_id = self._trace(scope, route, status, record) if self.tracing is not None else None
         if self.settings.access_log:
-            client = scope.get("client")
-            fields = line_fields(record.request_id, method, route, status, seconds, client[0] if client else None, code)
+            fields = line_fields(record.request_id, method, route, status, seconds, client, code)
             self._add_answer(fields, record)
-            if trace_id is not None:
-                fields["trace_id"] = trace_id
+            fields.update((k, v) for k, v in extra.items() if v is not None)
             access_log.info("%s %s %d", method, route, status, extra=fields)
 
     def _trace(self, scope: Scope, route: str, status: int, record: RequestRecord) -> str:

@@ -78,7 +78,7 @@ async def read_request(body: bytes, headers: Mapping[str, str], limits: RequestL
     else:
         request, taken = _decode(body, encoding, header_length, limits)
     outputs = requested_outputs(request)
-    abstain = _flag(request.parameters, "abstain", True)
+    abstain = flag(request.parameters, "abstain", True)
     if isinstance(taken, list):
         return DecodedRequest(request, None, taken, outputs, abstain)
     return DecodedRequest(request, taken, None, outputs, abstain)
@@ -144,7 +144,7 @@ def take_input(request: InferRequest, tail: bytes, limits: RequestLimits) -> np.
 
 
 def _binary_data(tensor: RequestInput, tail: bytes) -> bytes | None:
-    _refuse_shared_memory(tensor.parameters)
+    refuse_shared_memory(tensor.parameters)
     size = tensor.parameters.get("binary_data_size")
     if size is None:
         if tail:
@@ -164,14 +164,14 @@ def _binary_data(tensor: RequestInput, tail: bytes) -> bytes | None:
     return tail
 
 
-def _refuse_shared_memory(parameters: Parameters) -> None:
+def refuse_shared_memory(parameters: Parameters) -> None:
     if any(key.startswith("shared_memory") for key in parameters):
         raise InvalidInputError("shared memory is not supported; send the tensor data in the request")
 
 
 def requested_outputs(request: InferRequest) -> list[OutputRequest]:
     """The outputs to send, in the order asked (default: all), each as JSON or binary."""
-    binary_default = _flag(request.parameters, "binary_data_output", False)
+    binary_default = flag(request.parameters, "binary_data_output", False)
     if not request.outputs:
         return [OutputRequest(name, binary_default) for name in OUTPUT_NAMES]
     outputs: list[OutputRequest] = []
@@ -180,17 +180,17 @@ def requested_outputs(request: InferRequest) -> list[OutputRequest]:
             raise InvalidInputError(f"unknown output {out.name!r}; outputs are {', '.join(map(repr, OUTPUT_NAMES))}")
         if any(o.name == out.name for o in outputs):
             raise InvalidInputError(f"output {out.name!r} is requested twice")
-        _refuse_shared_memory(out.parameters)
+        refuse_shared_memory(out.parameters)
         classes = out.parameters.get("classification", 0)
         if isinstance(classes, bool) or not isinstance(classes, int) or not 0 <= classes <= 10:
             raise InvalidInputError(f"output {out.name!r}: classification must be a class count 1..10")
         if classes and out.name != PROBABILITIES:
             raise InvalidInputError(f"classification applies to 'probabilities', not {out.name!r}")
-        outputs.append(OutputRequest(out.name, _flag(out.parameters, "binary_data", binary_default), classes))
+        outputs.append(OutputRequest(out.name, flag(out.parameters, "binary_data", binary_default), classes))
     return outputs
 
 
-def _flag(parameters: Parameters, key: str, default: bool) -> bool:
+def flag(parameters: Parameters, key: str, default: bool) -> bool:
     value = parameters.get(key, default)
     if not isinstance(value, bool):
         raise InvalidInputError(f"parameter {key!r} must be true or false, got {value!r}")
@@ -209,10 +209,10 @@ def render_response(decoded: DecodedRequest, result: PredictionResult, request_i
         header["id"] = identity
     tensors, blobs = [], []
     for spec in decoded.outputs:
-        values, datatype = _output_values(spec, result, decoded.abstain)
+        values, datatype = output_values(spec, result, decoded.abstain)
         tensor: dict[str, Any] = {"name": spec.name, "shape": list(values.shape), "datatype": datatype}
         if spec.binary:
-            blob = _to_bytes(values)
+            blob = tensor_bytes(values)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -227,7 +227,7 @@ def render_response(decoded: DecodedRequest, result: PredictionResult, request_i
     )
 
 
-def _output_values(spec: OutputRequest, result: PredictionResult, abstain: bool) -> tuple[np.ndarray, str]:
+def output_values(spec: OutputRequest, result: PredictionResult, abstain: bool) -> tuple[np.ndarray, str]:
     probs = result.probabilities
     if spec.name == IS_DIGIT:
         return result.is_digit.astype(np.bool_), "BOOL"  # (N,)
@@ -243,7 +243,7 @@ def _output_values(spec: OutputRequest, result: PredictionResult, abstain: bool)
     return np.ascontiguousarray(probs, dtype="<f4"), "FP32"  # (N, 10)
 
 
-def _to_bytes(values: np.ndarray) -> bytes:
+def tensor_bytes(values: np.ndarray) -> bytes:
     if values.dtype == object:
         return b"".join(struct.pack("<I", len(b)) + b for b in values.ravel())
     return values.tobytes()

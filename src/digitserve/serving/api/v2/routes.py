@@ -8,7 +8,6 @@ through the same batcher, limits and version selection as /v1. Health answers 20
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -19,22 +18,18 @@ from digitserve.serving.api.handlers import error_response
 from digitserve.serving.api.schemas import ERROR_RESPONSES, ErrorResponse, inline_schema
 from digitserve.serving.api.v1.predict import client_host
 from digitserve.serving.api.v2.codec import read_request, render_response
+from digitserve.serving.api.v2.oip import describe_model, model_not_ready, parse_version, server_not_ready
 from digitserve.serving.api.v2.schemas import (
     EXTENSIONS,
     IMAGES,
-    INPUTS,
-    OUTPUTS,
-    PLATFORM,
     InferRequest,
     InferResponse,
     ModelMetadataResponse,
     ServerMetadataResponse,
 )
-from digitserve.serving.browsing.catalog import Catalog
 from digitserve.serving.deps import CatalogDep, DrainDep, PredictionContext, PredictionDep, VersionsDep
-from digitserve.serving.errors import InvalidInputError, ModelNotReadyError, UnknownVersionError
+from digitserve.serving.errors import InvalidInputError
 from digitserve.serving.http.routes import V2_INFER, V2_VERSION_INFER
-from digitserve.serving.inference.versions import ModelVersions
 from digitserve.serving.pipeline import Selector
 from digitserve.serving.responses import JSONResponse
 from digitserve.serving.rollouts.routing import MAX_STICKY, STICKY_HEADER
@@ -58,44 +53,16 @@ INFER_BODY = {
         },
     }
 }
-VERSION = re.compile(r"[1-9][0-9]{0,17}", re.ASCII)
-
-
-def parse_version(model: str, version: str) -> int:
-    if not VERSION.fullmatch(version):
-        raise UnknownVersionError(f"model {model!r} has no version {version!r}; versions are positive integers")
-    return int(version)
 
 
 def not_ready(reason: str) -> Response:
     return error_response(400, reason, "not_ready", ready=False)
 
 
-async def registry_versions(catalog: Catalog, versions: ModelVersions, model: str) -> list[int]:
-    """The model's versions in the registry (404 for an unknown model)."""
-    versions.state(model)
-    listing = await catalog.describe(model)
-    if listing.registry_error and not listing.versions:
-        raise ModelNotReadyError(f"cannot list the versions of {model!r} now: {listing.registry_error}")
-    return [int(v["version"]) for v in listing.versions]
-
-
-async def check_version(catalog: Catalog, versions: ModelVersions, model: str, version: str) -> int:
-    """The version as an int, or 404 when the registry does not hold it."""
-    number = parse_version(model, version)
-    if number not in await registry_versions(catalog, versions, model):
-        raise UnknownVersionError(f"model {model!r} has no version {number}")
-    return number
-
-
-def metadata(model: str, versions: list[int]) -> dict[str, Any]:
-    return {
-        "name": model,
-        "versions": [str(v) for v in versions],
-        "platform": PLATFORM,
-        "inputs": [t.model_dump() for t in INPUTS],
-        "outputs": [t.model_dump() for t in OUTPUTS],
-    }
+def model_ready_answer(model: str, version: int, reason: str | None) -> Response:
+    if reason is not None:
+        return not_ready(reason)
+    return JSONResponse({"name": model, "version": str(version), "ready": True})
 
 
 # --- health --------------------------------------------------------------------------------
@@ -110,22 +77,14 @@ async def live() -> dict[str, bool]:
     "/v2/health/ready", summary="Server ready: every model has a verified version loaded", responses=SERVER_NOT_READY
 )
 async def ready(versions: VersionsDep, drain: DrainDep) -> Response:
-    if drain.active:
-        return not_ready("the server is shutting down")
-    waiting = [name for name, state in versions.states.items() if state.served is None]
-    if waiting:
-        return not_ready(f"no verified version loaded yet for {', '.join(waiting)}")
-    return JSONResponse({"ready": True})
+    reason = server_not_ready(versions, drain)
+    return not_ready(reason) if reason is not None else JSONResponse({"ready": True})
 
 
 @router.get("/v2/models/{model}/ready", summary="Model ready (the version its alias serves)", responses=NOT_READY)
-async def model_ready(model: str, versions: VersionsDep, drain: DrainDep) -> Response:
-    state = versions.state(model)
-    if drain.active:
-        return not_ready("the server is shutting down")
-    if state.served is None:
-        return not_ready(f"model {model!r} has no verified version loaded yet")
-    return JSONResponse({"name": model, "version": str(state.served.version), "ready": True})
+async def model_ready(model: str, versions: VersionsDep, catalog: CatalogDep, drain: DrainDep) -> Response:
+    number, reason = await model_not_ready(catalog, versions, drain, model)
+    return model_ready_answer(model, number, reason)
 
 
 @router.get(
@@ -136,12 +95,8 @@ async def model_ready(model: str, versions: VersionsDep, drain: DrainDep) -> Res
 async def model_version_ready(
     model: str, version: VersionPath, versions: VersionsDep, catalog: CatalogDep, drain: DrainDep
 ) -> Response:
-    number = await check_version(catalog, versions, model, version)
-    if drain.active:
-        return not_ready("the server is shutting down")
-    if not versions.is_loaded(model, number):
-        return not_ready(f"{model} v{number} is not loaded; the first infer that names it loads it")
-    return JSONResponse({"name": model, "version": str(number), "ready": True})
+    number, reason = await model_not_ready(catalog, versions, drain, model, version)
+    return model_ready_answer(model, number, reason)
 
 
 # --- metadata ------------------------------------------------------------------------------
@@ -157,7 +112,7 @@ async def model_metadata(model: str, versions: VersionsDep, catalog: CatalogDep)
     """Inputs (send one): `pixels`, UINT8 0..255 or FP32 0..1 `[N, 28, 28]` (`[N, 1, 28, 28]` and
     `[N, 784]` too), MNIST-style white-on-black digits, no preprocessing; or `images`, BYTES `[N]`
     encoded images (base64 in JSON), preprocessed as in /v1."""
-    return metadata(model, await registry_versions(catalog, versions, model))
+    return await describe_model(catalog, versions, model)
 
 
 @router.get(
@@ -169,7 +124,7 @@ async def model_metadata(model: str, versions: VersionsDep, catalog: CatalogDep)
 async def model_version_metadata(
     model: str, version: VersionPath, versions: VersionsDep, catalog: CatalogDep
 ) -> dict[str, Any]:
-    return metadata(model, [await check_version(catalog, versions, model, version)])
+    return await describe_model(catalog, versions, model, version)
 
 
 # --- inference -----------------------------------------------------------------------------

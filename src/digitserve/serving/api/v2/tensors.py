@@ -19,8 +19,9 @@ from digitserve.serving.inference.inputs import check_count, decode_base64
 PIXEL_SHAPES = ([28, 28], [1, 28, 28], [784])  # after the batch dimension
 
 
-def decode_pixels(tensor: RequestInput, raw: bytes | None, limits: RequestLimits) -> np.ndarray:
-    """`pixels` as MNIST-style (n, 28, 28) uint8: UINT8 as-is, FP32 in [0, 1] times 255."""
+def decode_pixels(tensor: RequestInput, raw: bytes | None, limits: RequestLimits, where: str = "data") -> np.ndarray:
+    """`pixels` as MNIST-style (n, 28, 28) uint8: UINT8 as-is, FP32 in [0, 1] times 255. Without
+    `raw`, the values are `tensor.data` (a list, or an array), which messages call `where`."""
     if tensor.datatype not in PIXEL_DATATYPES:
         raise InvalidInputError(f"input {PIXELS!r} is {tensor.datatype}; send UINT8 (0..255) or FP32 (0..1)")
     shape = tensor.shape
@@ -38,23 +39,23 @@ def decode_pixels(tensor: RequestInput, raw: bytes | None, limits: RequestLimits
             )
         values = np.frombuffer(raw, dtype=dtype)
     else:
-        values = _json_numbers(tensor, count)
+        values = _json_numbers(tensor, count, where)
     return _to_uint8(values, tensor.datatype).reshape(n, 28, 28)
 
 
-def _json_numbers(tensor: RequestInput, count: int) -> np.ndarray:
+def _json_numbers(tensor: RequestInput, count: int, where: str) -> np.ndarray:
     try:
         values = np.asarray(tensor.data)
     except (ValueError, TypeError, OverflowError):
-        raise InvalidInputError(f"input {PIXELS!r}: data must be a flat or evenly nested list of numbers") from None
+        raise InvalidInputError(f"input {PIXELS!r}: {where} must be a flat or evenly nested list of numbers") from None
     if values.size != count:
         raise InvalidInputError(
-            f"input {PIXELS!r} has {values.size} values in data; shape {tensor.shape} takes {count}"
+            f"input {PIXELS!r} has {values.size} values in {where}; shape {tensor.shape} takes {count}"
         )
     allowed = "iu" if tensor.datatype == "UINT8" else "iuf"  # bools, strings and objects are refused
     if values.dtype.kind not in allowed:
         kind = "integers 0..255" if tensor.datatype == "UINT8" else "numbers 0..1"
-        raise InvalidInputError(f"input {PIXELS!r} is {tensor.datatype}: data must hold {kind} only")
+        raise InvalidInputError(f"input {PIXELS!r} is {tensor.datatype}: {where} must hold {kind} only")
     return values.ravel()
 
 
@@ -73,20 +74,37 @@ def _to_uint8(values: np.ndarray, datatype: str) -> np.ndarray:
     return np.rint(values * 255).astype(np.uint8)
 
 
-def decode_images(tensor: RequestInput, raw: bytes | None, limits: RequestLimits) -> list[bytes]:
-    """`images` (BYTES [N] or [N, 1]) as a list of encoded images."""
+def images_count(tensor: RequestInput, limits: RequestLimits) -> int:
+    """N of an `images` tensor (BYTES [N] or [N, 1]), within the request's image limit."""
     if tensor.datatype != "BYTES":
         raise InvalidInputError(f"input {IMAGES!r} is {tensor.datatype}; send BYTES (encoded images)")
     shape = tensor.shape
     if len(shape) not in (1, 2) or shape[0] < 0 or shape[1:] not in ([], [1]):
         raise InvalidInputError(f"input {IMAGES!r} has shape {shape}; send [N] (or [N, 1])")
-    n = shape[0]
-    check_count(n, limits)
+    check_count(shape[0], limits)
+    return shape[0]
+
+
+def decode_images(tensor: RequestInput, raw: bytes | None, limits: RequestLimits) -> list[bytes]:
+    """`images` (BYTES [N] or [N, 1]) as a list of encoded images."""
+    n = images_count(tensor, limits)
     if raw is None:
         return _base64_items(tensor, n, limits)
     blobs = _split_bytes(raw, n, limits.max_image_bytes)
-    _check_element_count(len(blobs), shape, n)
+    _check_element_count(len(blobs), tensor.shape, n)
     return blobs
+
+
+def image_elements(tensor: RequestInput, elements: list[bytes], limits: RequestLimits) -> list[bytes]:
+    """`images` whose elements came as they are (gRPC's typed `bytes_contents`)."""
+    n = images_count(tensor, limits)
+    _check_element_count(len(elements), tensor.shape, n)
+    for i, blob in enumerate(elements):
+        if len(blob) > limits.max_image_bytes:
+            raise PayloadTooLargeError(f"{IMAGES}[{i}] is over the {limits.max_image_bytes} byte limit for one image")
+        if not blob:
+            raise InvalidInputError(f"{IMAGES}[{i}] is empty")
+    return elements
 
 
 def _check_element_count(found: int, shape: list[int], n: int) -> None:

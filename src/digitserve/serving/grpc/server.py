@@ -1,0 +1,92 @@
+"""The gRPC server of one worker process: `GRPCInferenceService` and the standard health service
+(`grpc.health.v1.Health`) on `DIGITSERVE_GRPC_PORT`, in the worker's own event loop, so a gRPC
+call reaches the same batcher as a REST one.
+
+Every worker listens on the port (SO_REUSEPORT, as the HTTP workers do: serving/workers.py) and
+the kernel spreads connections over them. Limits: a message over the REST body limit is refused
+by gRPC itself (RESOURCE_EXHAUSTED); at most `max_concurrent_requests` + 64 calls at once (the rest
+RESOURCE_EXHAUSTED, before any work), 64 streams per connection. The health service says SERVING
+while every model has a verified version and the server is not draining, and NOT_SERVING after
+SIGTERM; `stop` lets calls in flight finish within the graceful-shutdown budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from digitserve.config import Settings
+from digitserve.serving.api.v2.oip import server_not_ready
+from digitserve.serving.grpc.proto.open_inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
+from digitserve.serving.grpc.service import SERVICE, InferenceService
+from digitserve.serving.http.admission import Admission
+from digitserve.serving.http.shutdown import Drain
+from digitserve.serving.observability.requests import HttpObserver
+from digitserve.serving.services import Services
+
+log = logging.getLogger(__name__)
+HEALTH_INTERVAL_S = 0.25
+STREAMS_PER_CONNECTION = 64
+IDLE_CONNECTION_MS = 300_000  # a connection without calls for 5 minutes is closed (GOAWAY)
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GrpcServer:
+    """OIP v2 over gRPC for one worker; `start` once the services run, `stop` before they close."""
+
+    def __init__(
+        self, settings: Settings, services: Services, admission: Admission, drain: Drain, observer: HttpObserver
+    ) -> None:
+        assert settings.grpc_port is not None
+        self.settings, self.services, self.drain = settings, services, drain
+        limits = settings.requests
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", limits.max_body_bytes),
+                ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
+                ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
+            ],
+            maximum_concurrent_rpcs=limits.max_concurrent_requests + 64,
+        )
+        add_GRPCInferenceServiceServicer_to_server(
+            InferenceService(settings, services, admission, drain, observer), self.server
+        )
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(address(settings.host, settings.grpc_port))
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._set_health()
+        await self.server.start()
+        self._watch = asyncio.create_task(self._follow_readiness(), name="grpc-health")
+        log.info("gRPC (Open Inference Protocol) on %s", address(self.settings.host, self.port))
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls and let those in flight finish within `grace_s`."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+    async def _set_health(self) -> None:
+        ready = server_not_ready(self.services.versions, self.drain) is None
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE):
+            await self.health.set(service, status)
+
+    async def _follow_readiness(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            await self._set_health()
