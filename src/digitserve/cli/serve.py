@@ -45,16 +45,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "forwarded_allow_ips": forwarded_allow_ips(),
     }
     if workers > 1:
-        grpc_socket = None
-        if settings.grpc_port == 0:  # one free port for every worker: held here, each worker joins it
-            grpc_socket = workers_socket(host, 0, "gRPC")
-            os.environ["DIGITSERVE_GRPC_PORT"] = str(grpc_socket.getsockname()[1])
         with prepare_workers(settings, workers):  # shared metrics folder and reload requests
             config = uvicorn.Config("digitserve.serving.app:app_from_env", factory=True, workers=workers, **common)
+            grpc_socket = None
+            if settings.grpc_port == 0:  # one free port for every worker: held here, each worker joins it
+                grpc_socket = workers_socket(host, 0, "gRPC")
+                os.environ["DIGITSERVE_GRPC_PORT"] = str(grpc_socket.getsockname()[1])
             # uvicorn.run's, for workers > 1, with a listening socket per worker (SO_REUSEPORT)
             DrainingMultiprocess(config, sockets=[workers_socket(host, port)]).run()
-        if grpc_socket is not None:
-            grpc_socket.close()
+            if grpc_socket is not None:
+                grpc_socket.close()
         return 0
     uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()
     return 0
