@@ -173,16 +173,26 @@ def bare_cmd(workers: int = 1, decode: bool = False) -> list[str]:
 
 
 def wrk(
-    url: str, body: Path, connections: int, seconds: float, content_type: str = JSON, images: int = 1
+    url: str,
+    body: Path,
+    connections: int,
+    seconds: float,
+    content_type: str = JSON,
+    images: int = 1,
+    header: str | None = None,
 ) -> dict[str, Any]:
-    """One wrk run; returns its figures (latencies in ms) with requests/s and images/s answered 2xx."""
-    proc = wrk_start(url, body, connections, seconds, content_type)
+    """One wrk run; returns its figures (latencies in ms) with requests/s and images/s answered 2xx.
+    `header` is one more request header, "Name: value"."""
+    proc = wrk_start(url, body, connections, seconds, content_type, header)
     return wrk_result(proc, images)
 
 
-def wrk_start(url: str, body: Path, connections: int, seconds: float, content_type: str) -> subprocess.Popen[str]:
+def wrk_start(
+    url: str, body: Path, connections: int, seconds: float, content_type: str, header: str | None = None
+) -> subprocess.Popen[str]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(seconds, 1):.0f}s", "--timeout", "15s", "-s", str(POST_LUA)]
-    return subprocess.Popen([*cmd, url, "--", str(body), content_type], stdout=subprocess.PIPE, text=True)
+    args = [str(body), content_type, *([header] if header else [])]
+    return subprocess.Popen([*cmd, url, "--", *args], stdout=subprocess.PIPE, text=True)
 
 
 def wrk_result(proc: subprocess.Popen[str], images: int = 1) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 -- POST one fixed body over and over, then print the run's figures as one JSON line.
---   wrk -t1 -c64 -d10s -s bench/lua/post.lua URL -- BODY_FILE CONTENT_TYPE
+--   wrk -t1 -c64 -d10s -s bench/lua/post.lua URL -- BODY_FILE CONTENT_TYPE ["NAME: VALUE"]
 -- The body is read from a file (a JSON document or a multipart form), so one script serves
 -- every scenario. Non-2xx answers are counted by status, so an error run says what it got.
 
@@ -11,6 +11,10 @@ function init(args)
   wrk.body = file:read("*a")
   file:close()
   wrk.headers["Content-Type"] = args[2] or "application/json"
+  if args[3] then  -- one more header (the /v2 binary tensor data's Inference-Header-Content-Length)
+    local name, value = args[3]:match("^([^:]+):%s*(.*)$")
+    wrk.headers[name] = value
+  end
 end
 
 function response(status, headers, body)

@@ -4,11 +4,10 @@ connection limits (serving/http/protocol.py), one process or a group of workers.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 from typing import Any
 
-from digitserve.config import forwarded_allow_ips, load_settings
+from digitserve.config import export_setting, forwarded_allow_ips, load_settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -21,7 +20,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from digitserve.serving.workers import DrainingMultiprocess, prepare_workers, worker_count, workers_socket
 
     if args.host:  # the workers read their settings from the environment (the gRPC server's host too)
-        os.environ["DIGITSERVE_HOST"] = args.host
+        export_setting("host", args.host)
     settings = load_settings()
     workers = worker_count(args.workers or settings.workers)
     # uvicorn re-raises the SIGTERM/SIGINT it handled once it has shut down cleanly; with this
@@ -50,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             grpc_socket = None
             if settings.grpc_port == 0:  # one free port for every worker: held here, each worker joins it
                 grpc_socket = workers_socket(host, 0, "gRPC")
-                os.environ["DIGITSERVE_GRPC_PORT"] = str(grpc_socket.getsockname()[1])
+                export_setting("grpc_port", str(grpc_socket.getsockname()[1]))
             # uvicorn.run's, for workers > 1, with a listening socket per worker (SO_REUSEPORT)
             DrainingMultiprocess(config, sockets=[workers_socket(host, port)]).run()
             if grpc_socket is not None:

@@ -147,6 +147,11 @@ def worker_group() -> tuple[Path | None, int]:
     return (Path(root) if root else None), int(os.environ.get(WORKER_COUNT_ENV, "1") or 1)
 
 
+def export_setting(name: str, value: str) -> None:
+    """Set `DIGITSERVE_<NAME>` here and in the worker processes this one starts (a flag, a port)."""
+    os.environ[ENV_PREFIX + name.upper()] = value
+
+
 def join_worker_group(root: Path, workers: int) -> None:
     """Export the group to the environment the worker processes inherit."""
     os.environ.update(
