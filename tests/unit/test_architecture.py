@@ -30,7 +30,9 @@ LAYERS: dict[str, set[str]] = {
     "gate": {"config", "storage", "registry", "runtime", "data", "evaluation", "models", "synthetic"},
     "training": {"config", "storage", "registry", "runtime", "data", "evaluation", "models", "synthetic", "imaging"},
     "serving": {"config", "storage", "registry", "runtime", "imaging"},
+    "client": {"config", "imaging"},  # digitserve.client: HTTP to a server, never the server itself
     "cli": {
+        "client",
         "config",
         "storage",
         "registry",

@@ -1,4 +1,4 @@
-"""The `digitserve` command: data, registry, serve and feedback subcommands.
+"""The `digitserve` command: data, serve, predict, registry and feedback subcommands.
 
 Importing this module imports no torch and no server: each subcommand imports what it needs
 when it runs, so `digitserve --help` is instant.
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from digitserve.cli.feedback import add_feedback_commands
+from digitserve.cli.predict import add_predict_command
 from digitserve.cli.registry import add_registry_commands
 from digitserve.cli.serve import cmd_serve
 from digitserve.config import data_dir
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_registry_commands(sub)
     add_feedback_commands(sub)
+    add_predict_command(sub)
     return parser
 
 
