@@ -266,3 +266,22 @@ def placement_sentence(doc: dict[str, Any]) -> str:
         f"{min(ratios):.2f}–{max(ratios):.2f}× what they served on {doc['clients'] // 2} of each "
         f"(per round: {rounds}; measured at {doc['machine']['commit']})."
     )
+
+
+GRPC_RESULTS = ROOT / "bench" / "grpc_results.json"
+GRPC_CELLS = {"1x1": "1 image, 1 connection", "1x64": "1 image, 64 connections", "64x16": "64 images, 16 connections"}
+
+
+def grpc_table(doc: dict[str, Any]) -> str:
+    """The README's table of gRPC against REST (/v2, binary tensors), from bench/grpc_results.json."""
+    rows = [
+        "| requests | REST req/s (images/s), p50, p99 | gRPC req/s (images/s), p50, p99 | gRPC / REST throughput |",
+        "|---|---|---|---|",
+    ]
+    for cell, name in GRPC_CELLS.items():
+        rest, grpc, ratio = doc["rest"][cell], doc["grpc"][cell], doc["grpc_over_rest"][cell]["rps"]
+        both = [
+            f"{r['rps']:,.0f} ({r['images_s']:,.0f}), {r['p50_ms']:.2f} ms, {r['p99_ms']:.1f} ms" for r in (rest, grpc)
+        ]
+        rows.append(f"| {name} | {both[0]} | {both[1]} | {ratio:.2f}× |")
+    return "\n".join(rows)

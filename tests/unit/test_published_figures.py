@@ -11,6 +11,7 @@ from support.evidence import (
     AB_DIRECT_RESULTS,
     CPU_BUDGET_RESULTS,
     DECODE_PRICES_RESULTS,
+    GRPC_RESULTS,
     OBSERVABILITY_RESULTS,
     OVERLOAD_RESULTS,
     PHOTO_BURST_RESULTS,
@@ -22,6 +23,7 @@ from support.evidence import (
     ab_table,
     cpu_budget_sentence,
     decode_prices_sentence,
+    grpc_table,
     observability_costs_sentence,
     observability_table,
     overload_table,
@@ -119,6 +121,15 @@ def test_the_observability_cost_quoted_is_the_committed_results() -> None:
     assert observability_costs_sentence(doc) in " ".join(bench.split())
     assert doc["access_lines_per_run"]["off"] == [0] * doc["rounds"], "off writes no access line"
     assert min(doc["access_lines_per_run"]["on"]) > 0
+
+
+def test_the_grpc_cost_quoted_is_the_committed_results() -> None:
+    doc = json.loads(GRPC_RESULTS.read_text())
+    assert "changes" not in doc["machine"]["commit"], "measured on a committed tree"
+    table = grpc_table(doc)
+    assert table in README.read_text(), f"README's gRPC table should read:\n{table}"
+    assert f"at {doc['machine']['commit']}" in flat(README)
+    assert all(r["errors"] == 0 for transport in ("rest", "grpc") for r in doc[transport].values())
 
 
 def test_the_shutdown_soak_quoted_is_the_committed_results() -> None:
