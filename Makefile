@@ -23,11 +23,12 @@ $(STAMP): pyproject.toml setup.py src/digitserve/serving/grpc/proto/open_inferen
 install: $(STAMP)
 
 # Debian packages the tests drive for real: Chromium for the browser tests, wrk for the benchmark,
-# Prometheus and promtool for the dashboard, the alert rules and their unit tests.
+# Prometheus and promtool for the dashboard, the alert rules and their unit tests; h2load
+# (nghttp2-client) for the gRPC benchmark.
 system-deps:
-	@command -v chromium >/dev/null && command -v wrk >/dev/null && command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	@command -v chromium >/dev/null && command -v wrk >/dev/null && command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v h2load >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium wrk prometheus; }
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium wrk prometheus nghttp2-client; }
 
 data: $(STAMP)
 	$(BIN)/digitserve data fetch
@@ -69,6 +70,7 @@ evidence: $(STAMP) system-deps data
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/shadow_cost.py
 	$(BIN)/python bench/protocol_cost.py
+	$(BIN)/python bench/grpc_cost.py
 	$(BIN)/python bench/feedback_cost.py --rounds 2 --seconds 6
 	$(BIN)/python bench/observability_cost.py --rounds 4 --seconds 8
 	$(BIN)/python bench/photo_burst.py --rounds 3 --bursts 5 --baseline 2a89a6c
