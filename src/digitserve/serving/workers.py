@@ -34,12 +34,32 @@ WATCH_INTERVAL_S = 0.2
 log = logging.getLogger(__name__)
 
 
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def available_cores(cgroup: Path = CGROUP) -> int:
+    """The cores this process may use: those it may run on, within its container's CPU limit
+    (cgroup v2 `cpu.max`, or v1's CFS quota), rounded up -- `os.cpu_count()` is the host's, so a
+    2-CPU pod on a 16-core node would start 16 workers with a model each."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = (cgroup / quota_file).read_text().split()
+            quota, period = fields[0], fields[1] if period_file is None else (cgroup / period_file).read_text().strip()
+            if quota not in ("max", "-1"):
+                cores = min(cores, max(1, -(-int(quota) // int(period))))
+            break
+        except (OSError, ValueError, IndexError):
+            continue
+    return max(1, cores)
+
+
 def worker_count(setting: str) -> int:
-    """Worker processes for a `--workers` value. `auto` is one process per core, each with one
+    """Worker processes for a `--workers` value. `auto` is one process per available core, each with one
     ONNX Runtime thread: measured best on 2 cores at every load but a single client, where it
     ties (bench/README.md -> layout). One event loop per core is what the HTTP work needs."""
     if setting == "auto":
-        return max(1, os.cpu_count() or 1)
+        return available_cores()
     try:
         count = int(setting)
     except ValueError:
@@ -71,7 +91,7 @@ def runtime_threads(setting: int | None) -> int:
     """ONNX Runtime threads for this process: the setting, else the cores divided among the workers."""
     if setting is not None:
         return setting
-    return max(1, (os.cpu_count() or 1) // worker_group()[1])
+    return max(1, available_cores() // worker_group()[1])
 
 
 class ReloadBroadcast:
