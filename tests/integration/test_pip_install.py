@@ -31,6 +31,9 @@ def test_pip_install_then_serve_from_another_folder(tmp_path: Path) -> None:
     run([str(python), "-m", "pip", "install", "--quiet", str(ROOT)], tmp_path)  # not editable: a wheel
     installed = run([str(python), "-m", "pip", "list", "--format=freeze"], tmp_path).lower()
     assert "digitserve==" in installed and "torch==" not in installed and "onnxruntime==" in installed
+    # the gRPC modules are compiled from the .proto while the wheel is built (setup.py), and shipped
+    code = "import digitserve.serving.grpc.server, digitserve.client; print(digitserve.serving.grpc.server.__file__)"
+    assert "site-packages" in run([str(python), "-c", code], tmp_path)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
