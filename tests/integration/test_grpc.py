@@ -28,12 +28,13 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.net import free_port
-from support.registries import png_bytes
-from support.server import metric, start_server, stop_server, wait_until
+from support.registries import add_shipped_version, copy_shipped, png_bytes
+from support.server import CANARY_ENV, metric, start_server, stop_server, wait_until
 
 from digitserve.data import load_mnist
 from digitserve.serving.grpc.proto import open_inference_pb2 as pb
 from digitserve.serving.grpc.proto.open_inference_pb2_grpc import GRPCInferenceServiceStub
+from digitserve.serving.rollouts.watch import sticky_side
 
 pytestmark = pytest.mark.slow
 
@@ -435,3 +436,44 @@ def test_sigterm_drains_grpc_too(tmp_path: Path, digits: np.ndarray) -> None:
         assert process.wait(timeout=60) == 0
     finally:
         stop_server(process)
+
+
+# --- canary routing --------------------------------------------------------------------------
+
+
+def test_a_canary_answers_its_share_of_grpc_calls(tmp_path: Path, digits: np.ndarray) -> None:
+    """A canary on half the traffic (the shipped v2 beside production): a sticky key in the
+    metadata keeps its side, as the REST header does, and calls without one reach both."""
+    registry = copy_shipped(tmp_path / "registry")
+    assert add_shipped_version(registry, "cnn", 2) == 2
+    registry.move_alias("cnn", "canary", 2, reason="test: a canary for gRPC")
+    port = free_port()
+    env = {**CANARY_ENV, "DIGITSERVE_REGISTRY": registry.uri, "DIGITSERVE_GRPC_PORT": str(port)}
+    process, url = start_server(env, log_path=tmp_path / "server.log")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            canary = next(k for k in (f"user-{i}" for i in range(1000)) if sticky_side(k, 50))
+            stable = next(k for k in (f"user-{i}" for i in range(1000)) if not sticky_side(k, 50))
+            wait_until(lambda: model_info_canary(url), 30, "the canary loaded")
+
+            def version(key: str | None) -> str:
+                metadata = (("x-digitserve-sticky", key),) if key else ()
+                return str(stub.ModelInfer(pixels_request(digits[:1]), metadata=metadata, timeout=30).model_version)
+
+            assert {version(canary) for _ in range(10)} == {"2"}
+            assert {version(stable) for _ in range(10)} == {"1"}
+            assert {version(None) for _ in range(60)} == {"1", "2"}
+            over = pixels_request(digits[:1])
+            with pytest.raises(grpc.RpcError) as refused:  # as REST refuses the header: never cut short
+                stub.ModelInfer(over, metadata=(("x-digitserve-sticky", "k" * 300),), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        served = metric(url, "digitserve_images_total", model="cnn", version="2")
+        assert served >= 10
+    finally:
+        stop_server(process)
+
+
+def model_info_canary(url: str) -> bool:
+    rollouts = httpx.get(f"{url}/v1/models/cnn", timeout=10).json().get("rollouts") or {}
+    return bool((rollouts.get("canary") or {}).get("version"))
