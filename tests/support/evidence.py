@@ -285,3 +285,11 @@ def grpc_table(doc: dict[str, Any]) -> str:
         ]
         rows.append(f"| {name} | {both[0]} | {both[1]} | {ratio:.2f}× |")
     return "\n".join(rows)
+
+
+def grpc_verdict(doc: dict[str, Any]) -> str:
+    """The README's sentence on the gRPC target (64-image throughput at least REST's), from
+    bench/grpc_results.json."""
+    ratio = doc["grpc_over_rest"]["64x16"]["rps"]
+    result = "met" if ratio >= 1 else "missed"
+    return f"64-image throughput at least REST's: {result}, {ratio:.2f}× over {doc['rounds']} rounds"

@@ -24,6 +24,7 @@ from support.evidence import (
     cpu_budget_sentence,
     decode_prices_sentence,
     grpc_table,
+    grpc_verdict,
     observability_costs_sentence,
     observability_table,
     overload_table,
@@ -129,6 +130,7 @@ def test_the_grpc_cost_quoted_is_the_committed_results() -> None:
     table = grpc_table(doc)
     assert table in README.read_text(), f"README's gRPC table should read:\n{table}"
     assert f"at {doc['machine']['commit']}" in flat(README)
+    assert grpc_verdict(doc) in flat(README), f"README should say: {grpc_verdict(doc)}"
     assert all(r["errors"] == 0 for transport in ("rest", "grpc") for r in doc[transport].values())
 
 
