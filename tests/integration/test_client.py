@@ -36,6 +36,7 @@ from digitserve.client import (
     Client,
     DigitserveError,
     InvalidInputError,
+    NoAnswerError,
     NotFoundError,
     PayloadTooLargeError,
     PredictResult,
@@ -391,3 +392,43 @@ def test_cli_without_a_server_says_so_in_one_line() -> None:
     done = predict_cli(str(EXAMPLE), "--url", url)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == f"error: no digitserve server at {url}; start one with `digitserve serve`\n"
+
+
+class NotDigitserve:
+    """An HTTP server on loopback that answers every request 200 with an HTML page (a captive
+    portal, a proxy's error page, another service on the port)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = b"<html><body>Welcome to the hotel wifi</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_what_is_not_a_digitserve_answer_is_an_error_not_a_traceback() -> None:
+    other = NotDigitserve()
+    try:
+        with pytest.raises(NoAnswerError, match="is not a digitserve answer"), Client(other.url) as client:
+            client.predict(EXAMPLE.read_bytes())
+        done = predict_cli(str(EXAMPLE), "--url", other.url)
+        assert done.returncode == 1 and done.stderr.startswith(f"error: the answer from {other.url} is not")
+        assert "Traceback" not in done.stderr
+    finally:
+        other.httpd.shutdown()
+        other.httpd.server_close()
+    with pytest.raises(DigitserveError, match="is not a server's URL"):
+        Client("http://[::1")
+    done = predict_cli(str(EXAMPLE), "--url", "http://[::1")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "is not a server's URL" in done.stderr

@@ -224,8 +224,7 @@ def test_the_settings_load_as_the_pod_has_them(kind, pod_settings):
     cm = settings_map()
     assert (pod_settings.host, pod_settings.port) == ("0.0.0.0", int(cm["DIGITSERVE_PORT"]))
     assert pod_settings.registry.startswith("s3://") and pod_settings.workers == "2"
-    if "grpc_port" in Settings.model_fields:
-        assert pod_settings.grpc_port == int(cm["DIGITSERVE_GRPC_PORT"])
+    assert pod_settings.grpc_port == int(cm["DIGITSERVE_GRPC_PORT"])
 
 
 def test_every_setting_in_the_configmap_is_one_the_server_reads():
@@ -233,8 +232,6 @@ def test_every_setting_in_the_configmap_is_one_the_server_reads():
     known = {ENV_PREFIX + f.upper() for f in Settings.model_fields if f not in GROUPS} | OUTSIDE_SETTINGS
     known |= {ENV_PREFIX + env_name(group, f) for group in GROUPS.values() for f in group.model_fields}
     ours = {k for k in settings_map() if k.startswith(ENV_PREFIX)}
-    if "grpc_port" not in Settings.model_fields:  # being added beside this change
-        ours.discard(f"{ENV_PREFIX}GRPC_PORT")
     assert ours <= known, f"not settings of the server: {sorted(ours - known)}"
 
 
@@ -244,7 +241,7 @@ def test_workers_follow_the_cpu_request_of_two_cores(kind):
     assert cpu_cores(server["resources"]["requests"]["cpu"]) == 2
     (workers,) = [v for v in server["env"] if v["name"] == "DIGITSERVE_WORKERS"]
     assert workers["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
-    assert "DIGITSERVE_WORKERS" not in settings_map(), "auto counts the node's cores, not the pod's"
+    assert "DIGITSERVE_WORKERS" not in settings_map(), "the pod spec sets the workers from its CPU request"
     assert settings_map()["DIGITSERVE_RUNTIME_THREADS"] == "1"
     flags = [a for a in server["command"] + server.get("args", []) if a.startswith("--")]
     assert server["command"][:2] == ["digitserve", "serve"] and not flags, "flags would override the settings"

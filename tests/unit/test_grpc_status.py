@@ -1,4 +1,4 @@
-"""Every refusal the service can make has a gRPC status of its own (serving/grpc/service.py):
+"""Every refusal the service can make has a gRPC status of its own (serving/grpc/calls.py):
 none of them reaches a gRPC client as INTERNAL, which the hostile tests treat as a bug."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import grpc
 
 from digitserve.imaging.decode import ImageError, TooManyPixelsError, UnsupportedFormatError
 from digitserve.serving.errors import ServiceError, http_error
-from digitserve.serving.grpc.service import STATUS, peer_host
+from digitserve.serving.grpc.calls import STATUS, peer_host
 
 
 def subclasses(cls: type) -> list[type]:
@@ -33,4 +33,5 @@ def test_every_refusal_has_a_grpc_status() -> None:
 def test_peer_addresses() -> None:
     assert peer_host("ipv4:10.1.2.3:5000") == "10.1.2.3"
     assert peer_host("ipv6:[::1]:5000") == "::1"
+    assert peer_host("ipv6:%5B::ffff:10.0.0.2%5D:5000") == "::ffff:10.0.0.2"  # grpcio percent-encodes
     assert peer_host("unix:/tmp/socket") is None

@@ -7,7 +7,7 @@ import argparse
 import signal
 from typing import Any
 
-from digitserve.config import export_setting, forwarded_allow_ips, load_settings
+from digitserve.config import SettingError, export_setting, forwarded_allow_ips, load_settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -28,6 +28,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     host, port = args.host or settings.host, args.port if args.port is not None else settings.port
+    if settings.grpc_port and settings.grpc_port == port:
+        raise SettingError(f"DIGITSERVE_GRPC_PORT is {port}, the HTTP port too; give gRPC a port of its own")
     log_config = logging_config(settings.observability, settings.log_level)  # JSON lines, or text on a terminal
     common: dict[str, Any] = {
         "host": host,

@@ -93,8 +93,8 @@ class AsyncClient(ClientBase):
         attempt = 1
         while True:
             try:
-                outcome: httpx.Response | httpx.TransportError = await self._http.request(**self._request(call))
-            except httpx.TransportError as exc:
+                outcome: httpx.Response | httpx.RequestError = await self._http.request(**self._request(call))
+            except httpx.RequestError as exc:  # a transport failure, an undecodable body
                 outcome = exc
             delay = self._delay(call, attempt, outcome)
             if delay is None:

@@ -31,6 +31,6 @@ class ClientBase:
     def _request(self, call: Call[Any]) -> dict[str, Any]:
         return {"method": call.method, "url": self.url + call.path, "json": call.json, "params": call.params}
 
-    def _delay(self, call: Call[Any], attempt: int, outcome: httpx.Response | httpx.TransportError) -> float | None:
+    def _delay(self, call: Call[Any], attempt: int, outcome: httpx.Response | httpx.RequestError) -> float | None:
         """Seconds before trying `call` again, or None: `outcome` is its answer."""
         return self.retry.delay(attempt, outcome) if call.retry else None

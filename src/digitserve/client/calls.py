@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import httpx
 
-from digitserve.client.errors import NoAnswerError, ServerUnreachableError, error_for
+from digitserve.client.errors import DigitserveError, NoAnswerError, ServerUnreachableError, error_for
 from digitserve.client.images import ImageInput, encode_image, image_list
 from digitserve.client.results import FeedbackReceipt, Label, ModelInfo, PredictResult
 from digitserve.config import read_group
@@ -31,7 +31,12 @@ def base_url(url: str | None) -> str:
     """The server's URL: `url`, else `DIGITSERVE_URL`, else http://127.0.0.1:8000; `http://` is
     assumed when no scheme is given (`localhost:8000`)."""
     url = url or read_group(ClientSettings).url or DEFAULT_URL
-    return (url if "://" in url else f"http://{url}").rstrip("/")
+    url = (url if "://" in url else f"http://{url}").rstrip("/")
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise DigitserveError(f"{url!r} is not a server's URL: {exc}", code="invalid_url") from None
+    return url
 
 
 @dataclass(frozen=True)
@@ -49,17 +54,21 @@ class Call(Generic[T]):
     retry: bool = True
     unreachable: Callable[[], T] | None = None
 
-    def answer(self, outcome: httpx.Response | httpx.TransportError, url: str) -> T:
+    def answer(self, outcome: httpx.Response | httpx.RequestError, url: str) -> T:
         """What the caller gets for the last attempt's outcome: the parsed answer, or the error."""
         if isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout):
             if self.unreachable is not None:
                 return self.unreachable()
             raise ServerUnreachableError(url) from outcome
-        if isinstance(outcome, httpx.TransportError):
+        if isinstance(outcome, httpx.RequestError):
             raise NoAnswerError(f"no answer from {url}: {type(outcome).__name__} {outcome}".strip()) from outcome
         if outcome.status_code not in self.ok:
             raise error_for(outcome)
-        return self.parse(outcome)
+        try:
+            return self.parse(outcome)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a 200 that is not digitserve's
+            what = f"{type(exc).__name__}: {exc}"
+            raise NoAnswerError(f"the answer from {url} is not a digitserve answer ({what})") from exc
 
 
 def predict(

@@ -35,7 +35,7 @@ class Retry:
         if min(self.backoff_s, self.max_backoff_s, self.max_retry_after_s) < 0:
             raise ValueError("Retry's waits cannot be negative")
 
-    def delay(self, attempt: int, outcome: httpx.Response | httpx.TransportError) -> float | None:
+    def delay(self, attempt: int, outcome: httpx.Response | httpx.RequestError) -> float | None:
         """Seconds to wait before trying again after attempt number `attempt` ended in `outcome`;
         None when that outcome is final."""
         if attempt >= self.attempts:

@@ -109,8 +109,8 @@ class Client(ClientBase):
         attempt = 1
         while True:
             try:
-                outcome: httpx.Response | httpx.TransportError = self._http.request(**self._request(call))
-            except httpx.TransportError as exc:
+                outcome: httpx.Response | httpx.RequestError = self._http.request(**self._request(call))
+            except httpx.RequestError as exc:  # a transport failure, an undecodable body
                 outcome = exc
             delay = self._delay(call, attempt, outcome)
             if delay is None:

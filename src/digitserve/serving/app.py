@@ -52,9 +52,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             ANSWERED: app.state.observer.protocol_answer,
         }
     finally:
-        if grpc_server is not None:  # its calls in flight finish while the batchers still run
-            await grpc_server.stop(settings.http.graceful_shutdown_s)
-        await services.close()
+        try:
+            if grpc_server is not None:  # its calls in flight finish while the batchers still run
+                await grpc_server.stop(settings.http.graceful_shutdown_s)
+        finally:
+            await services.close()
         if app.state.tracing is not None:
             await asyncio.to_thread(app.state.tracing.close)  # exports what is buffered
 

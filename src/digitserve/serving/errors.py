@@ -156,6 +156,12 @@ def http_error(exc: BaseException) -> HttpError | None:
     return None
 
 
+def quoted(value: object, limit: int = 60) -> str:
+    """`repr(value)`, cut short past `limit` characters: a client's string in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]}"
+
+
 def error_body(message: str, code: str, **extra: Any) -> bytes:
     """The JSON body of every refusal, wherever it is answered."""
     return orjson.dumps({"error": message, "code": code, **extra})

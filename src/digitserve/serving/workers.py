@@ -49,7 +49,7 @@ def available_cores(cgroup: Path = CGROUP) -> int:
             if quota not in ("max", "-1"):
                 cores = min(cores, max(1, -(-int(quota) // int(period))))
             break
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError, IndexError, ZeroDivisionError):
             continue
     return max(1, cores)
 

@@ -26,8 +26,8 @@ from digitserve.serving.api.v2.codec import (
     tensor_bytes,
 )
 from digitserve.serving.api.v2.schemas import IMAGES, PIXELS, InferRequest, Parameters, RequestInput, RequestOutput
-from digitserve.serving.api.v2.tensors import decode_images, decode_pixels, image_elements
-from digitserve.serving.errors import InvalidInputError
+from digitserve.serving.api.v2.tensors import decode_images, decode_pixels, image_elements, pixels_count
+from digitserve.serving.errors import InvalidInputError, quoted
 from digitserve.serving.grpc.proto.open_inference_pb2 import InferTensorContents, ModelInferRequest, ModelInferResponse
 from digitserve.serving.pipeline import PredictionResult
 
@@ -55,21 +55,16 @@ def parameters(entries: Any) -> Parameters:
     for key, parameter in entries.items():
         choice = parameter.WhichOneof("parameter_choice")
         if choice is None:
-            raise InvalidInputError(f"parameter {key!r} has no value; set bool_param, int64_param or string_param")
+            raise InvalidInputError(f"parameter {quoted(key)} has no value; set one of its parameter_choice fields")
         values[key] = getattr(parameter, choice)
     return values
-
-
-def raw_size(request: ModelInferRequest) -> int:
-    """Bytes of raw tensor data in the request (large requests are decoded off the event loop)."""
-    return sum(len(raw) for raw in request.raw_input_contents)
 
 
 def read_infer(request: ModelInferRequest, limits: RequestLimits) -> DecodedRequest:
     """The request's one input as model input, its requested outputs and its parameters."""
     if len(request.inputs) != 1:
-        names = [i.name for i in request.inputs]
-        raise InvalidInputError(f"send exactly one input, {SEND_PIXELS} or {SEND_IMAGES}; got {names}")
+        names = ", ".join(quoted(i.name) for i in request.inputs[:4]) + (", ..." if len(request.inputs) > 4 else "")
+        raise InvalidInputError(f"send exactly one input, {SEND_PIXELS} or {SEND_IMAGES}; got [{names}]")
     raws = len(request.raw_input_contents)
     if raws > 1:
         raise InvalidInputError(f"{RAW_BYTES} has {raws} entries; send one per input (one input)")
@@ -80,7 +75,7 @@ def read_infer(request: ModelInferRequest, limits: RequestLimits) -> DecodedRequ
     )
     refuse_shared_memory(tensor.parameters)
     if tensor.name not in (PIXELS, IMAGES):
-        raise InvalidInputError(f"unknown input {tensor.name!r}; send {SEND_PIXELS} or {SEND_IMAGES}")
+        raise InvalidInputError(f"unknown input {quoted(tensor.name)}; send {SEND_PIXELS} or {SEND_IMAGES}")
     if raws:
         if message.HasField("contents"):
             raise InvalidInputError(f"input {tensor.name!r} has both contents and {RAW_BYTES}; send one")
@@ -88,9 +83,13 @@ def read_infer(request: ModelInferRequest, limits: RequestLimits) -> DecodedRequ
         taken = decode_pixels(tensor, raw, limits) if tensor.name == PIXELS else decode_images(tensor, raw, limits)
     else:
         elements = _typed_elements(tensor, message.contents)
-        if tensor.name == PIXELS:  # a flat array, checked as REST's JSON data is
+        if tensor.name == PIXELS:  # a flat array, checked as REST's JSON data is, once its size is right
+            where, count = f"contents.{CONTENTS_FIELD[tensor.datatype]}", pixels_count(tensor, limits) * 28 * 28
+            if len(elements) != count:
+                found = len(elements)
+                raise InvalidInputError(f"input {PIXELS!r} has {found} values in {where}; its shape takes {count}")
             values = tensor.model_copy(update={"data": np.asarray(elements)})
-            taken = decode_pixels(values, None, limits, where=f"contents.{CONTENTS_FIELD[tensor.datatype]}")
+            taken = decode_pixels(values, None, limits, where=where)
         else:
             taken = image_elements(tensor, list(elements), limits)
     outputs = [RequestOutput.model_construct(name=o.name, parameters=parameters(o.parameters)) for o in request.outputs]
@@ -106,8 +105,11 @@ def read_infer(request: ModelInferRequest, limits: RequestLimits) -> DecodedRequ
 def _typed_elements(tensor: RequestInput, contents: InferTensorContents) -> Any:
     """The input's elements from the typed field of its datatype (and no other field)."""
     field = CONTENTS_FIELD.get(tensor.datatype)
-    if field is None:
-        raise InvalidInputError(f"input {tensor.name!r} has datatype {tensor.datatype!r}, which the protocol lacks")
+    if field is None:  # FP16, BF16 (raw only), or no datatype at all
+        raise InvalidInputError(
+            f"input {tensor.name!r} has datatype {quoted(tensor.datatype)}, which has no contents field; "
+            f"send UINT8 or FP32 pixels, or BYTES images"
+        )
     stray = [f.name for f, _ in contents.ListFields() if f.name != field]
     if stray:
         raise InvalidInputError(

@@ -4,10 +4,14 @@ call reaches the same batcher as a REST one.
 
 Every worker listens on the port (SO_REUSEPORT, as the HTTP workers do: serving/workers.py) and
 the kernel spreads connections over them. Limits: a message over the REST body limit is refused
-by gRPC itself (RESOURCE_EXHAUSTED); at most `max_concurrent_requests` + 64 calls at once (the rest
-RESOURCE_EXHAUSTED, before any work), 64 streams per connection. The health service says SERVING
-while every model has a verified version and the server is not draining, and NOT_SERVING after
-SIGTERM; `stop` lets calls in flight finish within the graceful-shutdown budget.
+by gRPC itself (RESOURCE_EXHAUSTED); 64 streams per connection; calls whose message has arrived
+are admitted as REST's are (503: UNAVAILABLE), so a client that opens streams and sends nothing
+holds streams, not the server's slots. A connection is closed (GOAWAY, its calls let finish)
+after `MAX_CONNECTION_AGE_MS`, so clients spread over new replicas and a stalled stream ends.
+The health service says SERVING while every model has a verified version and the server is not
+draining. On SIGTERM the server stops at once -- NOT_SERVING, GOAWAY on every connection, so
+clients take their next call to another replica -- and lets calls in flight finish within the
+graceful-shutdown budget.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from grpc_health.v1.health import aio as health_aio
 
 from digitserve.config import Settings
 from digitserve.serving.api.v2.oip import server_not_ready
-from digitserve.serving.grpc.proto.open_inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
-from digitserve.serving.grpc.service import SERVICE, InferenceService
+from digitserve.serving.grpc.calls import SERVICE
+from digitserve.serving.grpc.service import InferenceService
 from digitserve.serving.http.admission import Admission
 from digitserve.serving.http.shutdown import Drain
 from digitserve.serving.observability.requests import HttpObserver
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 HEALTH_INTERVAL_S = 0.25
 STREAMS_PER_CONNECTION = 64
 IDLE_CONNECTION_MS = 300_000  # a connection without calls for 5 minutes is closed (GOAWAY)
+MAX_CONNECTION_AGE_MS = 120_000  # then GOAWAY: clients reconnect, and spread over new replicas
 
 
 def address(host: str, port: int) -> str:
@@ -48,18 +53,19 @@ class GrpcServer:
         assert settings.grpc_port is not None
         self.settings, self.services, self.drain = settings, services, drain
         limits = settings.requests
+        grace_ms = int((limits.request_timeout_s + 1) * 1000)  # a call admitted just before it is answered
         self.server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", limits.max_body_bytes),
                 ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
                 ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
+                ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+                ("grpc.max_connection_age_grace_ms", grace_ms),
             ],
-            maximum_concurrent_rpcs=limits.max_concurrent_requests + 64,
         )
-        add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(settings, services, admission, drain, observer), self.server
-        )
+        self.server.add_generic_rpc_handlers((InferenceService(services, admission, drain, observer).handlers(),))
+        self._stopping: asyncio.Task[None] | None = None
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(address(settings.host, settings.grpc_port))
@@ -72,13 +78,18 @@ class GrpcServer:
         log.info("gRPC (Open Inference Protocol) on %s", address(self.settings.host, self.port))
 
     async def stop(self, grace_s: float) -> None:
-        """Refuse new calls and let those in flight finish within `grace_s`."""
+        """Refuse new calls and let those in flight finish within `grace_s` (begun at SIGTERM)."""
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
+        await self._stop(grace_s)
+
+    async def _stop(self, grace_s: float) -> None:
+        if self._stopping is None:
+            await self.health.enter_graceful_shutdown()
+            self._stopping = asyncio.create_task(self.server.stop(grace_s), name="grpc-stop")
+        await asyncio.shield(self._stopping)
 
     async def _set_health(self) -> None:
         ready = server_not_ready(self.services.versions, self.drain) is None
@@ -87,6 +98,7 @@ class GrpcServer:
             await self.health.set(service, status)
 
     async def _follow_readiness(self) -> None:
-        while True:
+        while not self.drain.active:
             await asyncio.sleep(HEALTH_INTERVAL_S)
             await self._set_health()
+        await self._stop(self.settings.http.graceful_shutdown_s)  # SIGTERM: GOAWAY now, calls finish

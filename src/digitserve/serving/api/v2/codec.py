@@ -35,7 +35,7 @@ from digitserve.serving.api.v2.schemas import (
     RequestInput,
 )
 from digitserve.serving.api.v2.tensors import decode_images, decode_pixels
-from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
+from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError, quoted
 from digitserve.serving.pipeline import PredictionResult
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -132,15 +132,15 @@ def split_body(body: bytes, header_length: str | None) -> tuple[InferRequest, by
 def take_input(request: InferRequest, tail: bytes, limits: RequestLimits) -> np.ndarray | list[bytes]:
     """The request's one input: (n, 28, 28) uint8 pixels, or the encoded images of `images`."""
     if len(request.inputs) != 1:
-        names = [i.name for i in request.inputs]
-        raise InvalidInputError(f"send exactly one input, {SEND_PIXELS} or {SEND_IMAGES}; got {names}")
+        names = ", ".join(quoted(i.name) for i in request.inputs[:4]) + (", ..." if len(request.inputs) > 4 else "")
+        raise InvalidInputError(f"send exactly one input, {SEND_PIXELS} or {SEND_IMAGES}; got [{names}]")
     tensor = request.inputs[0]
     raw = _binary_data(tensor, tail)
     if tensor.name == PIXELS:
         return decode_pixels(tensor, raw, limits)
     if tensor.name == IMAGES:
         return decode_images(tensor, raw, limits)
-    raise InvalidInputError(f"unknown input {tensor.name!r}; send {SEND_PIXELS} or {SEND_IMAGES}")
+    raise InvalidInputError(f"unknown input {quoted(tensor.name)}; send {SEND_PIXELS} or {SEND_IMAGES}")
 
 
 def _binary_data(tensor: RequestInput, tail: bytes) -> bytes | None:
@@ -177,7 +177,8 @@ def requested_outputs(request: InferRequest) -> list[OutputRequest]:
     outputs: list[OutputRequest] = []
     for out in request.outputs:
         if out.name not in OUTPUT_NAMES:
-            raise InvalidInputError(f"unknown output {out.name!r}; outputs are {', '.join(map(repr, OUTPUT_NAMES))}")
+            known = ", ".join(map(repr, OUTPUT_NAMES))
+            raise InvalidInputError(f"unknown output {quoted(out.name)}; outputs are {known}")
         if any(o.name == out.name for o in outputs):
             raise InvalidInputError(f"output {out.name!r} is requested twice")
         refuse_shared_memory(out.parameters)
@@ -193,7 +194,7 @@ def requested_outputs(request: InferRequest) -> list[OutputRequest]:
 def flag(parameters: Parameters, key: str, default: bool) -> bool:
     value = parameters.get(key, default)
     if not isinstance(value, bool):
-        raise InvalidInputError(f"parameter {key!r} must be true or false, got {value!r}")
+        raise InvalidInputError(f"parameter {key!r} must be true or false, got {quoted(value)}")
     return value
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from digitserve.serving.api.v2.schemas import INPUTS, OUTPUTS, PLATFORM
 from digitserve.serving.browsing.catalog import Catalog
-from digitserve.serving.errors import ModelNotReadyError, UnknownVersionError
+from digitserve.serving.errors import ModelNotReadyError, UnknownVersionError, quoted
 from digitserve.serving.http.shutdown import Drain
 from digitserve.serving.inference.versions import ModelVersions
 
@@ -18,7 +18,9 @@ VERSION = re.compile(r"[1-9][0-9]{0,17}", re.ASCII)
 
 def parse_version(model: str, version: str) -> int:
     if not VERSION.fullmatch(version):
-        raise UnknownVersionError(f"model {model!r} has no version {version!r}; versions are positive integers")
+        raise UnknownVersionError(
+            f"model {quoted(model)} has no version {quoted(version)}; versions are positive integers"
+        )
     return int(version)
 
 

@@ -13,22 +13,30 @@ import numpy as np
 
 from digitserve.config import RequestLimits
 from digitserve.serving.api.v2.schemas import IMAGES, PIXEL_DATATYPES, PIXELS, RequestInput
-from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError
+from digitserve.serving.errors import InvalidInputError, PayloadTooLargeError, quoted
 from digitserve.serving.inference.inputs import check_count, decode_base64
 
 PIXEL_SHAPES = ([28, 28], [1, 28, 28], [784])  # after the batch dimension
 
 
+def pixels_count(tensor: RequestInput, limits: RequestLimits) -> int:
+    """N of a `pixels` tensor (UINT8 or FP32, [N, 28, 28], [N, 1, 28, 28] or [N, 784]), within the
+    request's image limit."""
+    if tensor.datatype not in PIXEL_DATATYPES:
+        raise InvalidInputError(f"input {PIXELS!r} is {quoted(tensor.datatype)}; send UINT8 (0..255) or FP32 (0..1)")
+    shape = tensor.shape
+    if len(shape) < 2 or shape[0] < 0 or shape[1:] not in PIXEL_SHAPES:
+        raise InvalidInputError(
+            f"input {PIXELS!r} has shape {quoted(shape)}; send [N, 28, 28], [N, 1, 28, 28] or [N, 784]"
+        )
+    check_count(shape[0], limits)
+    return shape[0]
+
+
 def decode_pixels(tensor: RequestInput, raw: bytes | None, limits: RequestLimits, where: str = "data") -> np.ndarray:
     """`pixels` as MNIST-style (n, 28, 28) uint8: UINT8 as-is, FP32 in [0, 1] times 255. Without
     `raw`, the values are `tensor.data` (a list, or an array), which messages call `where`."""
-    if tensor.datatype not in PIXEL_DATATYPES:
-        raise InvalidInputError(f"input {PIXELS!r} is {tensor.datatype}; send UINT8 (0..255) or FP32 (0..1)")
-    shape = tensor.shape
-    if len(shape) < 2 or shape[0] < 0 or shape[1:] not in PIXEL_SHAPES:
-        raise InvalidInputError(f"input {PIXELS!r} has shape {shape}; send [N, 28, 28], [N, 1, 28, 28] or [N, 784]")
-    n = shape[0]
-    check_count(n, limits)
+    n, shape = pixels_count(tensor, limits), tensor.shape
     dtype = np.dtype(np.uint8 if tensor.datatype == "UINT8" else "<f4")
     count = n * 28 * 28
     if raw is not None:
@@ -77,10 +85,10 @@ def _to_uint8(values: np.ndarray, datatype: str) -> np.ndarray:
 def images_count(tensor: RequestInput, limits: RequestLimits) -> int:
     """N of an `images` tensor (BYTES [N] or [N, 1]), within the request's image limit."""
     if tensor.datatype != "BYTES":
-        raise InvalidInputError(f"input {IMAGES!r} is {tensor.datatype}; send BYTES (encoded images)")
+        raise InvalidInputError(f"input {IMAGES!r} is {quoted(tensor.datatype)}; send BYTES (encoded images)")
     shape = tensor.shape
     if len(shape) not in (1, 2) or shape[0] < 0 or shape[1:] not in ([], [1]):
-        raise InvalidInputError(f"input {IMAGES!r} has shape {shape}; send [N] (or [N, 1])")
+        raise InvalidInputError(f"input {IMAGES!r} has shape {quoted(shape)}; send [N] (or [N, 1])")
     check_count(shape[0], limits)
     return shape[0]
 
