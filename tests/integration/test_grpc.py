@@ -469,7 +469,8 @@ def calls_across_sigterm(address: str, process: subprocess.Popen[bytes], digits:
 
 def test_one_worker_serves_grpc_too(tmp_path: Path, digits: np.ndarray) -> None:
     """`--workers 1`: the gRPC server binds the port itself; it answers as REST does, refuses
-    bytes that are no message, and a call in flight at SIGTERM is answered."""
+    bytes that are no message, and calls sent as SIGTERM arrives are each answered or refused
+    UNAVAILABLE (which of the two depends on whether a call arrived before the signal)."""
     port = free_port()
     env = {**ENV, "DIGITSERVE_WORKERS": "1", "DIGITSERVE_GRPC_PORT": str(port)}
     process, url = start_server(env, log_path=tmp_path / "server.log")
@@ -483,9 +484,14 @@ def test_one_worker_serves_grpc_too(tmp_path: Path, digits: np.ndarray) -> None:
                 with pytest.raises(grpc.RpcError) as refused:
                     send_bytes(junk, timeout=10)
                 assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
-            pending = stub.ModelInfer.future(pixels_request(digits[:16]), timeout=30)
-            process.send_signal(signal.SIGTERM)
-            assert pending.result().model_version == "4"
+            pending = [stub.ModelInfer.future(pixels_request(digits[:16]), timeout=30) for _ in range(8)]
+            process.send_signal(signal.SIGTERM)  # each call is answered, or refused as the drain refuses
+            for call in pending:
+                try:
+                    assert call.result().model_version == "4"
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    assert dict(exc.trailing_metadata() or ()).get("digitserve-code") in ("shutting_down", None)
         assert process.wait(timeout=60) == 0
     finally:
         stop_server(process)
