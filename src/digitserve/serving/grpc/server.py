@@ -9,9 +9,11 @@ are admitted as REST's are (503: UNAVAILABLE), so a client that opens streams an
 holds streams, not the server's slots. A connection is closed (GOAWAY, its calls let finish)
 after `MAX_CONNECTION_AGE_MS`, so clients spread over new replicas and a stalled stream ends.
 The health service says SERVING while every model has a verified version and the server is not
-draining. On SIGTERM the server stops at once -- NOT_SERVING, GOAWAY on every connection, so
-clients take their next call to another replica -- and lets calls in flight finish within the
-graceful-shutdown budget.
+draining. On SIGTERM, as REST's drain does for `SHUTDOWN_GRACE_S`, it says NOT_SERVING and new
+inferences are refused UNAVAILABLE (retry elsewhere); then the server stops -- GOAWAY on every
+connection -- and lets the calls in flight finish within the graceful-shutdown budget. (Stopping
+at the signal itself cancelled calls that had arrived but not yet reached a handler: CANCELLED,
+which clients do not retry.)
 """
 
 from __future__ import annotations
@@ -98,7 +100,6 @@ class GrpcServer:
             await self.health.set(service, status)
 
     async def _follow_readiness(self) -> None:
-        while not self.drain.active:
+        while True:  # after SIGTERM: NOT_SERVING, as /readyz turns 503, until the lifespan stops us
             await asyncio.sleep(HEALTH_INTERVAL_S)
             await self._set_health()
-        await self._stop(self.settings.http.graceful_shutdown_s)  # SIGTERM: GOAWAY now, calls finish
