@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.descriptors import descriptor_fields
 from support.net import free_port
 from support.registries import add_shipped_version, copy_shipped, png_bytes
 from support.server import CANARY_ENV, metric, start_server, stop_server, wait_until
@@ -164,17 +165,7 @@ def test_the_protocol_is_tritons(tmp_path: Path) -> None:
     assert ran.returncode == 0, ran.stderr[-2000:]
     triton = json.loads(ran.stdout)
 
-    def fields(message: Any) -> dict[str, Any]:
-        found: dict[str, Any] = {
-            f.name: [f.number, f.type, f.is_repeated, f.message_type.full_name if f.message_type else None]
-            for f in message.fields
-        }
-        for nested in message.nested_types:
-            if not nested.GetOptions().map_entry:
-                found[f"<{nested.name}>"] = fields(nested)
-        return found
-
-    ours = {name: fields(m) for name, m in pb.DESCRIPTOR.message_types_by_name.items()}
+    ours = {name: descriptor_fields(m) for name, m in pb.DESCRIPTOR.message_types_by_name.items()}
     assert len(ours) == 14  # six requests, six responses, InferParameter, InferTensorContents
     for name, message in ours.items():
         assert triton["messages"][name] == message, f"{name}: ours {message}, Triton's {triton['messages'][name]}"

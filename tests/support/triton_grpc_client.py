@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 import tritonclient.grpc as triton
+from descriptors import descriptor_fields  # this folder: the script runs as a file
 from tritonclient.utils import InferenceServerException
 
 
@@ -84,17 +85,7 @@ def descriptors() -> None:
     numbers, types and whether they repeat."""
     from tritonclient.grpc import service_pb2
 
-    def fields(message) -> dict[str, object]:
-        found: dict[str, object] = {
-            f.name: [f.number, f.type, f.is_repeated, f.message_type.full_name if f.message_type else None]
-            for f in message.fields
-        }
-        for nested in message.nested_types:
-            if not nested.GetOptions().map_entry:
-                found[f"<{nested.name}>"] = fields(nested)
-        return found
-
-    messages = {name: fields(m) for name, m in service_pb2.DESCRIPTOR.message_types_by_name.items()}
+    messages = {name: descriptor_fields(m) for name, m in service_pb2.DESCRIPTOR.message_types_by_name.items()}
     service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     methods = {m.name: [m.input_type.full_name, m.output_type.full_name] for m in service.methods}
     print(json.dumps({"messages": messages, "methods": methods}))

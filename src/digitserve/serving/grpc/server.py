@@ -67,7 +67,6 @@ class GrpcServer:
             ],
         )
         self.server.add_generic_rpc_handlers((InferenceService(services, admission, drain, observer).handlers(),))
-        self._stopping: asyncio.Task[None] | None = None
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(address(settings.host, settings.grpc_port))
@@ -80,18 +79,13 @@ class GrpcServer:
         log.info("gRPC (Open Inference Protocol) on %s", address(self.settings.host, self.port))
 
     async def stop(self, grace_s: float) -> None:
-        """Refuse new calls and let those in flight finish within `grace_s` (begun at SIGTERM)."""
+        """Refuse new calls (GOAWAY) and let those in flight finish within `grace_s`."""
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        await self._stop(grace_s)
-
-    async def _stop(self, grace_s: float) -> None:
-        if self._stopping is None:
-            await self.health.enter_graceful_shutdown()
-            self._stopping = asyncio.create_task(self.server.stop(grace_s), name="grpc-stop")
-        await asyncio.shield(self._stopping)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
 
     async def _set_health(self) -> None:
         ready = server_not_ready(self.services.versions, self.drain) is None
